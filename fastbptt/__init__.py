@@ -1,0 +1,27 @@
+"""fastbptt: recurrent networks trained by backpropagation through time, fast, on the CPU.
+
+    import fastbptt as fb
+    model = fb.RNN(input_size, hidden_size, cell="tanh", output_size=1)
+    out, h_n = model.forward(x)                 # x: (T, B, I)
+    loss, d_out = fb.losses.mse(out, target)
+    g = model.backward(d_out, clip_step=1.0)    # g.params: same keys as model.params
+"""
+from . import losses
+from ._backend import available_backends
+from .clip import clip_grad_norm, clip_grad_value
+from .gradcheck import GradcheckError, gradcheck
+from .model import RNN, Gradients, load
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RNN",
+    "Gradients",
+    "GradcheckError",
+    "available_backends",
+    "clip_grad_norm",
+    "clip_grad_value",
+    "gradcheck",
+    "load",
+    "losses",
+]

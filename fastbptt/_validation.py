@@ -1,0 +1,74 @@
+"""Checks on arrays crossing the public API.
+
+The compiled kernels run without bounds checks, so everything they receive is checked here
+first: type, dtype, shape, finiteness. Errors name the argument and say what was expected.
+"""
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def as_float_dtype(dtype):
+    """np.dtype for 'float32'/'float64' (or the numpy types); anything else is a TypeError."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    return dt
+
+
+def shape_str(shape):
+    return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+def check_array(name, a, shape, dtype, *, finite=True, finite_check=None, copy_strided=True):
+    """Return ``a`` as a C-contiguous array after checking it; never modifies ``a``.
+
+    shape: a tuple whose entries are ints or None (any size). A strided input is copied into
+    contiguous memory when ``copy_strided``, and rejected otherwise (for arrays the model owns
+    and updates in place). ``finite_check`` is the backend's ``all_finite``, so the scan runs
+    compiled where it can.
+    """
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise TypeError(
+            f"{name} must have dtype {dtype}, got {a.dtype}; convert it with .astype(np.{dtype})"
+        )
+    if a.ndim != len(shape) or any(e is not None and e != s for e, s in zip(shape, a.shape)):
+        want = shape_str("*" if e is None else e for e in shape)
+        raise ValueError(f"{name} must have shape {want}, got {shape_str(a.shape)}")
+    if any(s == 0 for s in a.shape):
+        raise ValueError(f"{name} must not be empty, got shape {shape_str(a.shape)}")
+    if not a.flags.c_contiguous:
+        if not copy_strided:
+            raise ValueError(f"{name} must be C-contiguous; pass np.ascontiguousarray({name})")
+        a = np.ascontiguousarray(a)
+    if finite and not (finite_check or _all_finite)(a):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return a
+
+
+def _all_finite(a):
+    return bool(np.isfinite(a).all())
+
+
+def check_positive_number(name, value, *, allow_none=True):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a positive number, got {value!r}")
+    value = float(value)
+    if not (np.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return value
+
+
+def check_positive_int(name, value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be a positive int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)

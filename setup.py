@@ -1,0 +1,59 @@
+"""Build the compiled kernels.
+
+The kernels are compiled once for the baseline of the architecture and, on x86-64, twice
+more for AVX2+FMA and AVX-512 (the same source through _kernels_avx2.pyx and
+_kernels_avx512.pyx); at import time fastbptt picks the widest build the CPU runs.
+
+Environment variables:
+  FASTBPTT_NATIVE=1  compile every build for this machine's CPU (-march=native); for local
+                     builds only, a wheel built this way may not run on another CPU.
+  FASTBPTT_DEBUG=1   bounds and wraparound checks on, no optimisation: for chasing a crash.
+"""
+import os
+import platform
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DEBUG = os.environ.get("FASTBPTT_DEBUG") == "1"
+NATIVE = os.environ.get("FASTBPTT_NATIVE") == "1"
+
+# One set of directives for the whole build.
+COMPILER_DIRECTIVES = {
+    "language_level": 3,
+    "boundscheck": DEBUG,
+    "wraparound": DEBUG,
+    "initializedcheck": DEBUG,
+    "cdivision": True,
+    "nonecheck": False,
+    "embedsignature": True,
+}
+
+compile_args = ["-O0", "-g"] if DEBUG else ["-O3"]
+if NATIVE:
+    compile_args.append("-march=native")
+
+
+X86_64 = platform.machine().lower() in ("x86_64", "amd64")
+# x86-64 micro-architecture levels (GCC >= 11, clang >= 12): v3 is AVX2+FMA, v4 adds AVX-512.
+KERNEL_BUILDS = {"_kernels": []}
+if X86_64 and not NATIVE:
+    KERNEL_BUILDS["_kernels_avx2"] = ["-march=x86-64-v3"]
+    KERNEL_BUILDS["_kernels_avx512"] = ["-march=x86-64-v4"]
+
+
+def extension(name, extra=()):
+    return Extension(
+        f"fastbptt.{name}",
+        [f"fastbptt/{name}.pyx"],
+        extra_compile_args=compile_args + list(extra),
+        depends=["fastbptt/_kernels.pyx", "fastbptt/_blas.pxd"],
+    )
+
+
+setup(
+    ext_modules=cythonize(
+        [extension("_blas")] + [extension(name, flags) for name, flags in KERNEL_BUILDS.items()],
+        compiler_directives=COMPILER_DIRECTIVES,
+    ),
+)

@@ -188,12 +188,18 @@ def cpu_features():
                                        ("avx512", fastbptt_has_avx512())) if ok)
 
 
+# Each public kernel picks its float or double specialisation by hand: the automatic
+# dispatch of a fused ``def`` matches signatures in Python and costs a microsecond a call,
+# which is what a whole char-RNN step costs.
+
 def all_finite(a):
     """True when no element of the C-contiguous float32/float64 array ``a`` is NaN or inf."""
-    return _all_finite(a.reshape(-1))
+    if a.dtype == np.float32:
+        return _all_finite[float](a.reshape(-1))
+    return _all_finite[double](a.reshape(-1))
 
 
-def _all_finite(const floating[::1] a):
+cdef bint _all_finite(const floating[::1] a):
     cdef Py_ssize_t i, start, stop, n = a.shape[0]
     cdef int bad = 0
     with nogil:
@@ -208,14 +214,20 @@ def _all_finite(const floating[::1] a):
     return not bad
 
 
-def elman_forward(const floating[:, :, ::1] x, const floating[:, ::1] h0,
-                  const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
-                  const floating[::1] b_ih, const floating[::1] b_hh, bint relu):
+def elman_forward(x, h0, w_ih, w_hh, b_ih, b_hh, bint relu):
     """Run an Elman layer over a sequence; see ``_reference.elman_forward``.
 
     x (T, B, I), h0 (B, H), w_ih (H, I), w_hh (H, H), b_ih, b_hh (H,).
     Returns hs (T+1, B, H): hs[0] = h0, hs[t] = s_t, the output and the backward's cache.
     """
+    if x.dtype == np.float32:
+        return _elman_forward[float](x, h0, w_ih, w_hh, b_ih, b_hh, relu)
+    return _elman_forward[double](x, h0, w_ih, w_hh, b_ih, b_hh, relu)
+
+
+cdef object _elman_forward(const floating[:, :, ::1] x, const floating[:, ::1] h0,
+                           const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
+                           const floating[::1] b_ih, const floating[::1] b_hh, bint relu):
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = w_hh.shape[0]
     dtype = np.float32 if floating is float else np.float64
     hs_arr = np.empty((T + 1, B, H), dtype=dtype)
@@ -244,13 +256,19 @@ def elman_forward(const floating[:, :, ::1] x, const floating[:, ::1] h0,
     return hs_arr
 
 
-def elman_backward(const floating[:, :, ::1] d_out, dh_n, const floating[:, :, ::1] x,
-                   const floating[:, :, ::1] hs, const floating[:, ::1] w_ih,
-                   const floating[:, ::1] w_hh, bint relu, clip_step=None, step_norms=None):
+def elman_backward(d_out, dh_n, x, hs, w_ih, w_hh, bint relu, clip_step=None, step_norms=None):
     """Backpropagate through an Elman layer; see ``_reference.elman_backward``.
 
     Returns (dx (T, B, I), dh0 (B, H), dw_ih (H, I), dw_hh (H, H), db (H,)).
     """
+    if d_out.dtype == np.float32:
+        return _elman_backward[float](d_out, dh_n, x, hs, w_ih, w_hh, relu, clip_step, step_norms)
+    return _elman_backward[double](d_out, dh_n, x, hs, w_ih, w_hh, relu, clip_step, step_norms)
+
+
+cdef object _elman_backward(const floating[:, :, ::1] d_out, dh_n, const floating[:, :, ::1] x,
+                            const floating[:, :, ::1] hs, const floating[:, ::1] w_ih,
+                            const floating[:, ::1] w_hh, bint relu, clip_step, step_norms):
     cdef Py_ssize_t T = d_out.shape[0], B = d_out.shape[1], H = d_out.shape[2], I = x.shape[2]
     dtype = np.float32 if floating is float else np.float64
     cdef bint clip = clip_step is not None
@@ -303,8 +321,14 @@ def elman_backward(const floating[:, :, ::1] d_out, dh_n, const floating[:, :, :
     return dx_arr, np.asarray(carry), dw_ih_arr, dw_hh_arr, db_arr
 
 
-def linear_forward(const floating[:, ::1] x, const floating[:, ::1] w, const floating[::1] b):
+def linear_forward(x, w, b):
     """y = x wᵀ + b: x (M, K), w (N, K), b (N,) -> y (M, N)."""
+    if x.dtype == np.float32:
+        return _linear_forward[float](x, w, b)
+    return _linear_forward[double](x, w, b)
+
+
+cdef object _linear_forward(const floating[:, ::1] x, const floating[:, ::1] w, const floating[::1] b):
     cdef Py_ssize_t M = x.shape[0], K = x.shape[1], N = w.shape[0], m
     y_arr = np.empty((M, N), dtype=np.float32 if floating is float else np.float64)
     cdef floating[:, ::1] y = y_arr
@@ -316,8 +340,14 @@ def linear_forward(const floating[:, ::1] x, const floating[:, ::1] w, const flo
     return y_arr
 
 
-def linear_backward(const floating[:, ::1] dy, const floating[:, ::1] x, const floating[:, ::1] w):
+def linear_backward(dy, x, w):
     """Gradients of y = x wᵀ + b: dy (M, N), x (M, K) -> (dx (M, K), dw (N, K), db (N,))."""
+    if dy.dtype == np.float32:
+        return _linear_backward[float](dy, x, w)
+    return _linear_backward[double](dy, x, w)
+
+
+cdef object _linear_backward(const floating[:, ::1] dy, const floating[:, ::1] x, const floating[:, ::1] w):
     cdef Py_ssize_t M = dy.shape[0], N = dy.shape[1], K = x.shape[1]
     dtype = np.float32 if floating is float else np.float64
     dx_arr = np.empty((M, K), dtype=dtype)

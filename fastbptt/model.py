@@ -162,27 +162,36 @@ class RNN:
     def _check_params(self):
         """The parameter arrays, checked; a wrong one raises naming its key."""
         shapes = self.param_shapes()
-        if not isinstance(self.params, dict):
-            raise TypeError(f"model.params must be a dict, got {type(self.params).__name__}")
-        missing = [k for k in shapes if k not in self.params]
-        extra = [k for k in self.params if k not in shapes]
-        if missing or extra:
+        params = self.params
+        if not isinstance(params, dict):
+            raise TypeError(f"model.params must be a dict, got {type(params).__name__}")
+        if params.keys() != shapes.keys():
+            missing = [k for k in shapes if k not in params]
+            extra = [k for k in params if k not in shapes]
             raise ValueError(f"model.params keys do not match the model: missing {missing}, unexpected {extra}")
-        return {
-            name: check_array(f"params[{name!r}]", self.params[name], shape, self.dtype,
-                              finite_check=self._kernels.all_finite, copy_strided=False)
-            for name, shape in shapes.items()
-        }
+        all_finite = self._kernels.all_finite
+        for name, shape in shapes.items():
+            a = params[name]
+            # The common case in a few attribute reads; check_array words the error otherwise.
+            if not (type(a) is np.ndarray and a.dtype == self.dtype and a.shape == shape
+                    and a.flags.c_contiguous and all_finite(a)):
+                check_array(f"params[{name!r}]", a, shape, self.dtype,
+                            finite_check=all_finite, copy_strided=False)
+        return dict(params)
 
     def _check(self, name, a, shape):
         return check_array(name, a, shape, self.dtype, finite_check=self._kernels.all_finite)
 
     # ----------------------------------------------------------------- forward / backward
 
-    def forward(self, x, h0=None, lengths=None):
+    def forward(self, x, h0=None, lengths=None, checkpoint=None):
         """Run the network over a sequence.
 
         x (T, B, I), time-major; h0 (L, B, H) or None for zeros.
+        checkpoint: None keeps every state for ``backward``. An int k keeps only the states
+            at every k-th step and recomputes each k-step segment during ``backward``
+            (Chen et al. 2016): with k ≈ √T the cache holds about 2√T states instead of T,
+            for one more forward pass. The gradients are those of full BPTT.
         Returns (out, h_n): out (T, B, O) with a readout, else the last layer's states
         (T, B, H); h_n (L, B, H), each layer's final state. The cache for ``backward`` is kept.
         """
@@ -192,29 +201,46 @@ class RNN:
         x = self._check("x", x, (None, None, self.input_size))
         T, B, _ = x.shape
         L, H = self.num_layers, self.hidden_size
+        segment = T if checkpoint is None else check_positive_int("checkpoint", checkpoint)
         if h0 is None:
             h0 = np.zeros((L, B, H), dtype=self.dtype)
         else:
-            h0 = self._check("h0", h0, (L, B, H))
+            # a copy: a checkpointed cache keeps these states until backward
+            h0 = np.array(self._check("h0", h0, (L, B, H)))
+        state = list(h0)
+        segments, outs = [], []
+        for start in range(0, T, segment):
+            stop = min(start + segment, T)
+            starts = state
+            states = self._layers_forward(params, x[start:stop], starts)
+            state = [hs[-1] for hs in states]
+            outs.append(self._readout_forward(params, states[-1][1:]))
+            # A checkpointed segment keeps only its initial states; backward recomputes it.
+            segments.append((start, stop, states if checkpoint is None else starts))
+        out = outs[0] if len(outs) == 1 else np.concatenate(outs)
+        self._cache = (x, segments, params, checkpoint is not None)
+        return out, np.stack(state)
+
+    __call__ = forward
+
+    def _layers_forward(self, params, x, h0):
+        """Each layer's states (T+1, B, H) over x (T, B, I) from the initial states h0[k]."""
         relu = self.cell == "relu"
-        layer_in = x
-        states = []
-        for k in range(L):
+        states, layer_in = [], x
+        for k in range(self.num_layers):
             hs = self._kernels.elman_forward(
                 layer_in, h0[k], params[f"weight_ih_l{k}"], params[f"weight_hh_l{k}"],
                 params[f"bias_ih_l{k}"], params[f"bias_hh_l{k}"], relu)
             states.append(hs)
             layer_in = hs[1:]
-        h_n = np.stack([hs[-1] for hs in states])
-        out = layer_in
-        if self.output_size is not None:
-            out = self._kernels.linear_forward(
-                layer_in.reshape(T * B, H), params["weight_out"], params["bias_out"]
-            ).reshape(T, B, self.output_size)
-        self._cache = (x, states, params)
-        return out, h_n
+        return states
 
-    __call__ = forward
+    def _readout_forward(self, params, top):
+        if self.output_size is None:
+            return top
+        T, B, H = top.shape
+        return self._kernels.linear_forward(
+            top.reshape(T * B, H), params["weight_out"], params["bias_out"]).reshape(T, B, self.output_size)
 
     def backward(self, d_out, d_h_n=None, clip_step=None, step_norms=False):
         """Backpropagate through the last forward call.
@@ -227,7 +253,7 @@ class RNN:
         """
         if self._cache is None:
             raise RuntimeError("backward() was called before forward(): there is no cache to backpropagate through")
-        x, states, params = self._cache
+        x, segments, params, checkpointed = self._cache
         T, B, _ = x.shape
         L, H = self.num_layers, self.hidden_size
         clip_step = check_positive_number("clip_step", clip_step)
@@ -236,27 +262,46 @@ class RNN:
         if d_h_n is not None:
             d_h_n = self._check("d_h_n", d_h_n, (L, B, H))
         relu = self.cell == "relu"
-        grads = {}
-        if self.output_size is not None:
-            d_top, grads["weight_out"], grads["bias_out"] = self._kernels.linear_backward(
-                d_out.reshape(T * B, out_size), states[-1][1:].reshape(T * B, H), params["weight_out"])
-            d_top = d_top.reshape(T, B, H)
-        else:
-            d_top = d_out
         norms = np.empty((L, T, B), dtype=self.dtype) if step_norms else None
-        dh0 = np.empty((L, B, H), dtype=self.dtype)
-        for k in reversed(range(L)):
-            layer_in = x if k == 0 else states[k - 1][1:]
-            d_top, dh0[k], dw_ih, dw_hh, db = self._kernels.elman_backward(
-                d_top, None if d_h_n is None else d_h_n[k], layer_in, states[k],
-                params[f"weight_ih_l{k}"], params[f"weight_hh_l{k}"], relu, clip_step,
-                None if norms is None else norms[k])
-            grads[f"weight_ih_l{k}"] = dw_ih
-            grads[f"weight_hh_l{k}"] = dw_hh
-            grads[f"bias_ih_l{k}"] = db
-            grads[f"bias_hh_l{k}"] = db.copy()
+        carry = [None if d_h_n is None else d_h_n[k] for k in range(L)]
+        grads, dxs = {}, []
+        for start, stop, saved in reversed(segments):
+            states = self._layers_forward(params, x[start:stop], saved) if checkpointed else saved
+            d_top = d_out[start:stop]
+            if self.output_size is not None:
+                n = (stop - start) * B
+                d_top, dw, db = self._kernels.linear_backward(
+                    d_top.reshape(n, out_size), states[-1][1:].reshape(n, H), params["weight_out"])
+                d_top = d_top.reshape(stop - start, B, H)
+                _accumulate(grads, "weight_out", dw)
+                _accumulate(grads, "bias_out", db)
+            for k in reversed(range(L)):
+                layer_in = x[start:stop] if k == 0 else states[k - 1][1:]
+                d_top, carry[k], dw_ih, dw_hh, db = self._kernels.elman_backward(
+                    d_top, carry[k], layer_in, states[k],
+                    params[f"weight_ih_l{k}"], params[f"weight_hh_l{k}"], relu, clip_step,
+                    None if norms is None else norms[k, start:stop])
+                _accumulate(grads, f"weight_ih_l{k}", dw_ih)
+                _accumulate(grads, f"weight_hh_l{k}", dw_hh)
+                _accumulate(grads, f"bias_ih_l{k}", db)
+                _accumulate(grads, f"bias_hh_l{k}", db)
+            dxs.append(d_top)
+        dx = dxs[0] if len(dxs) == 1 else np.concatenate(dxs[::-1])
         ordered = {name: grads[name] for name in self.param_shapes()}
-        return Gradients(params=ordered, x=d_top, h0=dh0, step_norms=norms)
+        return Gradients(params=ordered, x=dx, h0=np.stack(carry), step_norms=norms)
+
+    def cache_nbytes(self):
+        """Bytes the forward cache holds for ``backward`` (the input x aside)."""
+        if self._cache is None:
+            return 0
+        return sum(a.nbytes for _, _, saved in self._cache[1] for a in saved)
+
+    def _state_at(self, t):
+        """The state (L, B, H) after step t of the last forward (t = 0 is its h0), a copy."""
+        if self._cache is None or self._cache[3]:
+            raise RuntimeError("no full (unsegmented) forward cache to read a state from")
+        (_, _, states), = self._cache[1]
+        return np.stack([hs[t] for hs in states])
 
     # ----------------------------------------------------------------- state
 
@@ -325,6 +370,16 @@ def load(path, *, backend="auto"):
             raise ValueError(f"{path!s}: parameter {name!r} has dtype {value.dtype}, expected {model.dtype}")
     model.load_state_dict(params)
     return model
+
+
+def _accumulate(grads, name, value):
+    """grads[name] += value; the first value is kept as it is unless another key holds it."""
+    if name in grads:
+        grads[name] += value
+    elif any(value is g for g in grads.values()):
+        grads[name] = value.copy()
+    else:
+        grads[name] = value
 
 
 def _to_numpy(value):

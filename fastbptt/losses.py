@@ -37,7 +37,8 @@ def mse(out, target, *, last_step=False):
     if not np.isfinite(target).all():
         raise ValueError("target contains NaN or infinite values")
     diff = scored - target.astype(out.dtype, copy=False)
-    loss = float(np.sum(diff * diff)) / B
+    with np.errstate(over="ignore"):  # an overflowing loss is returned as inf for the caller to see
+        loss = float(np.sum(diff * diff)) / B
     d_out = np.zeros_like(out)
     if last_step:
         d_out[-1] = diff * (2.0 / B)

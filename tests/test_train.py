@@ -1,0 +1,130 @@
+"""fit(): truncated BPTT(k1, k2) against full BPTT, the carried state, non-finite detection."""
+import numpy as np
+import pytest
+
+import fastbptt as fb
+from fastbptt.train import fit
+
+TOL = {np.float64: dict(rtol=1e-10, atol=1e-12)}
+
+
+class Recorder:
+    """An optimizer that updates nothing and keeps a copy of every gradient it is given."""
+
+    def __init__(self):
+        self.grads = []
+
+    def step(self, grads):
+        self.grads.append({k: v.copy() for k, v in grads.items()})
+
+
+def _model(backend, **kw):
+    return fb.RNN(3, 6, num_layers=2, output_size=2, dtype="float64", seed=3, backend=backend, **kw)
+
+
+def _data(T, B, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((T, B, 3)), rng.standard_normal((T, B, 2))
+
+
+def _full_gradient(model, x, y, h0=None):
+    out, _ = model.forward(x, h0)
+    _, d_out = fb.losses.mse(out, y)
+    return model.backward(d_out).params
+
+
+@pytest.fixture(params=fb.available_backends())
+def backend(request):
+    return request.param
+
+
+def test_full_bptt_is_one_update_per_batch(backend):
+    model = _model(backend)
+    x, y = _data(12, 4)
+    rec = Recorder()
+    fit(model, [(x, y)], steps=1, optimizer=rec, progress=False)
+    assert len(rec.grads) == 1
+    expected = _full_gradient(model, x, y)
+    for name in expected:
+        np.testing.assert_allclose(rec.grads[0][name], expected[name], **TOL[np.float64])
+
+
+@pytest.mark.parametrize("k1", [1, 3, 5, 12])
+def test_bptt_reaching_the_start_sums_to_full_bptt(backend, k1):
+    # With k2 >= T every window reaches back to step 0 and scores only its new steps, so
+    # the updates' gradients (taken at unchanged parameters) add up to full BPTT's.
+    model = _model(backend)
+    x, y = _data(12, 4)
+    rec = Recorder()
+    fit(model, [(x, y)], steps=1, optimizer=rec, bptt=(k1, 12), progress=False)
+    assert len(rec.grads) == -(-12 // k1)
+    expected = _full_gradient(model, x, y)
+    for name in expected:
+        total = sum(g[name] for g in rec.grads)
+        np.testing.assert_allclose(total, expected[name], **TOL[np.float64])
+
+
+def test_truncated_windows_are_what_they_say(backend):
+    # BPTT(2, 4) on T=6: updates at steps 2, 4, 6, through windows [0,2), [0,4), [2,6),
+    # each scoring its last two steps; the window starting at 2 starts from the state the
+    # forward reached there.
+    model = _model(backend)
+    x, y = _data(6, 3, seed=1)
+    rec = Recorder()
+    fit(model, [(x, y)], steps=1, optimizer=rec, bptt=(2, 4), progress=False)
+    assert len(rec.grads) == 3
+    _, h2 = model.forward(x[:2])
+    for g, (start, stop, h0) in zip(rec.grads, [(0, 2, None), (0, 4, None), (2, 6, h2)]):
+        out, _ = model.forward(x[start:stop], h0)
+        d_out = np.zeros_like(out)
+        _, d_out[-2:] = fb.losses.mse(out[-2:], y[stop - 2:stop])
+        expected = model.backward(d_out).params
+        for name in expected:
+            np.testing.assert_allclose(g[name], expected[name], **TOL[np.float64])
+
+
+def test_carry_state_continues_the_stream(backend):
+    # Two consecutive chunks with carry_state equal one long sequence's k1 = k2 = 5 training.
+    model = _model(backend)
+    x, y = _data(10, 2, seed=2)
+    rec_chunks, rec_long = Recorder(), Recorder()
+    fit(model, [(x[:5], y[:5]), (x[5:], y[5:])], steps=2, optimizer=rec_chunks,
+        carry_state=True, progress=False)
+    fit(model, [(x, y)], steps=1, optimizer=rec_long, bptt=(5, 5), progress=False)
+    for a, b in zip(rec_chunks.grads, rec_long.grads):
+        for name in a:
+            np.testing.assert_allclose(a[name], b[name], **TOL[np.float64])
+    # and without carrying, the second chunk starts from zeros: a different gradient
+    rec_reset = Recorder()
+    fit(model, [(x[:5], y[:5]), (x[5:], y[5:])], steps=2, optimizer=rec_reset, progress=False)
+    assert not np.allclose(rec_reset.grads[1]["weight_hh_l0"], rec_chunks.grads[1]["weight_hh_l0"])
+
+
+def test_non_finite_loss_names_the_batch(backend):
+    model = _model(backend)
+    x, y = _data(5, 2)
+    bad = y.copy()
+    bad[4, 1, 0] = 1e200  # the squared error overflows to inf
+    with pytest.raises(FloatingPointError, match="batch 1"):
+        fit(model, [(x, y), (x, bad)], steps=2, optimizer=Recorder(), progress=False)
+
+
+def test_bptt_arguments_are_checked(backend):
+    model = _model(backend)
+    x, y = _data(5, 2)
+    with pytest.raises(ValueError, match="k1 <= k2"):
+        fit(model, [(x, y)], steps=1, optimizer=Recorder(), bptt=(4, 2), progress=False)
+    with pytest.raises(ValueError, match="steps"):
+        fit(model, [(x, y)], steps=0, optimizer=Recorder(), progress=False)
+
+
+def test_history_records_losses_and_eval(backend):
+    model = _model(backend)
+    batches = [_data(5, 2, seed=s) for s in range(6)]
+    history = fit(model, batches, steps=6, optimizer=Recorder(), eval_data=batches[0],
+                  eval_every=3, progress=False)
+    assert history.step == list(range(6))
+    expected = [fb.losses.mse(model.forward(x)[0], y)[0] for x, y in batches]
+    np.testing.assert_allclose(history.loss, expected, rtol=1e-12)
+    assert history.eval_step == [2, 5]
+    assert history.updates == 6

@@ -12,6 +12,7 @@ class GradcheckError(AssertionError):
 
 def gradcheck(model, x, h0=None, *, eps=1e-6, rtol=1e-5, atol=1e-8, max_checks=16, seed=0):
     """Compare ``model.backward`` with central differences of a random scalar loss.
+
     The check runs on a float64 copy of ``model`` (same class, configuration, parameters and
     backend), so ``model`` itself is not touched. The loss is E = Σ out ⊙ R + Σ h_n ⊙ S with
     seeded random R and S, so every output and every final state carries gradient. For each
@@ -20,7 +21,6 @@ def gradcheck(model, x, h0=None, *, eps=1e-6, rtol=1e-5, atol=1e-8, max_checks=1
     :class:`GradcheckError` naming every entry where
     |analytic - numeric| > atol + rtol·|numeric|.
     """
-
     max_checks = check_positive_int("max_checks", max_checks)
     rng = np.random.default_rng(seed)
     twin = type(model)(**dict(model.config, dtype="float64"), backend=model.backend)

@@ -1,0 +1,365 @@
+"""Time one BPTT training step: the compiled kernels against the NumPy backend and PyTorch.
+
+    python -m fastbptt bench [--shapes charrnn,small,medium,large] [--cell tanh|relu]
+                             [--rounds N] [--quick] [--no-torch]
+
+A step is ``model.forward(x)`` then ``model.backward(d_out)`` on one layer, float32, no
+readout, with a fixed random ``d_out`` (torch: the module's forward, then
+``out.backward(d_out)`` with the gradients reset first). Each implementation runs all of its
+rounds in one go, after a pause that lets the previous one's thread pool go idle: numpy,
+scipy and torch each carry their own BLAS/OpenMP pool whose threads spin after a call, and
+on a machine with few cores a spinning pool steals them from the next implementation.
+
+Each rate is also put against the machine's: an sgemm of the large shape's size,
+``(T·B, I+H) @ (I+H, H)``, through scipy's OpenBLAS (the BLAS the compiled kernels call),
+timed again before each shape because this shared machine's speed drifts from one minute to
+the next. The medians' IQR shows the noise within a run, not that drift: compare ratios
+taken in one run rather than times taken in two.
+
+``benchmarks/`` runs the same steps under pytest-benchmark; both take their shapes, cells
+and step builders from this module.
+"""
+import argparse
+import gc
+import importlib.util
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _backend
+from .model import GATES, RNN
+
+DTYPE = np.float32
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One problem size: sequence length T, batch B, input I, hidden H, and how long to time it."""
+
+    T: int
+    B: int
+    I: int  # noqa: E741  (the paper's name)
+    H: int
+    rounds: int
+    warmup: int
+
+    def __str__(self):
+        return f"T={self.T} B={self.B} I={self.I} H={self.H}"
+
+
+SHAPES = {
+    "charrnn": Shape(25, 1, 65, 100, rounds=500, warmup=200),  # Karpathy's min-char-rnn
+    "small": Shape(100, 32, 32, 128, rounds=100, warmup=20),
+    "medium": Shape(50, 64, 256, 512, rounds=30, warmup=3),
+    "large": Shape(25, 64, 1024, 1024, rounds=15, warmup=2),
+}
+# Warm-up is counted in rounds (pytest-benchmark's pedantic mode counts them), chosen to last
+# ~0.1 s or more: the first calls after a pause are slow (page faults, waking thread pools).
+QUICK_ROUNDS, QUICK_WARMUP = 3, 1
+
+
+def _torch_elman(nonlinearity):
+    def build(torch, I, H):
+        return torch.nn.RNN(I, H, nonlinearity=nonlinearity)
+    return build
+
+
+# Cells to benchmark: the torch module that computes the same step. The gated cells go here
+# when the model implements them, e.g. "lstm": lambda torch, I, H: torch.nn.LSTM(I, H),
+# with an (h0, c0) initial state in _torch_step.
+CELLS = {
+    "tanh": _torch_elman("tanh"),
+    "relu": _torch_elman("relu"),
+}
+
+# Implementation name -> the label the tables print.
+IMPLEMENTATIONS = {"cython": "compiled", "numpy": "numpy", "torch": "torch"}
+
+# Seconds to wait before timing an implementation. OpenBLAS threads spin for about 2^28
+# cycles (~0.1 s here) after a call before they sleep.
+SETTLE_SECONDS = 0.5
+SGEMM_ROUNDS = 10
+
+
+def step_flops(shape, cell="tanh"):
+    """Multiply-adds ×2 of one step: forward 2·T·B·G·H·(I+H), backward twice that."""
+    G = GATES[cell]
+    return 3 * 2 * shape.T * shape.B * G * shape.H * (shape.I + shape.H)
+
+
+def inputs(shape, cell="tanh", seed=0):
+    """The fixed x (T, B, I) and d_out (T, B, H) every implementation is timed on."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((shape.T, shape.B, shape.I)).astype(DTYPE)
+    d_out = rng.standard_normal((shape.T, shape.B, shape.H)).astype(DTYPE)
+    return x, d_out
+
+
+def torch_available():
+    return importlib.util.find_spec("torch") is not None
+
+
+def implementation_status(impl):
+    """None when ``impl`` can run here, else why it cannot."""
+    if impl == "cython" and "cython" not in _backend.available_backends():
+        return f"the compiled kernels are not available ({_backend._import_error})"
+    if impl == "torch" and not torch_available():
+        return "torch is not installed"
+    return None
+
+
+def make_step(impl, shape, cell="tanh", seed=0):
+    """A callable running one training step of ``impl`` ("cython", "numpy", "torch").
+
+    Every implementation gets the same weights (fastbptt's seeded initialisation, loaded
+    into torch under the same names) and the same x and d_out, so that they run in the same
+    numeric regime. Raises NotImplementedError for a cell fastbptt does not implement yet.
+    """
+    x, d_out = inputs(shape, cell, seed)
+    if impl == "torch":
+        reference = RNN(shape.I, shape.H, cell=cell, dtype=DTYPE, seed=seed, backend="numpy")
+        return _torch_step(cell, reference.params, x, d_out)
+    model = RNN(shape.I, shape.H, cell=cell, dtype=DTYPE, seed=seed, backend=impl)
+
+    def step():
+        model.forward(x)
+        model.backward(d_out)
+
+    return step
+
+
+def _torch_step(cell, params, x, d_out):
+    import torch
+
+    B = x.shape[1]
+    I, H = params["weight_ih_l0"].shape[1], params["weight_hh_l0"].shape[1]
+    module = CELLS[cell](torch, I, H)
+    module.load_state_dict({name: torch.from_numpy(value.copy()) for name, value in params.items()})
+    # fastbptt's backward always returns dx and dh0: ask torch for them too.
+    x_t = torch.from_numpy(x).requires_grad_(True)
+    h0 = torch.zeros((1, B, H), dtype=torch.float32, requires_grad=True)
+    d_out_t = torch.from_numpy(d_out)
+
+    def step():
+        module.zero_grad(set_to_none=True)
+        x_t.grad = None
+        h0.grad = None
+        out, _ = module(x_t, h0)
+        out.backward(d_out_t)
+
+    return step
+
+
+def sgemm_dims(shape=SHAPES["large"]):
+    """(M, K, N) of the sgemm reference: the (T·B, I+H) @ (I+H, H) of one forward step's work."""
+    return shape.T * shape.B, shape.I + shape.H, shape.H
+
+
+def make_sgemm(shape=SHAPES["large"]):
+    """(callable, flops) of the sgemm reference, run into a preallocated C.
+
+    Fortran-ordered operands, so that scipy passes them to OpenBLAS without a copy.
+    """
+    from scipy.linalg.blas import sgemm
+
+    M, K, N = sgemm_dims(shape)
+    rng = np.random.default_rng(0)
+    a = np.asfortranarray(rng.standard_normal((M, K)), dtype=DTYPE)
+    b = np.asfortranarray(rng.standard_normal((K, N)) / np.sqrt(K), dtype=DTYPE)
+    c = np.zeros((M, N), dtype=DTYPE, order="F")
+
+    def run():
+        sgemm(1.0, a, b, beta=0.0, c=c, overwrite_c=1)
+
+    return run, 2 * M * K * N
+
+
+def blas_threads():
+    """The thread count of the BLAS pools fastbptt runs on; torch is set to the same."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        pass
+    else:
+        counts = [pool["num_threads"] for pool in threadpool_info()
+                  if pool.get("internal_api") == "openblas"]
+        if counts:
+            return max(counts)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "").split(",")[0].strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per call: median, quartiles and how many rounds they come from."""
+
+    median: float
+    q1: float
+    q3: float
+    rounds: int
+
+    @property
+    def iqr(self):
+        return self.q3 - self.q1
+
+    @classmethod
+    def of(cls, seconds):
+        q1, median, q3 = np.percentile(seconds, [25, 50, 75])
+        return cls(float(median), float(q1), float(q3), len(seconds))
+
+
+def measure(fn, rounds, warmup, settle=SETTLE_SECONDS):
+    """Time ``rounds`` back-to-back calls of ``fn`` after ``warmup`` untimed ones."""
+    if settle:
+        time.sleep(settle)
+    for _ in range(warmup):
+        fn()
+    gc.collect()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        seconds = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            fn()
+            seconds.append(time.perf_counter() - start)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return Timing.of(seconds)
+
+
+def format_shape_table(name, shape, cell, timings, sgemm_rate=None):
+    """The table of one shape.
+
+    timings: {implementation: Timing, or a str saying why it did not run}, in print order.
+    sgemm_rate: the reference's FLOP/s, or None to leave out the "% sgemm" column.
+    """
+    flops = step_flops(shape, cell)
+    baseline = timings.get("cython")
+    baseline = baseline if isinstance(baseline, Timing) else None
+    lines = [f"{name}  {shape}  ({flops / 1e6:,.1f} MFLOP per step)"]
+    header = f"  {'implementation':<14}{'median ms':>11}{'IQR ms':>10}{'IQR %':>7}{'rounds':>8}" \
+             f"{'/ compiled':>12}{'GFLOP/s':>9}"
+    if sgemm_rate:
+        header += f"{'% sgemm':>9}"
+    lines.append(header)
+    for impl, t in timings.items():
+        label = IMPLEMENTATIONS.get(impl, impl)
+        if not isinstance(t, Timing):
+            lines.append(f"  {label:<14}{'-':>11}   ({t})")
+            continue
+        ratio = f"{t.median / baseline.median:.2f}x" if baseline else "-"
+        rate = flops / t.median
+        row = (f"  {label:<14}{t.median * 1e3:>11.3f}{t.iqr * 1e3:>10.3f}"
+               f"{100 * t.iqr / t.median:>7.1f}{t.rounds:>8d}{ratio:>12}{rate / 1e9:>9.2f}")
+        if sgemm_rate:
+            row += f"{100 * rate / sgemm_rate:>9.1f}"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m fastbptt bench",
+        description="Time one BPTT training step (forward + backward, float32, one layer, no "
+                    "readout): fastbptt's compiled kernels, its NumPy backend and PyTorch.",
+    )
+    parser.add_argument("--shapes", default=",".join(SHAPES),
+                        help=f"comma-separated, from {', '.join(SHAPES)} (default: all)")
+    parser.add_argument("--cell", choices=list(CELLS), default="tanh",
+                        help="the recurrent cell (default: tanh)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="timed rounds per implementation and shape (default: per shape)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{QUICK_ROUNDS} rounds, no pauses: checks that it runs, not a measurement")
+    parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
+    args = parser.parse_args(argv)
+    names = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    unknown = [s for s in names if s not in SHAPES]
+    if unknown or not names:
+        parser.error(f"--shapes: unknown {unknown}; choose from {', '.join(SHAPES)}")
+    args.shapes = names
+    if args.rounds is not None and args.rounds < 1:
+        parser.error("--rounds must be a positive integer")
+    return args
+
+
+def main(argv=None):
+    """Run the comparison and print one table per shape; returns 0."""
+    args = _parse(argv)
+    out = sys.stdout
+    threads = blas_threads()  # before torch is imported: only numpy's and scipy's pools
+    settle = 0 if args.quick else SETTLE_SECONDS
+
+    impls = [impl for impl in IMPLEMENTATIONS if not (impl == "torch" and args.no_torch)]
+    unavailable = {impl: implementation_status(impl) for impl in impls}
+    runnable = [impl for impl in impls if unavailable[impl] is None]
+
+    print(f"fastbptt bench: one training step (forward + backward), {args.cell} cell, "
+          f"float32, one layer, no readout", file=out)
+    print(f"threads: {threads} per BLAS pool (numpy's and scipy's OpenBLAS)"
+          + ("; torch.set_num_threads(%d)" % threads if "torch" in runnable else ""), file=out)
+    if "cython" in runnable:
+        print(f"compiled kernels: the {_backend.compiled_level} build", file=out)
+    for impl in impls:
+        if unavailable[impl]:
+            print(f"{IMPLEMENTATIONS[impl]}: not timed, {unavailable[impl]}", file=out)
+    if args.no_torch:
+        print("torch: left out (--no-torch)", file=out)
+
+    torch_threads = None
+    if "torch" in runnable:
+        import torch
+        torch_threads = torch.get_num_threads()
+        torch.set_num_threads(threads)
+    sgemm, sgemm_flops = make_sgemm()
+    M, K, N = sgemm_dims()
+    print(f"sgemm reference: scipy.linalg.blas.sgemm ({M}, {K}) @ ({K}, {N}), timed just before "
+          "each shape (this machine's speed drifts over minutes)", file=out)
+    try:
+        for name in args.shapes:
+            shape = SHAPES[name]
+            rounds = args.rounds or (QUICK_ROUNDS if args.quick else shape.rounds)
+            warmup = QUICK_WARMUP if args.quick else shape.warmup
+            reference = measure(sgemm, QUICK_ROUNDS if args.quick else SGEMM_ROUNDS, 1, settle)
+            sgemm_rate = sgemm_flops / reference.median
+            timings = {}
+            for impl in impls:
+                if unavailable[impl]:
+                    timings[impl] = "not available"
+                    continue
+                try:
+                    step = make_step(impl, shape, args.cell)
+                except NotImplementedError as exc:
+                    timings[impl] = str(exc)
+                    continue
+                timings[impl] = measure(step, rounds, warmup, settle)
+                del step  # free the caches before the next implementation allocates its own
+            print(file=out)
+            print(format_shape_table(name, shape, args.cell, timings, sgemm_rate), file=out)
+            print(f"  sgemm reference: {sgemm_rate / 1e9:.1f} GFLOP/s (median of "
+                  f"{reference.rounds}, IQR {100 * reference.iqr / reference.median:.1f}%)", file=out)
+            out.flush()
+    finally:
+        if torch_threads is not None:
+            torch.set_num_threads(torch_threads)
+    print(file=out)
+    print("median and interquartile range of the wall time of one step; '/ compiled' is the "
+          "median's ratio to the compiled kernels'.", file=out)
+    if args.quick:
+        print("--quick: a few rounds without pauses between implementations; not a measurement.",
+              file=out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,11 +10,13 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 def as_float_dtype(dtype):
     """np.dtype for 'float32'/'float64' (or the numpy types); anything else is a TypeError."""
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        dt = None
-    if dt not in FLOAT_DTYPES:
+    dt = None
+    if dtype is not None:  # np.dtype(None) would be float64
+        try:
+            dt = np.dtype(dtype)
+        except TypeError:
+            pass
+    if dt is None or dt.name not in ("float32", "float64") or not dt.isnative:
         raise TypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     return dt
 

@@ -6,6 +6,7 @@ for ``backward``. It never knows which backend it runs on.
 """
 import json
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,8 +22,8 @@ from ._validation import (
 CELLS = ("tanh", "relu", "lstm", "gru")
 INITS = ("default", "identity", "orthogonal")
 GATES = {"tanh": 1, "relu": 1, "lstm": 4, "gru": 3}
-# Gated cells and bidirectional layers are on their way (see the project's issues); the
-# configuration names them already so that the API does not change when they land.
+# Gated cells are on their way (see the project's issues); the configuration names them
+# already so that the API does not change when they land.
 IMPLEMENTED_CELLS = ("tanh", "relu")
 
 FORMAT_VERSION = 1
@@ -79,10 +80,10 @@ class RNN:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
         if not isinstance(bidirectional, (bool, np.bool_)):
             raise TypeError(f"bidirectional must be a bool, got {bidirectional!r}")
-        if bidirectional:
-            raise NotImplementedError("bidirectional=True is not implemented yet")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise TypeError(f"seed must be an int or None, got {seed!r}")
+        if seed is not None and seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed}")
         self.cell = cell
         self.bidirectional = bool(bidirectional)
         self.init = init
@@ -170,6 +171,7 @@ class RNN:
             extra = [k for k in params if k not in shapes]
             raise ValueError(f"model.params keys do not match the model: missing {missing}, unexpected {extra}")
         all_finite = self._kernels.all_finite
+        checked = {}
         for name, shape in shapes.items():
             a = params[name]
             # The common case in a few attribute reads; check_array words the error otherwise.
@@ -177,7 +179,10 @@ class RNN:
                     and a.flags.c_contiguous and all_finite(a)):
                 check_array(f"params[{name!r}]", a, shape, self.dtype,
                             finite_check=all_finite, copy_strided=False)
-        return dict(params)
+            # A copy for the cache: an optimizer may update model.params in place before
+            # backward, whose gradients belong to the parameters forward ran with.
+            checked[name] = a.copy()
+        return checked
 
     def _check(self, name, a, shape):
         return check_array(name, a, shape, self.dtype, finite_check=self._kernels.all_finite)
@@ -187,121 +192,219 @@ class RNN:
     def forward(self, x, h0=None, lengths=None, checkpoint=None):
         """Run the network over a sequence.
 
-        x (T, B, I), time-major; h0 (L, B, H) or None for zeros.
+        x (T, B, I), time-major. h0: the initial states (D·L, B, H), or None for zeros; for
+            an LSTM a pair (h0, c0) of such arrays. D = 2 when bidirectional, and the states
+            are ordered as PyTorch's: layer 0 forward, layer 0 reverse, layer 1 forward, ...
         checkpoint: None keeps every state for ``backward``. An int k keeps only the states
             at every k-th step and recomputes each k-step segment during ``backward``
             (Chen et al. 2016): with k ≈ √T the cache holds about 2√T states instead of T,
             for one more forward pass. The gradients are those of full BPTT.
         Returns (out, h_n): out (T, B, O) with a readout, else the last layer's states
-        (T, B, H); h_n (L, B, H), each layer's final state. The cache for ``backward`` is kept.
+        (T, B, D·H), directions concatenated; h_n the final states, shaped like h0.
+        The cache for ``backward`` is kept; x must not change before ``backward``.
         """
         if lengths is not None:
             raise NotImplementedError("lengths is not implemented yet; pass padded sequences")
         params = self._check_params()
         x = self._check("x", x, (None, None, self.input_size))
         T, B, _ = x.shape
-        L, H = self.num_layers, self.hidden_size
-        segment = T if checkpoint is None else check_positive_int("checkpoint", checkpoint)
-        if h0 is None:
-            h0 = np.zeros((L, B, H), dtype=self.dtype)
+        if checkpoint is None:
+            segment = T
         else:
-            # a copy: a checkpointed cache keeps these states until backward
-            h0 = np.array(self._check("h0", h0, (L, B, H)))
-        state = list(h0)
+            segment = check_positive_int("checkpoint", checkpoint)
+            if self.bidirectional:
+                raise ValueError("checkpoint is not supported with bidirectional=True: the "
+                                 "reverse direction needs the whole sequence at once")
+        state = self._state_in("h0", h0, B)
+        if state is None:
+            state = np.zeros((self._state_count, self._layers_and_directions, B, self.hidden_size), self.dtype)
         segments, outs = [], []
         for start in range(0, T, segment):
             stop = min(start + segment, T)
             starts = state
-            states = self._layers_forward(params, x[start:stop], starts)
-            state = [hs[-1] for hs in states]
-            outs.append(self._readout_forward(params, states[-1][1:]))
+            inputs, runs, top = self._layers_forward(params, x[start:stop], starts)
+            state = self._final_state(runs)
+            outs.append(self._readout_forward(params, top))
             # A checkpointed segment keeps only its initial states; backward recomputes it.
-            segments.append((start, stop, states if checkpoint is None else starts))
+            segments.append((start, stop, (inputs, runs, top) if checkpoint is None else starts))
         out = outs[0] if len(outs) == 1 else np.concatenate(outs)
         self._cache = (x, segments, params, checkpoint is not None)
-        return out, np.stack(state)
+        return out, self._state_out(state)
 
     __call__ = forward
 
-    def _layers_forward(self, params, x, h0):
-        """Each layer's states (T+1, B, H) over x (T, B, I) from the initial states h0[k]."""
-        relu = self.cell == "relu"
-        states, layer_in = [], x
+    @property
+    def _state_count(self):
+        """Arrays in a layer's state: (h, c) for an LSTM, h otherwise."""
+        return 2 if self.cell == "lstm" else 1
+
+    @property
+    def _layers_and_directions(self):
+        return self.num_layers * self.num_directions
+
+    def _state_in(self, name, value, B):
+        """A public state (h, or (h, c) for an LSTM) as one (S, D·L, B, H) array, or None."""
+        if value is None:
+            return None
+        shape = (self._layers_and_directions, B, self.hidden_size)
+        if self.cell == "lstm":
+            if not isinstance(value, (tuple, list)) or len(value) != 2:
+                raise TypeError(f"{name} of an LSTM must be a pair (h, c) of arrays {shape}, "
+                                f"got {type(value).__name__}")
+            return np.stack([self._check(f"{name}[{i}]", v, shape) for i, v in enumerate(value)])
+        return self._check(name, value, shape)[None].copy()
+
+    def _state_out(self, state):
+        return (state[0], state[1]) if self.cell == "lstm" else state[0]
+
+    def _final_state(self, runs):
+        return np.stack([np.stack([run[s][-1] for run in runs]) for s in range(self._state_count)])
+
+    def _weights(self, params, index):
+        k, suffix = divmod(index, self.num_directions)
+        suffix = "_reverse" if suffix else ""
+        return tuple(params[f"{kind}_l{k}{suffix}"] for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+
+    def _direction_forward(self, params, index, x, state):
+        """One layer, one direction over x (T, B, I) from state (S, B, H); returns its cache,
+        whose first entry holds the states (T+1, B, H), h0 first."""
+        w_ih, w_hh, b_ih, b_hh = self._weights(params, index)
+        kernels = self._kernels
+        if self.cell == "lstm":
+            return kernels.lstm_forward(x, state[0], state[1], w_ih, w_hh, b_ih, b_hh)
+        if self.cell == "gru":
+            return kernels.gru_forward(x, state[0], w_ih, w_hh, b_ih, b_hh)
+        return (kernels.elman_forward(x, state[0], w_ih, w_hh, b_ih, b_hh, self.cell == "relu"),)
+
+    def _direction_backward(self, params, index, d_out, d_state, x, run, clip_step, norms):
+        """Backpropagate one layer, one direction; returns (dx, d_state0 (S, B, H), grads)."""
+        w_ih, w_hh, _, _ = self._weights(params, index)
+        k, reverse = divmod(index, self.num_directions)
+        suffix = f"_l{k}_reverse" if reverse else f"_l{k}"
+        kernels = self._kernels
+        if self.cell == "lstm":
+            dx, dh0, dc0, dw_ih, dw_hh, db = kernels.lstm_backward(
+                d_out, d_state[0], d_state[1], x, *run, w_ih, w_hh, clip_step, norms)
+            d_state0, db_ih, db_hh = (dh0, dc0), db, db
+        elif self.cell == "gru":
+            dx, dh0, dw_ih, dw_hh, db_ih, db_hh = kernels.gru_backward(
+                d_out, d_state[0], x, *run, w_ih, w_hh, clip_step, norms)
+            d_state0 = (dh0,)
+        else:
+            dx, dh0, dw_ih, dw_hh, db = kernels.elman_backward(
+                d_out, d_state[0], x, run[0], w_ih, w_hh, self.cell == "relu", clip_step, norms)
+            d_state0, db_ih, db_hh = (dh0,), db, db
+        grads = {f"weight_ih{suffix}": dw_ih, f"weight_hh{suffix}": dw_hh,
+                 f"bias_ih{suffix}": db_ih, f"bias_hh{suffix}": db_hh}
+        return dx, d_state0, grads
+
+    def _layers_forward(self, params, x, state):
+        """Run every layer and direction over x (T, B, I) from state (S, D·L, B, H).
+
+        Returns (inputs, runs, top): inputs[k] the input of layer k (inputs[0] = x), runs
+        each direction's cache in PyTorch's order, top the last layer's output (T, B, D·H).
+        """
+        D = self.num_directions
+        inputs, runs, layer_in = [], [], x
         for k in range(self.num_layers):
-            hs = self._kernels.elman_forward(
-                layer_in, h0[k], params[f"weight_ih_l{k}"], params[f"weight_hh_l{k}"],
-                params[f"bias_ih_l{k}"], params[f"bias_hh_l{k}"], relu)
-            states.append(hs)
-            layer_in = hs[1:]
-        return states
+            inputs.append(layer_in)
+            outs = []
+            for d in range(D):
+                run = self._direction_forward(
+                    params, k * D + d, layer_in if d == 0 else _reversed(layer_in), state[:, k * D + d])
+                runs.append(run)
+                outs.append(run[0][1:] if d == 0 else run[0][:0:-1])
+            layer_in = outs[0] if D == 1 else np.concatenate(outs, axis=2)
+        return inputs, runs, layer_in
 
     def _readout_forward(self, params, top):
         if self.output_size is None:
             return top
-        T, B, H = top.shape
+        T, B, F = top.shape
         return self._kernels.linear_forward(
-            top.reshape(T * B, H), params["weight_out"], params["bias_out"]).reshape(T, B, self.output_size)
+            top.reshape(T * B, F), params["weight_out"], params["bias_out"]).reshape(T, B, self.output_size)
 
     def backward(self, d_out, d_h_n=None, clip_step=None, step_norms=False):
         """Backpropagate through the last forward call.
 
-        d_out: ∂E/∂out, the shape of forward's ``out``; d_h_n: ∂E/∂h_n (L, B, H) or None.
+        d_out: ∂E/∂out, the shape of forward's ``out``; d_h_n: ∂E/∂h_n shaped like h_n, or None.
         clip_step: clip each sequence's δ_t to this L2 norm at every step, in place, inside
             the backward sweep (so a batch gives the same result as its rows one by one).
-        step_norms: when True, ``g.step_norms`` (L, T, B) holds ‖∂E/∂s_t‖ of every step.
+        step_norms: when True, ``g.step_norms`` (D·L, T, B) holds ‖∂E/∂h_t‖ of every layer,
+            direction, step and sequence.
         Returns :class:`Gradients`. Gradients are taken at the parameters forward ran with.
         """
         if self._cache is None:
             raise RuntimeError("backward() was called before forward(): there is no cache to backpropagate through")
         x, segments, params, checkpointed = self._cache
         T, B, _ = x.shape
-        L, H = self.num_layers, self.hidden_size
+        D, H = self.num_directions, self.hidden_size
         clip_step = check_positive_number("clip_step", clip_step)
-        out_size = H if self.output_size is None else self.output_size
+        out_size = D * H if self.output_size is None else self.output_size
         d_out = self._check("d_out", d_out, (T, B, out_size))
-        if d_h_n is not None:
-            d_h_n = self._check("d_h_n", d_h_n, (L, B, H))
-        relu = self.cell == "relu"
-        norms = np.empty((L, T, B), dtype=self.dtype) if step_norms else None
-        carry = [None if d_h_n is None else d_h_n[k] for k in range(L)]
+        carry = self._state_in("d_h_n", d_h_n, B)
+        if carry is None:
+            carry = np.zeros((self._state_count, self._layers_and_directions, B, H), self.dtype)
+        norms = np.empty((self._layers_and_directions, T, B), dtype=self.dtype) if step_norms else None
         grads, dxs = {}, []
         for start, stop, saved in reversed(segments):
-            states = self._layers_forward(params, x[start:stop], saved) if checkpointed else saved
+            inputs, runs, top = self._layers_forward(params, x[start:stop], saved) if checkpointed else saved
             d_top = d_out[start:stop]
             if self.output_size is not None:
                 n = (stop - start) * B
                 d_top, dw, db = self._kernels.linear_backward(
-                    d_top.reshape(n, out_size), states[-1][1:].reshape(n, H), params["weight_out"])
-                d_top = d_top.reshape(stop - start, B, H)
+                    d_top.reshape(n, out_size), top.reshape(n, D * H), params["weight_out"])
+                d_top = d_top.reshape(stop - start, B, D * H)
                 _accumulate(grads, "weight_out", dw)
                 _accumulate(grads, "bias_out", db)
-            for k in reversed(range(L)):
-                layer_in = x[start:stop] if k == 0 else states[k - 1][1:]
-                d_top, carry[k], dw_ih, dw_hh, db = self._kernels.elman_backward(
-                    d_top, carry[k], layer_in, states[k],
-                    params[f"weight_ih_l{k}"], params[f"weight_hh_l{k}"], relu, clip_step,
-                    None if norms is None else norms[k, start:stop])
-                _accumulate(grads, f"weight_ih_l{k}", dw_ih)
-                _accumulate(grads, f"weight_hh_l{k}", dw_hh)
-                _accumulate(grads, f"bias_ih_l{k}", db)
-                _accumulate(grads, f"bias_hh_l{k}", db)
+            for k in reversed(range(self.num_layers)):
+                d_in = None
+                for d in range(D):
+                    index = k * D + d
+                    d_dir = d_top if D == 1 else d_top[:, :, d * H:(d + 1) * H]
+                    layer_in = inputs[k]
+                    if d:
+                        d_dir, layer_in = _reversed(d_dir), _reversed(layer_in)
+                    dir_norms = None
+                    if norms is not None:
+                        dir_norms = norms[index, start:stop] if not d else np.empty((stop - start, B), self.dtype)
+                    dx, carry[:, index], dir_grads = self._direction_backward(
+                        params, index, np.ascontiguousarray(d_dir), carry[:, index], layer_in,
+                        runs[index], clip_step, dir_norms)
+                    if d:
+                        dx = dx[::-1]
+                        if norms is not None:
+                            norms[index, start:stop] = dir_norms[::-1]
+                    d_in = dx if d_in is None else d_in + dx
+                    for name, value in dir_grads.items():
+                        _accumulate(grads, name, value)
+                d_top = d_in
             dxs.append(d_top)
         dx = dxs[0] if len(dxs) == 1 else np.concatenate(dxs[::-1])
         ordered = {name: grads[name] for name in self.param_shapes()}
-        return Gradients(params=ordered, x=dx, h0=np.stack(carry), step_norms=norms)
+        return Gradients(params=ordered, x=np.ascontiguousarray(dx), h0=self._state_out(carry),
+                         step_norms=norms)
 
     def cache_nbytes(self):
         """Bytes the forward cache holds for ``backward`` (the input x aside)."""
         if self._cache is None:
             return 0
-        return sum(a.nbytes for _, _, saved in self._cache[1] for a in saved)
+        x, segments, _, checkpointed = self._cache
+        if checkpointed:
+            return sum(starts.nbytes for _, _, starts in segments)
+        (_, _, (inputs, runs, top)), = segments
+        owned = [a for run in runs for a in run] + [a for a in inputs[1:] if a.base is None]
+        if top.base is None and self.num_directions > 1:
+            owned.append(top)
+        return sum(a.nbytes for a in owned)
 
     def _state_at(self, t):
-        """The state (L, B, H) after step t of the last forward (t = 0 is its h0), a copy."""
-        if self._cache is None or self._cache[3]:
-            raise RuntimeError("no full (unsegmented) forward cache to read a state from")
-        (_, _, states), = self._cache[1]
-        return np.stack([hs[t] for hs in states])
+        """The state after step t of the last forward (t = 0 is its h0), shaped like h0."""
+        if self._cache is None or self._cache[3] or self.bidirectional:
+            raise RuntimeError("no full, unidirectional forward cache to read a state from")
+        (_, _, (_, runs, _)), = self._cache[1]
+        return self._state_out(np.stack([np.stack([run[s][t] for run in runs])
+                                         for s in range(self._state_count)]))
 
     # ----------------------------------------------------------------- state
 
@@ -341,10 +444,16 @@ class RNN:
         self._cache = None
 
     def save(self, path):
-        """Write the configuration and parameters to an ``.npz`` file (no pickle)."""
+        """Write the configuration and parameters to ``path`` (a path or a binary file object)
+        in NumPy's ``.npz`` format, without pickle; the file name is used as it is."""
         arrays = {f"param/{name}": value for name, value in self._check_params().items()}
         config = dict(self.config, format_version=FORMAT_VERSION)
-        np.savez(path, __config__=np.array(json.dumps(config)), **arrays)
+        config = np.array(json.dumps(config))
+        if hasattr(path, "write"):
+            np.savez(path, __config__=config, **arrays)
+        else:
+            with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a path
+                np.savez(f, __config__=config, **arrays)
 
 
 def load(path, *, backend="auto"):
@@ -352,7 +461,10 @@ def load(path, *, backend="auto"):
     try:
         with np.load(path, allow_pickle=False) as data:
             files = {name: data[name] for name in data.files}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+    # zipfile raises NotImplementedError or RuntimeError for headers it cannot read, zlib.error
+    # for damaged compressed data; all of them mean a damaged file here.
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, NotImplementedError,
+            RuntimeError, zlib.error) as exc:
         raise ValueError(f"{path!s} is not a readable fastbptt model file: {exc}") from exc
     if "__config__" not in files:
         raise ValueError(f"{path!s} is not a fastbptt model file: it has no configuration")
@@ -370,6 +482,11 @@ def load(path, *, backend="auto"):
             raise ValueError(f"{path!s}: parameter {name!r} has dtype {value.dtype}, expected {model.dtype}")
     model.load_state_dict(params)
     return model
+
+
+def _reversed(a):
+    """a (T, ...) reversed in time, as a contiguous copy (the kernels' input)."""
+    return np.ascontiguousarray(a[::-1])
 
 
 def _accumulate(grads, name, value):

@@ -6,7 +6,7 @@
     loss, d_out = fb.losses.mse(out, target)
     g = model.backward(d_out, clip_step=1.0)    # g.params: same keys as model.params
 """
-from . import losses
+from . import losses, optim, tasks, train
 from ._backend import available_backends
 from .clip import clip_grad_norm, clip_grad_value
 from .gradcheck import GradcheckError, gradcheck
@@ -24,4 +24,7 @@ __all__ = [
     "gradcheck",
     "load",
     "losses",
+    "optim",
+    "tasks",
+    "train",
 ]

@@ -27,6 +27,8 @@ GATES = {"tanh": 1, "relu": 1, "lstm": 4, "gru": 3}
 IMPLEMENTED_CELLS = ("tanh", "relu")
 
 FORMAT_VERSION = 1
+CONFIG_KEYS = ("input_size", "hidden_size", "cell", "num_layers", "output_size",
+               "bidirectional", "init", "dtype", "seed")
 
 
 @dataclass
@@ -102,17 +104,7 @@ class RNN:
     @property
     def config(self):
         """The constructor's arguments, enough to rebuild the model (``backend`` aside)."""
-        return {
-            "input_size": self.input_size,
-            "hidden_size": self.hidden_size,
-            "cell": self.cell,
-            "num_layers": self.num_layers,
-            "output_size": self.output_size,
-            "bidirectional": self.bidirectional,
-            "init": self.init,
-            "dtype": self.dtype.name,
-            "seed": self.seed,
-        }
+        return {key: self.dtype.name if key == "dtype" else getattr(self, key) for key in CONFIG_KEYS}
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
@@ -470,12 +462,20 @@ def load(path, *, backend="auto"):
         raise ValueError(f"{path!s} is not a fastbptt model file: it has no configuration")
     try:
         config = json.loads(str(files.pop("__config__")))
+        if not isinstance(config, dict):
+            raise TypeError(f"a JSON object was expected, got {type(config).__name__}")
         version = config.pop("format_version")
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path!s} has a damaged configuration: {exc}") from exc
     if version != FORMAT_VERSION:
         raise ValueError(f"{path!s} has format version {version}; this fastbptt reads {FORMAT_VERSION}")
-    model = RNN(backend=backend, **config)
+    if set(config) != set(CONFIG_KEYS):
+        raise ValueError(f"{path!s} has a damaged configuration: keys {sorted(config)}, "
+                         f"expected {sorted(CONFIG_KEYS)}")
+    try:
+        model = RNN(backend=backend, **config)
+    except (TypeError, ValueError, NotImplementedError) as exc:
+        raise ValueError(f"{path!s} holds a configuration this fastbptt cannot build: {exc}") from exc
     params = {name[len("param/"):]: value for name, value in files.items() if name.startswith("param/")}
     for name, value in params.items():
         if value.dtype != model.dtype:

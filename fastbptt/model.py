@@ -192,7 +192,8 @@ class RNN:
             (Chen et al. 2016): with k ≈ √T the cache holds about 2√T states instead of T,
             for one more forward pass. The gradients are those of full BPTT.
         Returns (out, h_n): out (T, B, O) with a readout, else the last layer's states
-        (T, B, D·H), directions concatenated; h_n the final states, shaped like h0.
+        (T, B, D·H), directions concatenated, as a read-only view of the cache; h_n the final
+        states, shaped like h0.
         The cache for ``backward`` is kept; x must not change before ``backward``.
         """
         if lengths is not None:
@@ -220,6 +221,11 @@ class RNN:
             # A checkpointed segment keeps only its initial states; backward recomputes it.
             segments.append((start, stop, (inputs, runs, top) if checkpoint is None else starts))
         out = outs[0] if len(outs) == 1 else np.concatenate(outs)
+        if self.output_size is None and len(outs) == 1:
+            # out is the cache's own states: read-only, so that writing into it cannot
+            # change what backward computes (copy it to modify it)
+            out = out.view()
+            out.flags.writeable = False
         self._cache = (x, segments, params, checkpoint is not None)
         return out, self._state_out(state)
 

@@ -1,0 +1,205 @@
+"""Shared test configuration: the tolerances, seeded rngs, and the backend parametrisation.
+
+Every numerical tolerance of the suite is stated in this file and nowhere else.
+
+The suite runs in two modes (see .ci/run):
+
+* compiled (the default): the compiled kernels must import, or the run stops at once with an
+  error -- a broken build must never pass quietly as the NumPy fallback;
+* ``FASTBPTT_PUREPYTHON=1``: the NumPy backend alone; tests of the compiled backend are
+  skipped, saying why.
+
+Test modules are imported with ``--import-mode=importlib`` (pyproject.toml), so they cannot
+import this file: what they share comes as fixtures (``assert_close``, ``assert_close_to_math``, ``tol``,
+``math_tol``, ``fd``, ``make_layer``, ``backend``, ``compiled_backend``, ``compiled_kernels``,
+``dtype``, ``rng``).
+"""
+import os
+import zlib
+
+import numpy as np
+import pytest
+
+import fastbptt as fb
+from fastbptt import _backend
+
+PUREPYTHON = os.environ.get("FASTBPTT_PUREPYTHON", "") not in ("", "0")
+PURE_REASON = "FASTBPTT_PUREPYTHON is set: only the NumPy backend is under test"
+
+# Compiled kernels against the NumPy oracle, per dtype. ``atol`` is relative to the largest
+# magnitude of the expected array (times max(1, max|expected|)): a weight gradient sums T·B
+# products, and cancellation leaves some of its elements far smaller than the terms, so
+# their error is set by the terms, not by themselves.
+#
+# float32: the compiled tanh is a clamped rational approximation (<= 6 ulp, 3.6e-7 relative)
+#   and the gemms sum in another order than NumPy's; through tens of steps of recurrence and
+#   the backward sweep, 600 random layers (T <= 50, H <= 80, tanh and relu, with clipping)
+#   needed at most atol 3e-6 (scaled) with rtol 0, or rtol 1.8e-4 at atol 1e-6.
+#   rtol 1e-4 with atol 1e-5 leaves a 3x margin on both.
+# float64: libm tanh on both sides, only the summation order differs: the same 600 layers
+#   needed rtol 6e-14 at atol 1e-15; 1e-11 / 1e-13 leaves two orders of magnitude.
+TOL = {
+    np.dtype(np.float32): dict(rtol=1e-4, atol=1e-5),
+    np.dtype(np.float64): dict(rtol=1e-11, atol=1e-13),
+}
+
+# A result against the same formula computed independently in float64 (a loss, one step of
+# clipping, the linear layer, a few steps of the cell, W Wᵀ = I, a clipped norm): only the result
+# dtype's own rounding, over a handful of operations, separates them. The relative part also
+# serves as the slack of inequalities that hold in exact arithmetic (|w| <= 1/√H, ...).
+# Same ``atol`` scaling as TOL.
+MATH_TOL = {
+    np.dtype(np.float32): dict(rtol=1e-5, atol=1e-6),
+    np.dtype(np.float64): dict(rtol=1e-12, atol=1e-13),
+}
+
+# Central finite differences, always in float64: step FD_EPS, truncation error ~ eps²·f''' and
+# rounding error ~ 1e-16·|E|/eps ~ 1e-9 for the losses of the small problems used (|E| ~ 10).
+FD_EPS = 1e-6
+FD_TOL = dict(rtol=1e-6, atol=1e-7)
+
+
+def tol(dtype):
+    """The backend-comparison tolerance dict(rtol=, atol=) for ``dtype``."""
+    return TOL[np.dtype(dtype)]
+
+
+def math_tol(dtype):
+    """The tolerance dict(rtol=, atol=) of a ``dtype`` result against float64 math."""
+    return MATH_TOL[np.dtype(dtype)]
+
+
+def assert_close(actual, expected, dtype, name, *, table=TOL):
+    """Compare a result with its reference at the tolerance of ``dtype`` (from TOL).
+
+    ``actual`` must have exactly ``dtype`` and the shape of ``expected`` (a float32 result
+    computed in float64 and cast, or the reverse, fails here); NaNs never compare equal.
+    """
+    dt = np.dtype(dtype)
+    assert isinstance(actual, np.ndarray), f"{name}: expected an ndarray, got {type(actual).__name__}"
+    expected = np.asarray(expected)
+    assert actual.dtype == dt, f"{name}: dtype {actual.dtype}, expected {dt}"
+    assert actual.shape == expected.shape, f"{name}: shape {actual.shape}, expected {expected.shape}"
+    t = table[dt]
+    scale = max(1.0, float(np.max(np.abs(expected)))) if expected.size else 1.0
+    np.testing.assert_allclose(actual, expected, rtol=t["rtol"], atol=t["atol"] * scale,
+                               equal_nan=False, err_msg=name)
+
+
+def assert_close_to_math(actual, expected, dtype, name):
+    """``assert_close`` at MATH_TOL: ``expected`` is the formula evaluated in float64."""
+    assert_close(actual, expected, dtype, name, table=MATH_TOL)
+
+
+# --------------------------------------------------------------------------- session hooks
+
+
+def pytest_configure(config):
+    if not PUREPYTHON and "cython" not in fb.available_backends():
+        pytest.exit(
+            "fastbptt's compiled extension did not import "
+            f"({_backend._import_error}); the tests will not pass the NumPy fallback off as "
+            "the compiled backend. Build it in place (python setup.py build_ext --inplace), "
+            "or set FASTBPTT_PUREPYTHON=1 to test the NumPy backend alone.",
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
+
+
+def pytest_report_header(config):
+    level = _backend.compiled_level
+    mode = "FASTBPTT_PUREPYTHON=1 (NumPy backend only)" if PUREPYTHON else f"compiled build {level!r}"
+    return f"fastbptt {fb.__version__}: backends {fb.available_backends()}, {mode}"
+
+
+# --------------------------------------------------------------------------- parametrisations
+
+_CYTHON = pytest.param("cython", id="cython", marks=pytest.mark.skipif(PUREPYTHON, reason=PURE_REASON))
+BACKENDS = [pytest.param("numpy", id="numpy"), _CYTHON]
+DTYPES = [pytest.param(np.dtype(np.float32), id="float32"),
+          pytest.param(np.dtype(np.float64), id="float64")]
+
+
+@pytest.fixture(params=BACKENDS, scope="session")
+def backend(request):
+    """Each backend name; 'cython' is skipped only in FASTBPTT_PUREPYTHON mode."""
+    return request.param
+
+
+@pytest.fixture(params=[_CYTHON], scope="session")
+def compiled_backend(request):
+    """'cython', for tests that compare the compiled backend with the oracle."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def compiled_kernels(compiled_backend):
+    """The compiled kernel module the 'cython' backend uses (the widest build this CPU runs)."""
+    name, module = _backend.resolve(compiled_backend)
+    assert name == "cython"
+    return module
+
+
+@pytest.fixture(params=DTYPES, scope="session")
+def dtype(request):
+    return request.param
+
+
+# --------------------------------------------------------------------------- helpers as fixtures
+
+
+@pytest.fixture
+def rng(request):
+    """A generator seeded from the test's id: reproducible, and different for every test."""
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture(name="assert_close", scope="session")
+def _assert_close_fixture():
+    return assert_close
+
+
+@pytest.fixture(name="tol", scope="session")
+def _tol_fixture():
+    return tol
+
+
+@pytest.fixture(name="assert_close_to_math", scope="session")
+def _assert_close_to_math_fixture():
+    return assert_close_to_math
+
+
+@pytest.fixture(name="math_tol", scope="session")
+def _math_tol_fixture():
+    return math_tol
+
+
+@pytest.fixture(scope="session")
+def fd():
+    """Finite-difference settings: dict(eps=, rtol=, atol=)."""
+    return dict(eps=FD_EPS, **FD_TOL)
+
+
+def make_layer(rng, T, B, I, H, dtype, *, relu=False):
+    """Random, non-trivial inputs of one Elman layer, as a dict of C-contiguous arrays.
+
+    x, h0, w_ih (H, I), w_hh (H, H), b_ih, b_hh, d_out (T, B, H), dh_n (B, H). The weights are
+    scaled so that states neither saturate nor vanish over tens of steps; for relu the biases
+    lean positive so that most units are active.
+    """
+    x = rng.standard_normal((T, B, I))
+    h0 = rng.uniform(-0.9, 0.9, (B, H))
+    w_ih = rng.standard_normal((H, I)) / np.sqrt(I)
+    w_hh = rng.standard_normal((H, H)) * (0.9 / np.sqrt(H))
+    b_ih = rng.standard_normal(H) * 0.3 + (0.2 if relu else 0.0)
+    b_hh = rng.standard_normal(H) * 0.3
+    if relu:
+        h0 = np.abs(h0)
+    d_out = rng.standard_normal((T, B, H))
+    dh_n = rng.standard_normal((B, H))
+    arrays = dict(x=x, h0=h0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, d_out=d_out, dh_n=dh_n)
+    return {k: np.ascontiguousarray(v, dtype=dtype) for k, v in arrays.items()}
+
+
+@pytest.fixture(name="make_layer", scope="session")
+def _make_layer_fixture():
+    return make_layer

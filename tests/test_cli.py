@@ -1,0 +1,57 @@
+"""The command line on tiny settings: every subcommand runs and prints what it promises."""
+import pytest
+
+from fastbptt.__main__ import main
+
+
+def test_demo_prints_the_table_and_the_gradient_flow(capsys):
+    assert main(["demo", "--T", "12", "--steps", "30", "--batch", "4", "--hidden", "8",
+                 "--cells", "tanh,irnn", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "T=12" in out
+    for name in ("tanh", "irnn"):
+        assert any(line.startswith(name) and "." in line for line in out.splitlines())
+    assert "‖∂E/∂s_t‖" in out and "t=12" in out
+
+
+def test_demo_plot_writes_a_png(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "demo.png"
+    assert main(["demo", "--T", "6", "--steps", "10", "--batch", "2", "--hidden", "4",
+                 "--cells", "irnn", "--no-progress", "--plot", str(path)]) == 0
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_rejects_an_unknown_cell():
+    with pytest.raises(SystemExit, match="unknown cells"):
+        main(["demo", "--cells", "tanh,transformer", "--no-progress"])
+
+
+def test_char_trains_and_samples(tmp_path, capsys):
+    text = tmp_path / "text.txt"
+    text.write_text("the river runs to the sea and the sea runs to the sky. " * 20, encoding="utf-8")
+    assert main(["char", str(text), "--steps", "40", "--sample-every", "20", "--hidden", "16",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("--- after") == 2 and "smoothed loss" in out
+    sample = out.rstrip().splitlines()[-1]
+    assert sample and set(sample) <= set("the river runs to the sea and the sky. ")
+
+
+def test_char_names_a_missing_file(tmp_path):
+    missing = tmp_path / "nope.txt"
+    with pytest.raises((OSError, ValueError), match="nope.txt"):
+        main(["char", str(missing), "--steps", "1", "--no-progress"])
+
+
+def test_bench_runs_quickly(capsys):
+    assert main(["bench", "--quick", "--shapes", "charrnn", "--no-torch"]) == 0
+    assert "charrnn" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [[], ["demo", "--help"], ["char", "--help"]])
+def test_help_and_usage(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(command + (["--help"] if not command else []))
+    assert exc.value.code == 0
+    assert "usage" in capsys.readouterr().out.lower()

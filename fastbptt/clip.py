@@ -16,9 +16,14 @@ def _arrays(grads):
     return arrays
 
 
-def _sum_squares(a):
-    r = a.ravel().astype(np.float64, copy=False)
-    return float(np.dot(r, r))
+def sum_squares(a):
+    """Σ a², accumulated in float64 (a float32 sum of squares overflows past ~1e19).
+
+    Element-wise NumPy only, on purpose: np.dot would wake numpy's OpenBLAS thread pool,
+    whose spinning threads then fight the compiled kernels' (scipy's) pool for the cores
+    and slow a training loop several times over.
+    """
+    return float(np.square(a, dtype=np.float64).sum())
 
 
 def clip_grad_norm(grads, max_norm):
@@ -30,8 +35,7 @@ def clip_grad_norm(grads, max_norm):
     """
     max_norm = check_positive_number("max_norm", max_norm, allow_none=False)
     arrays = _arrays(grads)
-    # float64 accumulation: a float32 sum of squares overflows for entries past ~1e19
-    total = float(np.sqrt(sum(_sum_squares(a) for a in arrays)))
+    total = float(np.sqrt(sum(sum_squares(a) for a in arrays)))
     if np.isfinite(total) and total > max_norm:
         scale = max_norm / total
         for a in arrays:

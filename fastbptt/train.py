@@ -13,7 +13,7 @@ import numpy as np
 
 from . import losses as _losses
 from ._validation import check_positive_int, check_positive_number
-from .clip import clip_grad_norm, clip_grad_value
+from .clip import clip_grad_norm, clip_grad_value, sum_squares
 
 __all__ = ["History", "fit", "evaluate"]
 
@@ -165,7 +165,7 @@ def _train_batch(model, x, target, h0, loss_fn, last_step, bptt, optimizer,
 
 
 def _norm(grads):
-    return float(np.sqrt(sum(float(np.vdot(g, g)) for g in grads.values())))
+    return float(np.sqrt(sum(sum_squares(g) for g in grads.values())))
 
 
 def _progress(total, desc):

@@ -105,3 +105,184 @@ def linear_forward(x, w, b):
 def linear_backward(dy, x, w):
     """Gradients of y = x wᵀ + b: dy (M, N), x (M, K) -> (dx (M, K), dw (N, K), db (N,))."""
     return dy @ w, dy.T @ x, dy.sum(axis=0)
+
+
+# ---------------------------------------------------------------------------- gated cells
+#
+# LSTM and GRU, PyTorch's equations and gate order exactly, so that torch.nn.LSTM/GRU
+# weights (weight_ih_l0 (G·H, I), weight_hh_l0 (G·H, H), bias_ih_l0, bias_hh_l0 (G·H,)) give
+# the same outputs and gradients. σ is computed as ½(1 + tanh(v/2)): the same function as
+# 1/(1 + e^{-v}), but with no overflow of e^{-v} for large negative v.
+
+__all__ += ["gru_backward", "gru_forward", "lstm_backward", "lstm_forward"]
+
+
+def _sigmoid(v):
+    """σ(v) = 1 / (1 + e^{-v}), as ½(1 + tanh(v/2)) so that no exponential overflows."""
+    return 0.5 * (1 + np.tanh(0.5 * v))
+
+
+def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    """Run an LSTM layer over a sequence (PyTorch's cell, gate order i, f, g, o)::
+
+        i, f, g, o = σ, σ, tanh, σ  of  x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh   (blocks of H)
+        c_t = f ⊙ c_{t-1} + i ⊙ g
+        h_t = o ⊙ tanh(c_t)
+
+    x (T, B, I), h0, c0 (B, H), w_ih (4H, I), w_hh (4H, H), b_ih, b_hh (4H,).
+    Returns (hs, cs, gates): hs, cs (T+1, B, H) with hs[0] = h0, cs[0] = c0 and hs[t] = h_t,
+    cs[t] = c_t (the layer's output is hs[1:], its final state hs[T], cs[T]); gates (T, B, 4H)
+    holds i, f, g, o of each step after their non-linearities. The three together are the
+    cache the backward pass needs (it recomputes tanh(c_t) from cs rather than storing it).
+    """
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    hs = np.empty((T + 1, B, H), dtype=x.dtype)
+    cs = np.empty((T + 1, B, H), dtype=x.dtype)
+    gates = np.empty((T, B, 4 * H), dtype=x.dtype)
+    hs[0] = h0
+    cs[0] = c0
+    for t in range(1, T + 1):
+        pre = x[t - 1] @ w_ih.T + b_ih + hs[t - 1] @ w_hh.T + b_hh    # (B, 4H)
+        i = _sigmoid(pre[:, 0 * H:1 * H])                               # input gate
+        f = _sigmoid(pre[:, 1 * H:2 * H])                               # forget gate
+        g = np.tanh(pre[:, 2 * H:3 * H])                                # cell candidate
+        o = _sigmoid(pre[:, 3 * H:4 * H])                               # output gate
+        cs[t] = f * cs[t - 1] + i * g
+        hs[t] = o * np.tanh(cs[t])
+        gates[t - 1] = np.concatenate([i, f, g, o], axis=1)
+    return hs, cs, gates
+
+
+def lstm_backward(d_out, dh_n, dc_n, x, hs, cs, gates, w_ih, w_hh, clip_step=None,
+                  step_norms=None):
+    """Backpropagate through an LSTM layer run by :func:`lstm_forward`.
+
+    d_out (T, B, H): ∂E/∂h_t from above, per step. dh_n, dc_n (B, H) or None: ∂E/∂h_T and
+    ∂E/∂c_T from beyond the sequence. x, (hs, cs, gates): the forward's input and cache;
+    w_ih, w_hh: the weights it ran with.
+    clip_step: when given, each sequence's row of the step's gate pre-activation gradient
+        δ_t = ∂E/∂(i, f, g, o pre-activations) (B, 4H) is rescaled to L2 norm ``clip_step``
+        whenever it is larger, before it flows on to h_{t-1} and into dW. The cell-state
+        gradient f ⊙ ∂E/∂c_t that flows back to c_{t-1} does not pass through δ_t and is
+        not clipped.
+    step_norms (T, B) or None: when given, filled with ‖∂E/∂h_t‖ of each row.
+    Returns (dx (T, B, I), dh0 (B, H), dc0 (B, H), dw_ih (4H, I), dw_hh (4H, H), db (4H,));
+    db is the gradient of both b_ih and b_hh.
+    """
+    T, B, H = d_out.shape
+    dx = np.empty_like(x)
+    dw_ih = np.zeros_like(w_ih)
+    dw_hh = np.zeros_like(w_hh)
+    db = np.zeros(4 * H, dtype=d_out.dtype)
+    dh = np.zeros((B, H), dtype=d_out.dtype) if dh_n is None else dh_n
+    dc = np.zeros((B, H), dtype=d_out.dtype) if dc_n is None else dc_n
+    for t in range(T, 0, -1):
+        i, f, g, o = np.split(gates[t - 1], 4, axis=1)
+        dh = d_out[t - 1] + dh                              # ∂E/∂h_t
+        if step_norms is not None:
+            step_norms[t - 1] = np.sqrt(np.sum(dh * dh, axis=1))
+        tanh_c = np.tanh(cs[t])
+        do = dh * tanh_c                                    # h_t = o ⊙ tanh(c_t)
+        dc = dc + dh * o * (1 - tanh_c * tanh_c)            # ∂E/∂c_t
+        di = dc * g                                         # c_t = f ⊙ c_{t-1} + i ⊙ g
+        df = dc * cs[t - 1]
+        dg = dc * i
+        delta = np.concatenate([di * i * (1 - i),           # i = σ(.)
+                                df * f * (1 - f),           # f = σ(.)
+                                dg * (1 - g * g),           # g = tanh(.)
+                                do * o * (1 - o)], axis=1)  # o = σ(.)      δ_t (B, 4H)
+        if clip_step is not None:
+            delta = _clip_rows(delta, clip_step)
+        dw_hh += delta.T @ hs[t - 1]                        # dW_hh += δ_tᵀ h_{t-1}
+        dw_ih += delta.T @ x[t - 1]                         # dW_ih += δ_tᵀ x_t
+        db += delta.sum(axis=0)                             # db += Σ_b δ_t
+        dx[t - 1] = delta @ w_ih                            # dx_t = δ_t W_ih
+        dh = delta @ w_hh                                   # ∂E/∂h_{t-1} through the gates
+        dc = dc * f                                         # ∂E/∂c_{t-1}, through f ⊙ c_{t-1}
+    return dx, dh, dc, dw_ih, dw_hh, db
+
+
+def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh):
+    """Run a GRU layer over a sequence (PyTorch's cell, gate order r, z, n)::
+
+        r   = σ(x_t W_irᵀ + b_ir + h_{t-1} W_hrᵀ + b_hr)
+        z   = σ(x_t W_izᵀ + b_iz + h_{t-1} W_hzᵀ + b_hz)
+        hn  = h_{t-1} W_hnᵀ + b_hn
+        n   = tanh(x_t W_inᵀ + b_in + r ⊙ hn)
+        h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
+
+    x (T, B, I), h0 (B, H), w_ih (3H, I), w_hh (3H, H), b_ih, b_hh (3H,).
+    Returns (hs, gates): hs (T+1, B, H) with hs[0] = h0 and hs[t] = h_t; gates (T, B, 4H)
+    holds r, z, n, hn of each step. That is the cache the backward pass needs, and no more:
+    r, z, n give every gate derivative from saved outputs, and hn (the hidden-side
+    pre-activation of n, which r multiplies) is the one intermediate that ∂E/∂r needs and
+    that cannot be recovered from the others without redoing the product h_{t-1} W_hnᵀ.
+    """
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    hs = np.empty((T + 1, B, H), dtype=x.dtype)
+    gates = np.empty((T, B, 4 * H), dtype=x.dtype)
+    hs[0] = h0
+    for t in range(1, T + 1):
+        gi = x[t - 1] @ w_ih.T + b_ih                                   # (B, 3H) input side
+        gh = hs[t - 1] @ w_hh.T + b_hh                                  # (B, 3H) hidden side
+        r = _sigmoid(gi[:, 0 * H:1 * H] + gh[:, 0 * H:1 * H])           # reset gate
+        z = _sigmoid(gi[:, 1 * H:2 * H] + gh[:, 1 * H:2 * H])           # update gate
+        hn = gh[:, 2 * H:3 * H]
+        n = np.tanh(gi[:, 2 * H:3 * H] + r * hn)                        # candidate state
+        hs[t] = (1 - z) * n + z * hs[t - 1]
+        gates[t - 1] = np.concatenate([r, z, n, hn], axis=1)
+    return hs, gates
+
+
+def gru_backward(d_out, dh_n, x, hs, gates, w_ih, w_hh, clip_step=None, step_norms=None):
+    """Backpropagate through a GRU layer run by :func:`gru_forward`.
+
+    d_out (T, B, H): ∂E/∂h_t from above, per step. dh_n (B, H) or None: ∂E/∂h_T from beyond
+    the sequence. x, (hs, gates): the forward's input and cache; w_ih, w_hh: its weights.
+
+    Per step two gate gradients flow: δi_t = ∂E/∂(x W_ihᵀ + b_ih) (B, 3H), the input-side
+    pre-activations of r, z, n, and δh_t = ∂E/∂(h W_hhᵀ + b_hh) (B, 3H), the hidden-side
+    ones. They share their r and z blocks; their n blocks differ by the factor r
+    (δh_n = δi_n ⊙ r), which is why db_ih and db_hh differ.
+    clip_step: when given, each sequence's row of δi_t is rescaled to L2 norm ``clip_step``
+        whenever it is larger, and δh_t is derived from the clipped δi_t, so that both are
+        scaled by the same factor: the whole gradient through the step's gates is clipped as
+        one, by the norm of ∂E/∂(r, z, n pre-activations). The direct path z ⊙ ∂E/∂h_t back to
+        h_{t-1} does not pass through the gates and is not clipped (as the LSTM's cell path).
+    step_norms (T, B) or None: when given, filled with ‖∂E/∂h_t‖ of each row.
+    Returns (dx (T, B, I), dh0 (B, H), dw_ih (3H, I), dw_hh (3H, H), db_ih (3H,), db_hh (3H,)).
+    """
+    T, B, H = d_out.shape
+    dx = np.empty_like(x)
+    dw_ih = np.zeros_like(w_ih)
+    dw_hh = np.zeros_like(w_hh)
+    db_ih = np.zeros(3 * H, dtype=d_out.dtype)
+    db_hh = np.zeros(3 * H, dtype=d_out.dtype)
+    dh = np.zeros((B, H), dtype=d_out.dtype) if dh_n is None else dh_n
+    for t in range(T, 0, -1):
+        r, z, n, hn = np.split(gates[t - 1], 4, axis=1)
+        h_prev = hs[t - 1]
+        dh = d_out[t - 1] + dh                              # ∂E/∂h_t
+        if step_norms is not None:
+            step_norms[t - 1] = np.sqrt(np.sum(dh * dh, axis=1))
+        dn = dh * (1 - z)                                   # h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
+        dz = dh * (h_prev - n)
+        dn_pre = dn * (1 - n * n)                           # n = tanh(gi_n + r ⊙ hn)
+        dr = dn_pre * hn
+        delta_i = np.concatenate([dr * r * (1 - r),         # r = σ(gi_r + gh_r)
+                                  dz * z * (1 - z),         # z = σ(gi_z + gh_z)
+                                  dn_pre], axis=1)          # δi_t (B, 3H)
+        if clip_step is not None:
+            delta_i = _clip_rows(delta_i, clip_step)
+        delta_h = np.concatenate([delta_i[:, :2 * H],        # gh_r, gh_z enter as gi_r, gi_z do
+                                  delta_i[:, 2 * H:] * r],   # gh_n = hn enters as r ⊙ hn
+                                 axis=1)                     # δh_t (B, 3H)
+        dw_ih += delta_i.T @ x[t - 1]                       # dW_ih += δi_tᵀ x_t
+        dw_hh += delta_h.T @ h_prev                         # dW_hh += δh_tᵀ h_{t-1}
+        db_ih += delta_i.sum(axis=0)                        # db_ih += Σ_b δi_t
+        db_hh += delta_h.sum(axis=0)                        # db_hh += Σ_b δh_t
+        dx[t - 1] = delta_i @ w_ih                          # dx_t = δi_t W_ih
+        dh = delta_h @ w_hh + dh * z                        # ∂E/∂h_{t-1}: gates, and z ⊙ h_{t-1}
+    return dx, dh, dw_ih, dw_hh, db_ih, db_hh

@@ -67,12 +67,12 @@ def _torch_elman(nonlinearity):
     return build
 
 
-# Cells to benchmark: the torch module that computes the same step. The gated cells go here
-# when the model implements them, e.g. "lstm": lambda torch, I, H: torch.nn.LSTM(I, H),
-# with an (h0, c0) initial state in _torch_step.
+# Cells to benchmark: the torch module that computes the same step.
 CELLS = {
     "tanh": _torch_elman("tanh"),
     "relu": _torch_elman("relu"),
+    "lstm": lambda torch, I, H: torch.nn.LSTM(I, H),
+    "gru": lambda torch, I, H: torch.nn.GRU(I, H),
 }
 
 # Implementation name -> the label the tables print.
@@ -141,13 +141,15 @@ def _torch_step(cell, params, x, d_out):
     # fastbptt's backward always returns dx and dh0: ask torch for them too.
     x_t = torch.from_numpy(x).requires_grad_(True)
     h0 = torch.zeros((1, B, H), dtype=torch.float32, requires_grad=True)
+    state = (h0, torch.zeros_like(h0, requires_grad=True)) if cell == "lstm" else h0
     d_out_t = torch.from_numpy(d_out)
 
     def step():
         module.zero_grad(set_to_none=True)
         x_t.grad = None
-        h0.grad = None
-        out, _ = module(x_t, h0)
+        for s in (state if cell == "lstm" else (state,)):
+            s.grad = None
+        out, _ = module(x_t, state)
         out.backward(d_out_t)
 
     return step

@@ -15,8 +15,8 @@ def gradcheck(model, x, h0=None, *, eps=1e-6, rtol=1e-5, atol=1e-8, max_checks=1
 
     The check runs on a float64 copy of ``model`` (same class, configuration, parameters and
     backend), so ``model`` itself is not touched. The loss is E = Σ out ⊙ R + Σ h_n ⊙ S with
-    seeded random R and S, so every output and every final state carries gradient. For each
-    parameter, for x and for h0, up to ``max_checks`` seeded random entries are perturbed by
+    seeded random R and S, so every output and every final state carries gradient (for an
+    LSTM, h0 and h_n are (h, c) pairs). For each parameter, for x and for h0, up to ``max_checks`` seeded random entries are perturbed by
     ±eps. Returns the largest error found relative to the tolerance (≤ 1 passes); raises
     :class:`GradcheckError` naming every entry where
     |analytic - numeric| > atol + rtol·|numeric|.
@@ -27,19 +27,32 @@ def gradcheck(model, x, h0=None, *, eps=1e-6, rtol=1e-5, atol=1e-8, max_checks=1
     twin.load_state_dict(model.params)
     x = np.asarray(x, dtype=np.float64).copy()
     L, H = twin.num_layers * twin.num_directions, twin.hidden_size
-    h0 = np.zeros((L, x.shape[1], H)) if h0 is None else np.asarray(h0, dtype=np.float64).copy()
+    # The state as a list of arrays: [h] or, for an LSTM, [h, c].
+    parts = 2 if twin.cell == "lstm" else 1
+    if h0 is None:
+        state = [np.zeros((L, x.shape[1], H)) for _ in range(parts)]
+    else:
+        state = [np.asarray(a, dtype=np.float64).copy() for a in (h0 if parts == 2 else [h0])]
 
-    out, h_n = twin.forward(x, h0)
+    def as_h0():
+        return tuple(state) if parts == 2 else state[0]
+
+    def as_list(h):
+        return list(h) if parts == 2 else [h]
+
+    out, h_n = twin.forward(x, as_h0())
     r_out = rng.standard_normal(out.shape)
-    r_h = rng.standard_normal(h_n.shape)
-    g = twin.backward(r_out, r_h)
+    r_h = [rng.standard_normal(a.shape) for a in as_list(h_n)]
+    g = twin.backward(r_out, tuple(r_h) if parts == 2 else r_h[0])
 
     def loss():
-        o, h = twin.forward(x, h0)
-        return float(np.sum(o * r_out) + np.sum(h * r_h))
+        o, h = twin.forward(x, as_h0())
+        return float(np.sum(o * r_out) + sum(np.sum(a * r) for a, r in zip(as_list(h), r_h)))
 
     targets = [(f"params[{name!r}]", twin.params[name], g.params[name]) for name in twin.params]
-    targets += [("x", x, g.x), ("h0", h0, g.h0)]
+    targets.append(("x", x, g.x))
+    labels = ["h0"] if parts == 1 else ["h0[0]", "h0[1]"]
+    targets += [(label, a, da) for label, a, da in zip(labels, state, as_list(g.h0))]
     failures, worst = [], 0.0
     for label, array, analytic in targets:
         flat = array.reshape(-1)

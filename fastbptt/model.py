@@ -24,7 +24,7 @@ INITS = ("default", "identity", "orthogonal")
 GATES = {"tanh": 1, "relu": 1, "lstm": 4, "gru": 3}
 # Gated cells are on their way (see the project's issues); the configuration names them
 # already so that the API does not change when they land.
-IMPLEMENTED_CELLS = ("tanh", "relu")
+IMPLEMENTED_CELLS = CELLS
 
 FORMAT_VERSION = 1
 CONFIG_KEYS = ("input_size", "hidden_size", "cell", "num_layers", "output_size",

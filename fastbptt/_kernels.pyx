@@ -53,18 +53,31 @@ cdef long SMALL_STEP = 32 * 1024
 
 # ---------------------------------------------------------------------------- element-wise
 
-cdef inline floating tanh_fast(floating v) noexcept nogil:
+# tanh_fast's clamp bounds, |v| ≤ 9 in and |tanh| ≤ 1 out, read at run time: see tanh_fast.
+cdef float TANH_V_MAX = 9.0
+cdef float TANH_T_MAX = 1.0
+
+
+cdef inline floating tanh_fast(floating v, floating v_max, floating t_max) noexcept nogil:
     """tanh: libm for double; for float a clamped rational approximation that vectorizes.
 
-    tanh(v) ≈ v·P(v²)/Q(v²) on |v| ≤ 9 (beyond it tanh rounds to ±1 in float32), degree 4
-    over 4 in v², fitted for minimax relative error (2e-8 in exact arithmetic; at most 6 ulp,
-    3.6e-7 relative, evaluated in float32 over every float32 input).
+    tanh(v) ≈ v·P(v²)/Q(v²) on |v| ≤ v_max = 9 (beyond it tanh rounds to ±1 in float32),
+    degree 4 over 4 in v², fitted for minimax relative error (2e-8 in exact arithmetic; at
+    most 6 ulp, 3.6e-7 relative, evaluated in float32 over every float32 input), the result
+    clamped to ±t_max = ±1.
+
+    The bounds come in as arguments (TANH_V_MAX, TANH_T_MAX) rather than literals: with
+    literals gcc 12 specialises the code after each clamp for its clamped branch, leaving
+    floating-point operations in branches it will not if-convert under the default
+    -ftrapping-math, and the calling loops stay scalar in the baseline and AVX2 builds
+    (-fopt-info-vec: "control flow in loop"). Bounds read at run time leave nothing to
+    specialise, and the loops vectorize.
     """
     cdef floating z, p, q, r
     if floating is double:
         return tanh(v)
     else:
-        v = min(max(v, <float> -9.0), <float> 9.0)
+        v = min(max(v, -v_max), v_max)
         z = v * v
         p = (((<float> 1.3353277630953247e-08 * z + <float> 2.060820368271201e-05) * z
               + <float> 0.003495541604163021) * z + <float> 0.13380989168127425) * z \
@@ -72,7 +85,7 @@ cdef inline floating tanh_fast(floating v) noexcept nogil:
         q = (((<float> 7.776024320070959e-07 * z + <float> 0.000328555360422324) * z
               + <float> 0.02587681338707093) * z + <float> 0.467143048959488) * z + <float> 1.0
         r = v * p / q
-        return min(max(r, <float> -1.0), <float> 1.0)
+        return min(max(r, -t_max), t_max)
 
 
 cdef inline void bias_activation(floating* pre, const floating* bias, Py_ssize_t B,
@@ -81,6 +94,7 @@ cdef inline void bias_activation(floating* pre, const floating* bias, Py_ssize_t
     cdef Py_ssize_t b, j
     cdef floating* row
     cdef floating v
+    cdef floating v_max = TANH_V_MAX, t_max = TANH_T_MAX
     for b in range(B):
         row = pre + b * H
         if relu:
@@ -89,7 +103,7 @@ cdef inline void bias_activation(floating* pre, const floating* bias, Py_ssize_t
                 row[j] = v if v > 0 else 0
         else:
             for j in range(H):
-                row[j] = tanh_fast(row[j] + bias[j])
+                row[j] = tanh_fast(row[j] + bias[j], v_max, t_max)
 
 
 cdef inline void delta_step(const floating* d_out, const floating* carry, const floating* s,
@@ -103,7 +117,7 @@ cdef inline void delta_step(const floating* d_out, const floating* carry, const 
             delta[j] = g if s[j] > 0 else 0
     else:
         for j in range(n):
-            delta[j] = (d_out[j] + carry[j]) * (1 - s[j] * s[j])
+            delta[j] = (d_out[j] + carry[j]) * (<floating> 1 - s[j] * s[j])
 
 
 cdef inline void row_norms(const floating* a, const floating* b, floating* out,
@@ -385,47 +399,17 @@ cdef object _linear_backward(const floating[:, ::1] dy, const floating[:, ::1] x
 cdef long SMALL_GATED_STEP = 256 * 1024
 
 
-# tanh_fast's clamp bounds, |v| ≤ 9 in and |tanh| ≤ 1 out, as variables: see tanh_gate.
-cdef float TANH_V_MAX = 9.0
-cdef float TANH_T_MAX = 1.0
-
-
-cdef inline floating tanh_gate(floating v, floating v_max, floating t_max) noexcept nogil:
-    """tanh_fast(v), the same arithmetic, with its clamp bounds passed in (v_max = 9, t_max = 1).
-
-    With the bounds as literals, gcc 12 specialises the code after each clamp for its clamped
-    branch (there v = ±9, or the result ±1, is a constant that folds), which leaves floating-
-    point operations inside branches that it will not if-convert under the default
-    -ftrapping-math; loops that use tanh in further arithmetic, as every gated pass does,
-    then stay scalar in the baseline and AVX2 builds (-fopt-info-vec: "control flow in
-    loop"). Bounds read at run time leave nothing to specialise, and the passes vectorize.
-    """
-    cdef floating z, p, q, r
-    if floating is double:
-        return tanh(v)
-    else:
-        v = min(max(v, -v_max), v_max)
-        z = v * v
-        p = (((<float> 1.3353277630953247e-08 * z + <float> 2.060820368271201e-05) * z
-              + <float> 0.003495541604163021) * z + <float> 0.13380989168127425) * z \
-            + <float> 0.9999999796790445
-        q = (((<float> 7.776024320070959e-07 * z + <float> 0.000328555360422324) * z
-              + <float> 0.02587681338707093) * z + <float> 0.467143048959488) * z + <float> 1.0
-        r = v * p / q
-        return min(max(r, -t_max), t_max)
-
-
 cdef inline floating sigmoid_fast(floating v, floating v_max, floating t_max) noexcept nogil:
     """σ(v) = ½(1 + tanh(v/2)): the same function as 1/(1 + e^{-v}), built on tanh_fast's
-    approximation (through tanh_gate) so that it vectorizes, and e^{-v} never overflows."""
-    return <floating> 0.5 * (<floating> 1 + tanh_gate(<floating> 0.5 * v, v_max, t_max))
+    approximation so that it vectorizes, and e^{-v} never overflows."""
+    return <floating> 0.5 * (<floating> 1 + tanh_fast(<floating> 0.5 * v, v_max, t_max))
 
 
 # The gated cells' fused passes work through a row LANES elements at a time, into buffers
 # on the stack that are copied out after each chunk. Written straight into the caller's
 # arrays, these loops stay scalar with gcc 12 in every build (-fopt-info-vec): the outputs
 # might alias the inputs, with more pairs to check at run time than gcc will check (10).
-# Stack buffers alias nothing, and with tanh_gate every build vectorizes all four passes.
+# Stack buffers alias nothing, and with tanh_fast's run-time bounds every build vectorizes all four passes.
 cdef enum:
     LANES = 128
 
@@ -458,10 +442,10 @@ cdef inline void lstm_cell(floating* pre, const floating* bias, const floating* 
             for j in range(n):
                 i[j] = sigmoid_fast(p[j] + bp[j], v_max, t_max)
                 f[j] = sigmoid_fast(p[H + j] + bp[H + j], v_max, t_max)
-                g[j] = tanh_gate(p[2 * H + j] + bp[2 * H + j], v_max, t_max)
+                g[j] = tanh_fast(p[2 * H + j] + bp[2 * H + j], v_max, t_max)
                 o[j] = sigmoid_fast(p[3 * H + j] + bp[3 * H + j], v_max, t_max)
                 c_t[j] = f[j] * cp[j] + i[j] * g[j]
-                h_t[j] = o[j] * tanh_gate(c_t[j], v_max, t_max)
+                h_t[j] = o[j] * tanh_fast(c_t[j], v_max, t_max)
             size = n * sizeof(floating)
             memcpy(p, i, size)
             memcpy(p + H, f, size)
@@ -513,7 +497,7 @@ cdef inline void lstm_cell_backward(const floating* d_out, const floating* carry
                 o = gt[3 * H + j]
                 dh = dy[j] + ch[j]
                 # h_t = o ⊙ tanh(c_t), o = σ(.)
-                tc = tanh_gate(ct[j], v_max, t_max)
+                tc = tanh_fast(ct[j], v_max, t_max)
                 dc = cc[j] + dh * o * (<floating> 1 - tc * tc)
                 d_o[j] = dh * tc * o * (<floating> 1 - o)
                 # c_t = f ⊙ c_{t-1} + i ⊙ g;  i = σ(.), f = σ(.), g = tanh(.)
@@ -561,7 +545,7 @@ cdef inline void gru_cell(floating* gates, const floating* gh, const floating* b
                 r[j] = sigmoid_fast(gi[j] + gp[j] + bias[j0 + j], v_max, t_max)
                 z[j] = sigmoid_fast(gi[H + j] + gp[H + j] + bias[H + j0 + j], v_max, t_max)
                 hn[j] = gp[2 * H + j] + b_hh[2 * H + j0 + j]
-                n_t[j] = tanh_gate(gi[2 * H + j] + b_ih[2 * H + j0 + j] + r[j] * hn[j],
+                n_t[j] = tanh_fast(gi[2 * H + j] + b_ih[2 * H + j0 + j] + r[j] * hn[j],
                                    v_max, t_max)
                 h_t[j] = (<floating> 1 - z[j]) * n_t[j] + z[j] * hp[j]
             size = n * sizeof(floating)

@@ -24,10 +24,11 @@ LOSSES = {"mse": _losses.mse, "cross_entropy": _losses.cross_entropy}
 class History:
     """What ``fit`` measured, for printing and plotting.
 
-    step: the batch index of each entry of ``loss``; loss: that batch's training loss (summed
-    over its scored steps, mean over the batch); grad_norm: the joint gradient norm of its
-    last update before clipping; eval_step / eval_loss: held-out loss at those batches;
-    updates: optimizer updates made; seconds: wall time of the loop.
+    step: the batch index of each entry of ``loss`` and ``grad_norm`` (every
+    ``log_every``-th batch and the last); loss: that batch's training loss (summed over its
+    scored steps, mean over the batch); grad_norm: the joint gradient norm of its last update
+    before clipping; eval_step / eval_loss: held-out loss at those batches; batches and
+    updates: batches trained and optimizer updates made; seconds: wall time of the loop.
     """
 
     step: list = field(default_factory=list)
@@ -35,12 +36,14 @@ class History:
     grad_norm: list = field(default_factory=list)
     eval_step: list = field(default_factory=list)
     eval_loss: list = field(default_factory=list)
+    batches: int = 0
     updates: int = 0
     seconds: float = 0.0
 
     @property
     def steps_per_second(self):
-        return len(self.step) / self.seconds if self.seconds > 0 else math.nan
+        """Batches trained per second of the loop."""
+        return self.batches / self.seconds if self.seconds > 0 else math.nan
 
 
 def _loss_fn(loss):
@@ -95,11 +98,13 @@ def fit(model, batches, *, steps, optimizer, loss="mse", last_step=False, bptt=N
     try:
         for step, (x, target) in zip(range(steps), batches):
             h0 = state if carry_state else None
-            value, state = _train_batch(model, x, target, h0, loss_fn, last_step, bptt,
-                                        optimizer, clip_norm, clip_value, clip_step, history, step)
+            value, norm, state = _train_batch(model, x, target, h0, loss_fn, last_step, bptt,
+                                              optimizer, clip_norm, clip_value, clip_step, history, step)
+            history.batches += 1
             if step % log_every == 0 or step == steps - 1:
                 history.step.append(step)
                 history.loss.append(value)
+                history.grad_norm.append(norm)
             if eval_data is not None and eval_every is not None and (step + 1) % eval_every == 0:
                 history.eval_step.append(step)
                 history.eval_loss.append(evaluate(model, *eval_data, loss=loss, last_step=last_step))
@@ -121,7 +126,7 @@ def fit(model, batches, *, steps, optimizer, loss="mse", last_step=False, bptt=N
 
 def _train_batch(model, x, target, h0, loss_fn, last_step, bptt, optimizer,
                  clip_norm, clip_value, clip_step, history, step):
-    """BPTT(k1, k2) over one batch; returns (its loss, the final state)."""
+    """BPTT(k1, k2) over one batch; returns (its loss, its last gradient norm, the final state)."""
     T = x.shape[0]
     k1, k2 = bptt if bptt is not None else (T, T)
     total = 0.0
@@ -160,8 +165,7 @@ def _train_batch(model, x, target, h0, loss_fn, last_step, bptt, optimizer,
         else:
             state = h_n
         prev_end = end
-    history.grad_norm.append(norm)
-    return total, state
+    return total, norm, state
 
 
 def _norm(grads):

@@ -128,3 +128,14 @@ def test_history_records_losses_and_eval(backend):
     np.testing.assert_allclose(history.loss, expected, rtol=1e-12)
     assert history.eval_step == [2, 5]
     assert history.updates == 6
+    assert len(history.grad_norm) == 6
+
+
+def test_history_counts_every_batch_when_logging_few(backend):
+    model = _model(backend)
+    batches = [_data(5, 2, seed=s) for s in range(7)]
+    history = fit(model, batches, steps=7, optimizer=Recorder(), log_every=3, progress=False)
+    assert history.step == [0, 3, 6]
+    assert len(history.loss) == len(history.grad_norm) == 3
+    assert history.batches == 7
+    assert history.steps_per_second == pytest.approx(7 / history.seconds)

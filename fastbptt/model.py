@@ -211,21 +211,26 @@ class RNN:
         state = self._state_in("h0", h0, B)
         if state is None:
             state = np.zeros((self._state_count, self._layers_and_directions, B, self.hidden_size), self.dtype)
-        segments, outs = [], []
+        segments, out = [], None
         for start in range(0, T, segment):
             stop = min(start + segment, T)
             starts = state
             inputs, runs, top = self._layers_forward(params, x[start:stop], starts)
             state = self._final_state(runs)
-            outs.append(self._readout_forward(params, top))
+            seg_out = self._readout_forward(params, top)
+            if segment == T:
+                out = seg_out
+                if self.output_size is None:
+                    # the cache's own states: read-only, so that writing into them cannot
+                    # change what backward computes (copy out to modify it)
+                    out = out.view()
+                    out.flags.writeable = False
+            else:
+                if out is None:
+                    out = np.empty((T,) + seg_out.shape[1:], dtype=self.dtype)
+                out[start:stop] = seg_out
             # A checkpointed segment keeps only its initial states; backward recomputes it.
             segments.append((start, stop, (inputs, runs, top) if checkpoint is None else starts))
-        out = outs[0] if len(outs) == 1 else np.concatenate(outs)
-        if self.output_size is None and len(outs) == 1:
-            # out is the cache's own states: read-only, so that writing into it cannot
-            # change what backward computes (copy it to modify it)
-            out = out.view()
-            out.flags.writeable = False
         self._cache = (x, segments, params, checkpoint is not None)
         return out, self._state_out(state)
 
@@ -344,7 +349,8 @@ class RNN:
         if carry is None:
             carry = np.zeros((self._state_count, self._layers_and_directions, B, H), self.dtype)
         norms = np.empty((self._layers_and_directions, T, B), dtype=self.dtype) if step_norms else None
-        grads, dxs = {}, []
+        grads = {}
+        d_x = None if len(segments) == 1 else np.empty(x.shape, dtype=self.dtype)
         for start, stop, saved in reversed(segments):
             inputs, runs, top = self._layers_forward(params, x[start:stop], saved) if checkpointed else saved
             d_top = d_out[start:stop]
@@ -377,10 +383,12 @@ class RNN:
                     for name, value in dir_grads.items():
                         _accumulate(grads, name, value)
                 d_top = d_in
-            dxs.append(d_top)
-        dx = dxs[0] if len(dxs) == 1 else np.concatenate(dxs[::-1])
+            if d_x is None:
+                d_x = d_top
+            else:
+                d_x[start:stop] = d_top
         ordered = {name: grads[name] for name in self.param_shapes()}
-        return Gradients(params=ordered, x=np.ascontiguousarray(dx), h0=self._state_out(carry),
+        return Gradients(params=ordered, x=np.ascontiguousarray(d_x), h0=self._state_out(carry),
                          step_norms=norms)
 
     def cache_nbytes(self):

@@ -185,6 +185,26 @@ cdef inline void small_matmul_acc(const floating* a, const floating* w, floating
             k += 1
 
 
+cdef inline void weight_gradients(const floating* d_in, const floating* d_rec,
+                                  const floating* x, const floating* h_prev,
+                                  const floating* w_ih, floating* dx, floating* dw_ih,
+                                  floating* dw_hh, Py_ssize_t TB, Py_ssize_t I, Py_ssize_t H,
+                                  Py_ssize_t G) noexcept nogil:
+    """After the backward sweep, from the stored gate gradients of all T·B rows: dx, dW_ih
+    and dW_hh, one gemm each (the adjoint accumulation dW += δ_tᵀ s_{t-1} over all t at once).
+
+    d_in (TB, G): ∂E/∂(input-side pre-activations); d_rec (TB, G): ∂E/∂(recurrent-side
+    pre-activations), the same array except in the GRU; x (TB, I); h_prev (TB, H) the states
+    s_{t-1}, i.e. hs[:-1].
+    """
+    # dx = d_in @ w_ih                          (TB, G) @ (G, I)
+    gemm(False, False, TB, I, G, 1, d_in, G, w_ih, I, 0, dx, I)
+    # dw_ih = d_in.T @ x                        (G, TB) @ (TB, I)
+    gemm(True, False, G, I, TB, 1, d_in, G, x, I, 0, dw_ih, I)
+    # dw_hh = d_rec.T @ h_prev                  (G, TB) @ (TB, H)
+    gemm(True, False, G, H, TB, 1, d_rec, G, h_prev, H, 0, dw_hh, H)
+
+
 cdef inline void column_sums(const floating* a, floating* out, Py_ssize_t M, Py_ssize_t N) noexcept nogil:
     """out (N,) = a (M, N).sum(axis=0)."""
     cdef Py_ssize_t m, j
@@ -324,12 +344,8 @@ cdef object _elman_backward(const floating[:, :, ::1] d_out, dh_n, const floatin
             else:
                 # carry = delta[t] @ w_hh
                 gemm(False, False, B, H, H, 1, d, H, &w_hh[0, 0], H, 0, &carry[0, 0], H)
-        # dx = delta @ w_ih                             (T*B, H) @ (H, I)
-        gemm(False, False, T * B, I, H, 1, &delta[0, 0, 0], H, &w_ih[0, 0], I, 0, &dx[0, 0, 0], I)
-        # dw_ih = delta.reshape(T*B, H).T @ x.reshape(T*B, I)
-        gemm(True, False, H, I, T * B, 1, &delta[0, 0, 0], H, &x[0, 0, 0], I, 0, &dw_ih[0, 0], I)
-        # dw_hh = delta.reshape(T*B, H).T @ hs[:-1].reshape(T*B, H)
-        gemm(True, False, H, H, T * B, 1, &delta[0, 0, 0], H, &hs[0, 0, 0], H, 0, &dw_hh[0, 0], H)
+        weight_gradients(&delta[0, 0, 0], &delta[0, 0, 0], &x[0, 0, 0], &hs[0, 0, 0], &w_ih[0, 0],
+                         &dx[0, 0, 0], &dw_ih[0, 0], &dw_hh[0, 0], T * B, I, H, H)
         # db = delta.sum(axis=(0, 1))
         column_sums(&delta[0, 0, 0], &db[0], T * B, H)
     return dx_arr, np.asarray(carry), dw_ih_arr, dw_hh_arr, db_arr
@@ -726,12 +742,8 @@ cdef object _lstm_backward(const floating[:, :, ::1] d_out, dh_n, dc_n,
             else:
                 # carry_h = delta[t] @ w_hh
                 gemm(False, False, B, H, G, 1, d, G, &w_hh[0, 0], H, 0, &carry_h[0, 0], H)
-        # dx = delta.reshape(T*B, 4H) @ w_ih
-        gemm(False, False, T * B, I, G, 1, &delta[0, 0, 0], G, &w_ih[0, 0], I, 0, &dx[0, 0, 0], I)
-        # dw_ih = delta.reshape(T*B, 4H).T @ x.reshape(T*B, I)
-        gemm(True, False, G, I, T * B, 1, &delta[0, 0, 0], G, &x[0, 0, 0], I, 0, &dw_ih[0, 0], I)
-        # dw_hh = delta.reshape(T*B, 4H).T @ hs[:-1].reshape(T*B, H)
-        gemm(True, False, G, H, T * B, 1, &delta[0, 0, 0], G, &hs[0, 0, 0], H, 0, &dw_hh[0, 0], H)
+        weight_gradients(&delta[0, 0, 0], &delta[0, 0, 0], &x[0, 0, 0], &hs[0, 0, 0], &w_ih[0, 0],
+                         &dx[0, 0, 0], &dw_ih[0, 0], &dw_hh[0, 0], T * B, I, H, G)
         # db = delta.sum(axis=(0, 1))
         column_sums(&delta[0, 0, 0], &db[0], T * B, G)
     return dx_arr, np.asarray(carry_h), np.asarray(carry_c), dw_ih_arr, dw_hh_arr, db_arr
@@ -839,12 +851,8 @@ cdef object _gru_backward(const floating[:, :, ::1] d_out, dh_n, const floating[
             else:
                 # carry += delta_h[t] @ w_hh
                 gemm(False, False, B, H, G, 1, dh, G, &w_hh[0, 0], H, 1, &carry[0, 0], H)
-        # dx = delta_i.reshape(T*B, 3H) @ w_ih
-        gemm(False, False, T * B, I, G, 1, &delta_i[0, 0, 0], G, &w_ih[0, 0], I, 0, &dx[0, 0, 0], I)
-        # dw_ih = delta_i.reshape(T*B, 3H).T @ x.reshape(T*B, I)
-        gemm(True, False, G, I, T * B, 1, &delta_i[0, 0, 0], G, &x[0, 0, 0], I, 0, &dw_ih[0, 0], I)
-        # dw_hh = delta_h.reshape(T*B, 3H).T @ hs[:-1].reshape(T*B, H)
-        gemm(True, False, G, H, T * B, 1, &delta_h[0, 0, 0], G, &hs[0, 0, 0], H, 0, &dw_hh[0, 0], H)
+        weight_gradients(&delta_i[0, 0, 0], &delta_h[0, 0, 0], &x[0, 0, 0], &hs[0, 0, 0], &w_ih[0, 0],
+                         &dx[0, 0, 0], &dw_ih[0, 0], &dw_hh[0, 0], T * B, I, H, G)
         # db_ih = delta_i.sum(axis=(0, 1)); db_hh = delta_h.sum(axis=(0, 1))
         column_sums(&delta_i[0, 0, 0], &db_ih[0], T * B, G)
         column_sums(&delta_h[0, 0, 0], &db_hh[0], T * B, G)

@@ -97,6 +97,15 @@ class Optimizer:
 
     _hyperparams = ("lr",)
 
+    def _decayed(self, p, g, scratch):
+        """g + weight_decay·p (PyTorch's L2 penalty) in scratch[1]; g itself without decay."""
+        if not self.weight_decay:
+            return g
+        d = scratch[1]
+        np.multiply(p, self.weight_decay, out=d)
+        d += g
+        return d
+
     def __init__(self, params, **hyperparams):
         self.params = _check_params(params)
         self._set_hyperparams(self._check_hyperparams(**hyperparams))
@@ -315,12 +324,7 @@ class SGD(Optimizer):
 
     def _update(self, p, g, state, scratch):
         t = scratch[0]
-        if self.weight_decay:
-            d = scratch[1]
-            np.multiply(p, self.weight_decay, out=d)
-            d += g
-        else:
-            d = g
+        d = self._decayed(p, g, scratch)
         if self.momentum:
             b = state["momentum_buffer"]
             b *= self.momentum
@@ -426,12 +430,7 @@ class Adam(Optimizer):
     def _update(self, p, g, state, scratch):
         beta1, beta2 = self.betas
         m, v, s = state["exp_avg"], state["exp_avg_sq"], scratch[0]
-        if self.weight_decay:
-            d = scratch[1]
-            np.multiply(p, self.weight_decay, out=d)
-            d += g
-        else:
-            d = g
+        d = self._decayed(p, g, scratch)
         t = self.step_count
         step_size = self.lr / (1.0 - beta1 ** t)
         root_bias2 = math.sqrt(1.0 - beta2 ** t)

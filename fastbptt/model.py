@@ -187,6 +187,11 @@ class RNN:
         x (T, B, I), time-major. h0: the initial states (D·L, B, H), or None for zeros; for
             an LSTM a pair (h0, c0) of such arrays. D = 2 when bidirectional, and the states
             are ordered as PyTorch's: layer 0 forward, layer 0 reverse, layer 1 forward, ...
+        lengths: None, or (B,) ints in [1, T]: PyTorch's PackedSequence semantics on the padded
+            x. Sequence b stops after lengths[b] steps: its outputs past the end are zero, its
+            h_n is its state at its own last step, and its gradients are those of the sequence
+            cut to its length. Steps past a sequence's end are not computed at all.
+            (Not yet with bidirectional=True or checkpoint.)
         checkpoint: None keeps every state for ``backward``. An int k keeps only the states
             at every k-th step and recomputes each k-step segment during ``backward``
             (Chen et al. 2016): with k ≈ √T the cache holds about 2√T states instead of T,
@@ -196,8 +201,6 @@ class RNN:
         states, shaped like h0.
         The cache for ``backward`` is kept; x must not change before ``backward``.
         """
-        if lengths is not None:
-            raise NotImplementedError("lengths is not implemented yet; pass padded sequences")
         params = self._check_params()
         x = self._check("x", x, (None, None, self.input_size))
         T, B, _ = x.shape
@@ -211,14 +214,37 @@ class RNN:
         state = self._state_in("h0", h0, B)
         if state is None:
             state = np.zeros((self._state_count, self._layers_and_directions, B, self.hidden_size), self.dtype)
+        order = None
+        if lengths is None:
+            spans = [(start, min(start + segment, T), B) for start in range(0, T, segment)]
+        else:
+            if self.bidirectional:
+                raise NotImplementedError("lengths with bidirectional=True is not implemented yet")
+            if checkpoint is not None:
+                raise ValueError("checkpoint and lengths cannot be combined yet")
+            lengths = _check_lengths(lengths, T, B)
+            # Longest first, so that the sequences still running at any step are a prefix of
+            # the batch: each span of steps runs only its active rows (PyTorch's packing).
+            order = np.argsort(-lengths, kind="stable")
+            x = np.ascontiguousarray(x[:, order])
+            state = np.ascontiguousarray(state[:, :, order])
+            sorted_lengths = lengths[order]
+            bounds = [0] + sorted(set(sorted_lengths.tolist()))
+            spans = [(start, stop, int(np.count_nonzero(sorted_lengths >= stop)))
+                     for start, stop in zip(bounds[:-1], bounds[1:])]
+        whole = spans == [(0, T, B)]  # one span over everything: out is the kernels' own output
         segments, out = [], None
-        for start in range(0, T, segment):
-            stop = min(start + segment, T)
-            starts = state
-            inputs, runs, top = self._layers_forward(params, x[start:stop], starts)
-            state = self._final_state(runs)
+        for start, stop, rows in spans:
+            starts = state if rows == B else state[:, :, :rows]
+            inputs, runs, top = self._layers_forward(params, _rows(x[start:stop], rows), starts)
+            final = self._final_state(runs)
+            if rows == B:
+                state = final
+            else:
+                state = state.copy()
+                state[:, :, :rows] = final
             seg_out = self._readout_forward(params, top)
-            if segment == T:
+            if whole:
                 out = seg_out
                 if self.output_size is None:
                     # the cache's own states: read-only, so that writing into them cannot
@@ -227,11 +253,14 @@ class RNN:
                     out.flags.writeable = False
             else:
                 if out is None:
-                    out = np.empty((T,) + seg_out.shape[1:], dtype=self.dtype)
-                out[start:stop] = seg_out
+                    out = np.zeros((T, B) + seg_out.shape[2:], dtype=self.dtype)
+                out[start:stop, :rows] = seg_out
             # A checkpointed segment keeps only its initial states; backward recomputes it.
-            segments.append((start, stop, (inputs, runs, top) if checkpoint is None else starts))
-        self._cache = (x, segments, params, checkpoint is not None)
+            segments.append((start, stop, rows, (inputs, runs, top) if checkpoint is None else starts))
+        if order is not None:
+            out = _unsort(out, order)
+            state = _unsort(state, order, axis=2)
+        self._cache = (x, segments, params, checkpoint is not None, order)
         return out, self._state_out(state)
 
     __call__ = forward
@@ -339,7 +368,7 @@ class RNN:
         """
         if self._cache is None:
             raise RuntimeError("backward() was called before forward(): there is no cache to backpropagate through")
-        x, segments, params, checkpointed = self._cache
+        x, segments, params, checkpointed, order = self._cache
         T, B, _ = x.shape
         D, H = self.num_directions, self.hidden_size
         clip_step = check_positive_number("clip_step", clip_step)
@@ -348,17 +377,26 @@ class RNN:
         carry = self._state_in("d_h_n", d_h_n, B)
         if carry is None:
             carry = np.zeros((self._state_count, self._layers_and_directions, B, H), self.dtype)
-        norms = np.empty((self._layers_and_directions, T, B), dtype=self.dtype) if step_norms else None
+        if order is not None:  # forward sorted the batch by length
+            d_out = np.ascontiguousarray(d_out[:, order])
+            carry = np.ascontiguousarray(carry[:, :, order])
+        norms = None
+        if step_norms:
+            norms = np.zeros((self._layers_and_directions, T, B), dtype=self.dtype)
         grads = {}
-        d_x = None if len(segments) == 1 else np.empty(x.shape, dtype=self.dtype)
-        for start, stop, saved in reversed(segments):
-            inputs, runs, top = self._layers_forward(params, x[start:stop], saved) if checkpointed else saved
-            d_top = d_out[start:stop]
+        whole = [seg[:3] for seg in segments] == [(0, T, B)]
+        d_x = None if whole else np.zeros(x.shape, dtype=self.dtype)
+        for start, stop, rows, saved in reversed(segments):
+            if checkpointed:
+                inputs, runs, top = self._layers_forward(params, x[start:stop], saved)
+            else:
+                inputs, runs, top = saved
+            d_top = _rows(d_out[start:stop], rows)
             if self.output_size is not None:
-                n = (stop - start) * B
+                n = (stop - start) * rows
                 d_top, dw, db = self._kernels.linear_backward(
                     d_top.reshape(n, out_size), top.reshape(n, D * H), params["weight_out"])
-                d_top = d_top.reshape(stop - start, B, D * H)
+                d_top = d_top.reshape(stop - start, rows, D * H)
                 _accumulate(grads, "weight_out", dw)
                 _accumulate(grads, "bias_out", db)
             for k in reversed(range(self.num_layers)):
@@ -371,14 +409,14 @@ class RNN:
                         d_dir, layer_in = _reversed(d_dir), _reversed(layer_in)
                     dir_norms = None
                     if norms is not None:
-                        dir_norms = norms[index, start:stop] if not d else np.empty((stop - start, B), self.dtype)
-                    dx, carry[:, index], dir_grads = self._direction_backward(
-                        params, index, np.ascontiguousarray(d_dir), carry[:, index], layer_in,
+                        dir_norms = np.empty((stop - start, rows), self.dtype)
+                    dx, carry[:, index, :rows], dir_grads = self._direction_backward(
+                        params, index, np.ascontiguousarray(d_dir), carry[:, index, :rows], layer_in,
                         runs[index], clip_step, dir_norms)
                     if d:
                         dx = dx[::-1]
-                        if norms is not None:
-                            norms[index, start:stop] = dir_norms[::-1]
+                    if norms is not None:
+                        norms[index, start:stop, :rows] = dir_norms[::-1] if d else dir_norms
                     d_in = dx if d_in is None else d_in + dx
                     for name, value in dir_grads.items():
                         _accumulate(grads, name, value)
@@ -386,29 +424,36 @@ class RNN:
             if d_x is None:
                 d_x = d_top
             else:
-                d_x[start:stop] = d_top
+                d_x[start:stop, :rows] = d_top
+        d_x = np.ascontiguousarray(d_x)
+        if order is not None:
+            d_x = _unsort(d_x, order)
+            carry = _unsort(carry, order, axis=2)
+            if norms is not None:
+                norms = _unsort(norms, order, axis=2)
         ordered = {name: grads[name] for name in self.param_shapes()}
-        return Gradients(params=ordered, x=np.ascontiguousarray(d_x), h0=self._state_out(carry),
-                         step_norms=norms)
+        return Gradients(params=ordered, x=d_x, h0=self._state_out(carry), step_norms=norms)
 
     def cache_nbytes(self):
         """Bytes the forward cache holds for ``backward`` (the input x aside)."""
         if self._cache is None:
             return 0
-        x, segments, _, checkpointed = self._cache
+        _, segments, _, checkpointed, _ = self._cache
         if checkpointed:
-            return sum(starts.nbytes for _, _, starts in segments)
-        (_, _, (inputs, runs, top)), = segments
-        owned = [a for run in runs for a in run] + [a for a in inputs[1:] if a.base is None]
-        if top.base is None and self.num_directions > 1:
-            owned.append(top)
+            return sum(starts.nbytes for _, _, _, starts in segments)
+        owned = []
+        for _, _, _, (inputs, runs, top) in segments:
+            owned += [a for run in runs for a in run] + [a for a in inputs[1:] if a.base is None]
+            if top.base is None and self.num_directions > 1:
+                owned.append(top)
         return sum(a.nbytes for a in owned)
 
     def _state_at(self, t):
         """The state after step t of the last forward (t = 0 is its h0), shaped like h0."""
-        if self._cache is None or self._cache[3] or self.bidirectional:
-            raise RuntimeError("no full, unidirectional forward cache to read a state from")
-        (_, _, (_, runs, _)), = self._cache[1]
+        cache = self._cache
+        if cache is None or cache[3] or cache[4] is not None or self.bidirectional:
+            raise RuntimeError("no full, unidirectional, unpacked forward cache to read a state from")
+        (_, _, _, (_, runs, _)), = cache[1]
         return self._state_out(np.stack([np.stack([run[s][t] for run in runs])
                                          for s in range(self._state_count)]))
 
@@ -496,6 +541,33 @@ def load(path, *, backend="auto"):
             raise ValueError(f"{path!s}: parameter {name!r} has dtype {value.dtype}, expected {model.dtype}")
     model.load_state_dict(params)
     return model
+
+
+def _check_lengths(lengths, T, B):
+    """lengths as an int64 array (B,) with every entry in [1, T]."""
+    arr = np.asarray(lengths)
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"lengths must hold integers, got dtype {arr.dtype}")
+    if arr.shape != (B,):
+        raise ValueError(f"lengths must have shape ({B},), one length per sequence, got {arr.shape}")
+    if arr.min() < 1 or arr.max() > T:
+        raise ValueError(f"lengths must lie in [1, {T}] (T = x.shape[0]), got values in "
+                         f"[{arr.min()}, {arr.max()}]")
+    return arr.astype(np.int64)
+
+
+def _rows(a, rows):
+    """The first ``rows`` sequences of a (T, B, ...) array, contiguous (a itself when all)."""
+    return a if rows == a.shape[1] else np.ascontiguousarray(a[:, :rows])
+
+
+def _unsort(a, order, axis=1):
+    """Undo a[..., order, ...] = original along ``axis``: the batch back in the caller's order."""
+    out = np.empty_like(a)
+    index = [slice(None)] * a.ndim
+    index[axis] = order
+    out[tuple(index)] = a
+    return out
 
 
 def _reversed(a):

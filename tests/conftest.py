@@ -203,3 +203,15 @@ def make_layer(rng, T, B, I, H, dtype, *, relu=False):
 @pytest.fixture(name="make_layer", scope="session")
 def _make_layer_fixture():
     return make_layer
+
+
+def random_state(rng, cell, shape):
+    """A random recurrent state of ``shape``: an array, or for an LSTM an (h, c) pair."""
+    if cell == "lstm":
+        return rng.standard_normal(shape), rng.standard_normal(shape)
+    return rng.standard_normal(shape)
+
+
+@pytest.fixture(name="random_state", scope="session")
+def _random_state_fixture():
+    return random_state

@@ -8,35 +8,30 @@ import fastbptt as fb
 GATED = ["lstm", "gru"]
 
 
-def _state(rng, cell, shape):
-    if cell == "lstm":
-        return rng.standard_normal(shape), rng.standard_normal(shape)
-    return rng.standard_normal(shape)
-
-
 @pytest.mark.parametrize("backend", fb.available_backends())
 @pytest.mark.parametrize("cell", GATED)
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("num_layers, output_size", [(1, None), (2, 3)])
-def test_gradients_match_finite_differences(backend, cell, bidirectional, num_layers, output_size):
+def test_gradients_match_finite_differences(backend, cell, bidirectional, num_layers, output_size,
+                                             random_state):
     rng = np.random.default_rng(num_layers + 2 * bidirectional)
     model = fb.RNN(3, 4, cell=cell, num_layers=num_layers, bidirectional=bidirectional,
                    output_size=output_size, dtype="float64", seed=1, backend=backend)
     D = 2 if bidirectional else 1
     x = rng.standard_normal((5, 2, 3))
-    assert fb.gradcheck(model, x, _state(rng, cell, (D * num_layers, 2, 4))) <= 1
+    assert fb.gradcheck(model, x, random_state(rng, cell, (D * num_layers, 2, 4))) <= 1
 
 
 @pytest.mark.skipif("cython" not in fb.available_backends(), reason="the compiled kernels are not in use")
 @pytest.mark.parametrize("cell", GATED)
 @pytest.mark.parametrize("dtype, tol", [("float32", dict(rtol=3e-4, atol=3e-5)),
                                         ("float64", dict(rtol=1e-10, atol=1e-12))])
-def test_compiled_model_matches_the_numpy_model(cell, dtype, tol):
+def test_compiled_model_matches_the_numpy_model(cell, dtype, tol, random_state):
     rng = np.random.default_rng(7)
     models = [fb.RNN(5, 6, cell=cell, num_layers=2, bidirectional=True, output_size=2,
                      dtype=dtype, seed=3, backend=b) for b in ("cython", "numpy")]
     x = rng.standard_normal((7, 3, 5)).astype(dtype)
-    h0 = _state(rng, cell, (4, 3, 6))
+    h0 = random_state(rng, cell, (4, 3, 6))
     h0 = tuple(a.astype(dtype) for a in h0) if cell == "lstm" else h0.astype(dtype)
     results = []
     for model in models:
@@ -82,7 +77,7 @@ def test_lstm_state_must_be_a_pair():
 
 @pytest.mark.parametrize("cell", GATED)
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_matches_torch(cell, bidirectional):
+def test_matches_torch(cell, bidirectional, random_state):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(5)
     module = getattr(torch.nn, cell.upper())(4, 6, num_layers=2, bidirectional=bidirectional).double()
@@ -90,7 +85,7 @@ def test_matches_torch(cell, bidirectional):
     model.load_state_dict(module.state_dict())
     D = 2 if bidirectional else 1
     x = rng.standard_normal((6, 3, 4))
-    h0 = _state(rng, cell, (2 * D, 3, 6))
+    h0 = random_state(rng, cell, (2 * D, 3, 6))
     x_t = torch.from_numpy(x).requires_grad_()
     h0_t = tuple(torch.from_numpy(a).requires_grad_() for a in h0) if cell == "lstm" \
         else torch.from_numpy(h0).requires_grad_()

@@ -15,26 +15,20 @@ def _pick(state, b):
     return state[:, b:b + 1]
 
 
-def _random_state(rng, cell, shape):
-    if cell == "lstm":
-        return rng.standard_normal(shape), rng.standard_normal(shape)
-    return rng.standard_normal(shape)
-
-
 @pytest.mark.parametrize("backend", fb.available_backends())
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("output_size", [None, 3])
-def test_batch_with_lengths_equals_its_sequences_one_by_one(backend, cell, output_size):
+def test_batch_with_lengths_equals_its_sequences_one_by_one(backend, cell, output_size, random_state):
     rng = np.random.default_rng(CELLS.index(cell))
     model = fb.RNN(4, 5, cell=cell, num_layers=2, output_size=output_size, dtype="float64",
                    seed=0, backend=backend)
     T, B = 7, 5
     lengths = np.array([3, 7, 1, 5, 3])
     x = rng.standard_normal((T, B, 4))
-    h0 = _random_state(rng, cell, (2, B, 5))
+    h0 = random_state(rng, cell, (2, B, 5))
     out, h_n = model.forward(x, h0, lengths=lengths)
     d_out = rng.standard_normal(out.shape)
-    d_h_n = _random_state(rng, cell, (2, B, 5))
+    d_h_n = random_state(rng, cell, (2, B, 5))
     g = model.backward(d_out, d_h_n, clip_step=0.8, step_norms=True)
 
     total = {name: 0 for name in g.params}

@@ -4,7 +4,7 @@ import time
 import numpy as np
 
 from . import losses, optim, tasks
-from .model import IMPLEMENTED_CELLS, RNN
+from .model import RNN
 from .train import fit
 
 # name: (cell, init, Adam learning rate). The tanh net starts from the default small uniform
@@ -35,13 +35,13 @@ def _gradient_flow(model, x, target):
 def run_demo(args):
     T, B, H = args.T, args.batch, args.hidden
     steps = args.steps or (12000 if T <= 100 else 120 * T)
-    names = [n for n in DEMO_MODELS if DEMO_MODELS[n][0] in IMPLEMENTED_CELLS]
+    names = list(DEMO_MODELS)
     if args.cells:
         wanted = [c.strip() for c in args.cells.split(",")]
         unknown = [c for c in wanted if c not in DEMO_MODELS]
         if unknown:
             raise SystemExit(f"unknown cells {unknown}; choose from {list(DEMO_MODELS)}")
-        names = [n for n in wanted if DEMO_MODELS[n][0] in IMPLEMENTED_CELLS]
+        names = wanted
     baseline = tasks.ADDING_BASELINE_MSE
     x_test, y_test = tasks.adding_problem(T, 1000, seed=args.seed + 10_000)
     print(f"The adding problem, T={T}: the target is the sum of the two marked values among {T}.")

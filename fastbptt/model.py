@@ -22,9 +22,6 @@ from ._validation import (
 CELLS = ("tanh", "relu", "lstm", "gru")
 INITS = ("default", "identity", "orthogonal")
 GATES = {"tanh": 1, "relu": 1, "lstm": 4, "gru": 3}
-# Gated cells are on their way (see the project's issues); the configuration names them
-# already so that the API does not change when they land.
-IMPLEMENTED_CELLS = CELLS
 
 FORMAT_VERSION = 1
 CONFIG_KEYS = ("input_size", "hidden_size", "cell", "num_layers", "output_size",
@@ -76,8 +73,6 @@ class RNN:
         self.output_size = None if output_size is None else check_positive_int("output_size", output_size)
         if cell not in CELLS:
             raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
-        if cell not in IMPLEMENTED_CELLS:
-            raise NotImplementedError(f"cell={cell!r} is not implemented yet; use 'tanh' or 'relu'")
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
         if not isinstance(bidirectional, (bool, np.bool_)):

@@ -13,7 +13,7 @@ def main(argv=None):
     demo = sub.add_parser(
         "demo", help="the adding problem: tanh vs IRNN vs LSTM vs GRU, vanishing gradients in numbers",
         description="Train a tanh RNN, an IRNN (ReLU with identity init), an "
-                    "LSTM and GRU on the adding problem with the same budget, and compare their "
+                    "LSTM and a GRU on the adding problem with the same budget, and compare their "
                     "test MSE with the 1/6 baseline of always answering 1.")
     demo.add_argument("--T", type=int, default=100, help="sequence length (default 100)")
     demo.add_argument("--steps", type=int, default=None,

@@ -14,6 +14,11 @@ Where the speed comes from:
   rational approximation because a libm call in that loop costs more than the gemm.
 * Per-step products too small for BLAS's call overhead (a char-RNN step is 1x100 @ 100x100)
   run in a plain loop instead.
+
+Variable-length batches come in as ``batch_sizes`` (T,), as in ``_reference.py``: the batch
+sorted longest first, step t runs only its first batch_sizes[t] rows (the per-step product
+and element-wise pass shrink with it), and finished rows carry their state unchanged. The
+hoisted gemms stay whole: the δ's of finished rows are zero, so they add nothing to dW.
 """
 import numpy as np
 
@@ -205,6 +210,20 @@ cdef inline void weight_gradients(const floating* d_in, const floating* d_rec,
     gemm(True, False, G, H, TB, 1, d_rec, G, h_prev, H, 0, dw_hh, H)
 
 
+cdef inline void zero_rows(floating* a, Py_ssize_t start, Py_ssize_t stop,
+                           Py_ssize_t width) noexcept nogil:
+    """a[start:stop, :] = 0 for a row-major a with rows of ``width``."""
+    if stop > start:
+        memset(a + start * width, 0, (stop - start) * width * sizeof(floating))
+
+
+cdef inline void keep_rows(const floating* prev, floating* cur, Py_ssize_t start,
+                           Py_ssize_t stop, Py_ssize_t width) noexcept nogil:
+    """cur[start:stop, :] = prev[start:stop, :]: finished sequences keep their state."""
+    if stop > start:
+        memcpy(cur + start * width, prev + start * width, (stop - start) * width * sizeof(floating))
+
+
 cdef inline void column_sums(const floating* a, floating* out, Py_ssize_t M, Py_ssize_t N) noexcept nogil:
     """out (N,) = a (M, N).sum(axis=0)."""
     cdef Py_ssize_t m, j
@@ -248,20 +267,22 @@ cdef bint _all_finite(const floating[::1] a):
     return not bad
 
 
-def elman_forward(x, h0, w_ih, w_hh, b_ih, b_hh, bint relu):
+def elman_forward(x, h0, w_ih, w_hh, b_ih, b_hh, bint relu, batch_sizes=None):
     """Run an Elman layer over a sequence; see ``_reference.elman_forward``.
 
-    x (T, B, I), h0 (B, H), w_ih (H, I), w_hh (H, H), b_ih, b_hh (H,).
-    Returns hs (T+1, B, H): hs[0] = h0, hs[t] = s_t, the output and the backward's cache.
+    x (T, B, I), h0 (B, H), w_ih (H, I), w_hh (H, H), b_ih, b_hh (H,); batch_sizes (T,)
+    intp or None. Returns hs (T+1, B, H): hs[0] = h0, hs[t] = s_t, the output and the
+    backward's cache.
     """
     if x.dtype == np.float32:
-        return _elman_forward[float](x, h0, w_ih, w_hh, b_ih, b_hh, relu)
-    return _elman_forward[double](x, h0, w_ih, w_hh, b_ih, b_hh, relu)
+        return _elman_forward[float](x, h0, w_ih, w_hh, b_ih, b_hh, relu, batch_sizes)
+    return _elman_forward[double](x, h0, w_ih, w_hh, b_ih, b_hh, relu, batch_sizes)
 
 
 cdef object _elman_forward(const floating[:, :, ::1] x, const floating[:, ::1] h0,
                            const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
-                           const floating[::1] b_ih, const floating[::1] b_hh, bint relu):
+                           const floating[::1] b_ih, const floating[::1] b_hh, bint relu,
+                           batch_sizes):
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = w_hh.shape[0]
     dtype = np.float32 if floating is float else np.float64
     hs_arr = np.empty((T + 1, B, H), dtype=dtype)
@@ -272,7 +293,9 @@ cdef object _elman_forward(const floating[:, :, ::1] x, const floating[:, ::1] h
     if small:
         # The small path wants W_hhᵀ row-major, so that each step is a sum of rows.
         w_hh_t = np.ascontiguousarray(np.asarray(w_hh).T)
-    cdef Py_ssize_t t
+    cdef bint packed = batch_sizes is not None
+    cdef const Py_ssize_t[::1] sizes = batch_sizes if packed else None
+    cdef Py_ssize_t t, n = B
     cdef floating* cur
     with nogil:
         memcpy(&hs[0, 0, 0], &h0[0, 0], B * H * sizeof(floating))
@@ -280,29 +303,38 @@ cdef object _elman_forward(const floating[:, :, ::1] x, const floating[:, ::1] h
         gemm(False, True, T * B, H, I, 1, &x[0, 0, 0], I, &w_ih[0, 0], I, 0, &hs[1, 0, 0], H)
         for t in range(1, T + 1):
             cur = &hs[t, 0, 0]
+            if packed:
+                n = sizes[t - 1]
+                keep_rows(&hs[t - 1, 0, 0], cur, n, B, H)
+                if n == 0:
+                    continue
             if small:
-                # hs[t] += hs[t-1] @ w_hh.T
-                small_matmul_acc(&hs[t - 1, 0, 0], &w_hh_t[0, 0], cur, B, H, H)
+                # hs[t, :n] += hs[t-1, :n] @ w_hh.T
+                small_matmul_acc(&hs[t - 1, 0, 0], &w_hh_t[0, 0], cur, n, H, H)
             else:
-                # hs[t] += hs[t-1] @ w_hh.T
-                gemm(False, True, B, H, H, 1, &hs[t - 1, 0, 0], H, &w_hh[0, 0], H, 1, cur, H)
-            bias_activation(cur, &bias[0], B, H, relu)
+                # hs[t, :n] += hs[t-1, :n] @ w_hh.T
+                gemm(False, True, n, H, H, 1, &hs[t - 1, 0, 0], H, &w_hh[0, 0], H, 1, cur, H)
+            bias_activation(cur, &bias[0], n, H, relu)
     return hs_arr
 
 
-def elman_backward(d_out, dh_n, x, hs, w_ih, w_hh, bint relu, clip_step=None, step_norms=None):
+def elman_backward(d_out, dh_n, x, hs, w_ih, w_hh, bint relu, clip_step=None, step_norms=None,
+                   batch_sizes=None):
     """Backpropagate through an Elman layer; see ``_reference.elman_backward``.
 
     Returns (dx (T, B, I), dh0 (B, H), dw_ih (H, I), dw_hh (H, H), db (H,)).
     """
     if d_out.dtype == np.float32:
-        return _elman_backward[float](d_out, dh_n, x, hs, w_ih, w_hh, relu, clip_step, step_norms)
-    return _elman_backward[double](d_out, dh_n, x, hs, w_ih, w_hh, relu, clip_step, step_norms)
+        return _elman_backward[float](d_out, dh_n, x, hs, w_ih, w_hh, relu, clip_step, step_norms,
+                                      batch_sizes)
+    return _elman_backward[double](d_out, dh_n, x, hs, w_ih, w_hh, relu, clip_step, step_norms,
+                                   batch_sizes)
 
 
 cdef object _elman_backward(const floating[:, :, ::1] d_out, dh_n, const floating[:, :, ::1] x,
                             const floating[:, :, ::1] hs, const floating[:, ::1] w_ih,
-                            const floating[:, ::1] w_hh, bint relu, clip_step, step_norms):
+                            const floating[:, ::1] w_hh, bint relu, clip_step, step_norms,
+                            batch_sizes):
     cdef Py_ssize_t T = d_out.shape[0], B = d_out.shape[1], H = d_out.shape[2], I = x.shape[2]
     dtype = np.float32 if floating is float else np.float64
     cdef bint clip = clip_step is not None
@@ -326,24 +358,34 @@ cdef object _elman_backward(const floating[:, :, ::1] d_out, dh_n, const floatin
     cdef floating[:, ::1] dw_hh = dw_hh_arr
     cdef floating[::1] db = db_arr
     cdef bint small = B * H * H <= SMALL_STEP
-    cdef Py_ssize_t t
+    cdef bint packed = batch_sizes is not None
+    cdef const Py_ssize_t[::1] sizes = batch_sizes if packed else None
+    cdef Py_ssize_t t, n = B
     cdef floating* d
     with nogil:
         for t in range(T - 1, -1, -1):
+            d = &delta[t, 0, 0]
+            if packed:
+                # rows n: finished before step t: δ_t = 0, their carry passes on unchanged
+                n = sizes[t]
+                zero_rows(d, n, B, H)
+                if want_norms:
+                    zero_rows(&norms[t, 0], n, B, 1)
+                if n == 0:
+                    continue
             # carry holds ∂E/∂s_t arriving from step t+1 (or d_h_n at the end)
             if want_norms:
-                row_norms(&d_out[t, 0, 0], &carry[0, 0], &norms[t, 0], B, H)
-            d = &delta[t, 0, 0]
-            delta_step(&d_out[t, 0, 0], &carry[0, 0], &hs[t + 1, 0, 0], d, B * H, relu)
+                row_norms(&d_out[t, 0, 0], &carry[0, 0], &norms[t, 0], n, H)
+            delta_step(&d_out[t, 0, 0], &carry[0, 0], &hs[t + 1, 0, 0], d, n * H, relu)
             if clip:
-                clip_rows(d, B, H, max_norm)
+                clip_rows(d, n, H, max_norm)
             if small:
-                # carry = delta[t] @ w_hh
-                memset(&carry[0, 0], 0, B * H * sizeof(floating))
-                small_matmul_acc(d, &w_hh[0, 0], &carry[0, 0], B, H, H)
+                # carry[:n] = delta[t, :n] @ w_hh
+                memset(&carry[0, 0], 0, n * H * sizeof(floating))
+                small_matmul_acc(d, &w_hh[0, 0], &carry[0, 0], n, H, H)
             else:
-                # carry = delta[t] @ w_hh
-                gemm(False, False, B, H, H, 1, d, H, &w_hh[0, 0], H, 0, &carry[0, 0], H)
+                # carry[:n] = delta[t, :n] @ w_hh
+                gemm(False, False, n, H, H, 1, d, H, &w_hh[0, 0], H, 0, &carry[0, 0], H)
         weight_gradients(&delta[0, 0, 0], &delta[0, 0, 0], &x[0, 0, 0], &hs[0, 0, 0], &w_ih[0, 0],
                          &dx[0, 0, 0], &dw_ih[0, 0], &dw_hh[0, 0], T * B, I, H, H)
         # db = delta.sum(axis=(0, 1))
@@ -638,22 +680,22 @@ cdef inline void gru_hidden_delta(const floating* delta_i, const floating* gates
             dhn[j] = dn[j] * gr[j]
 
 
-def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes=None):
     """Run an LSTM layer over a sequence; see ``_reference.lstm_forward``.
 
     x (T, B, I), h0, c0 (B, H), w_ih (4H, I), w_hh (4H, H), b_ih, b_hh (4H,).
     Returns (hs, cs, gates): hs, cs (T+1, B, H) from h0, c0; gates (T, B, 4H) the
-    activations i, f, g, o of each step.
+    activations i, f, g, o of each step (zero in finished rows, with batch_sizes).
     """
     if x.dtype == np.float32:
-        return _lstm_forward[float](x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-    return _lstm_forward[double](x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+        return _lstm_forward[float](x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes)
+    return _lstm_forward[double](x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes)
 
 
 cdef object _lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] h0,
                           const floating[:, ::1] c0, const floating[:, ::1] w_ih,
                           const floating[:, ::1] w_hh, const floating[::1] b_ih,
-                          const floating[::1] b_hh):
+                          const floating[::1] b_hh, batch_sizes):
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = w_hh.shape[1]
     cdef Py_ssize_t G = 4 * H
     dtype = np.float32 if floating is float else np.float64
@@ -664,7 +706,9 @@ cdef object _lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] h0
     cdef floating[:, :, ::1] cs = cs_arr
     cdef floating[:, :, ::1] gates = gates_arr
     cdef floating[::1] bias = np.add(b_ih, b_hh)
-    cdef Py_ssize_t t
+    cdef bint packed = batch_sizes is not None
+    cdef const Py_ssize_t[::1] sizes = batch_sizes if packed else None
+    cdef Py_ssize_t t, n = B
     cdef floating* pre
     with nogil:
         memcpy(&hs[0, 0, 0], &h0[0, 0], B * H * sizeof(floating))
@@ -673,30 +717,37 @@ cdef object _lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] h0
         gemm(False, True, T * B, G, I, 1, &x[0, 0, 0], I, &w_ih[0, 0], I, 0, &gates[0, 0, 0], G)
         for t in range(T):
             pre = &gates[t, 0, 0]
-            # gates[t] += hs[t] @ w_hh.T
-            gemm(False, True, B, G, H, 1, &hs[t, 0, 0], H, &w_hh[0, 0], H, 1, pre, G)
-            lstm_cell(pre, &bias[0], &cs[t, 0, 0], &cs[t + 1, 0, 0], &hs[t + 1, 0, 0], B, H)
+            if packed:
+                n = sizes[t]
+                keep_rows(&hs[t, 0, 0], &hs[t + 1, 0, 0], n, B, H)
+                keep_rows(&cs[t, 0, 0], &cs[t + 1, 0, 0], n, B, H)
+                zero_rows(pre, n, B, G)
+                if n == 0:
+                    continue
+            # gates[t, :n] += hs[t, :n] @ w_hh.T
+            gemm(False, True, n, G, H, 1, &hs[t, 0, 0], H, &w_hh[0, 0], H, 1, pre, G)
+            lstm_cell(pre, &bias[0], &cs[t, 0, 0], &cs[t + 1, 0, 0], &hs[t + 1, 0, 0], n, H)
     return hs_arr, cs_arr, gates_arr
 
 
 def lstm_backward(d_out, dh_n, dc_n, x, hs, cs, gates, w_ih, w_hh, clip_step=None,
-                  step_norms=None):
+                  step_norms=None, batch_sizes=None):
     """Backpropagate through an LSTM layer; see ``_reference.lstm_backward``.
 
     Returns (dx (T, B, I), dh0 (B, H), dc0 (B, H), dw_ih (4H, I), dw_hh (4H, H), db (4H,)).
     """
     if d_out.dtype == np.float32:
         return _lstm_backward[float](d_out, dh_n, dc_n, x, hs, cs, gates, w_ih, w_hh,
-                                     clip_step, step_norms)
+                                     clip_step, step_norms, batch_sizes)
     return _lstm_backward[double](d_out, dh_n, dc_n, x, hs, cs, gates, w_ih, w_hh,
-                                  clip_step, step_norms)
+                                  clip_step, step_norms, batch_sizes)
 
 
 cdef object _lstm_backward(const floating[:, :, ::1] d_out, dh_n, dc_n,
                            const floating[:, :, ::1] x, const floating[:, :, ::1] hs,
                            const floating[:, :, ::1] cs, const floating[:, :, ::1] gates,
                            const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
-                           clip_step, step_norms):
+                           clip_step, step_norms, batch_sizes):
     cdef Py_ssize_t T = d_out.shape[0], B = d_out.shape[1], H = d_out.shape[2], I = x.shape[2]
     cdef Py_ssize_t G = 4 * H
     dtype = np.float32 if floating is float else np.float64
@@ -724,24 +775,34 @@ cdef object _lstm_backward(const floating[:, :, ::1] d_out, dh_n, dc_n,
     cdef floating[:, ::1] dw_hh = dw_hh_arr
     cdef floating[::1] db = db_arr
     cdef bint small = B == 1 and G * H <= SMALL_GATED_STEP   # δ_t (1, 4H) @ W_hh (4H, H)
-    cdef Py_ssize_t t
+    cdef bint packed = batch_sizes is not None
+    cdef const Py_ssize_t[::1] sizes = batch_sizes if packed else None
+    cdef Py_ssize_t t, n = B
     cdef floating* d
     with nogil:
         for t in range(T - 1, -1, -1):
-            if want_norms:
-                row_norms(&d_out[t, 0, 0], &carry_h[0, 0], &norms[t, 0], B, H)
             d = &delta[t, 0, 0]
+            if packed:
+                # rows n: finished before step t: δ_t = 0, carry_h and carry_c pass on unchanged
+                n = sizes[t]
+                zero_rows(d, n, B, G)
+                if want_norms:
+                    zero_rows(&norms[t, 0], n, B, 1)
+                if n == 0:
+                    continue
+            if want_norms:
+                row_norms(&d_out[t, 0, 0], &carry_h[0, 0], &norms[t, 0], n, H)
             lstm_cell_backward(&d_out[t, 0, 0], &carry_h[0, 0], &carry_c[0, 0], &gates[t, 0, 0],
-                               &cs[t, 0, 0], &cs[t + 1, 0, 0], d, B, H)
+                               &cs[t, 0, 0], &cs[t + 1, 0, 0], d, n, H)
             if clip:
-                clip_rows(d, B, G, max_norm)
+                clip_rows(d, n, G, max_norm)
             if small:
-                # carry_h = delta[t] @ w_hh
-                memset(&carry_h[0, 0], 0, B * H * sizeof(floating))
-                small_matmul_acc(d, &w_hh[0, 0], &carry_h[0, 0], B, G, H)
+                # carry_h[:n] = delta[t, :n] @ w_hh
+                memset(&carry_h[0, 0], 0, n * H * sizeof(floating))
+                small_matmul_acc(d, &w_hh[0, 0], &carry_h[0, 0], n, G, H)
             else:
-                # carry_h = delta[t] @ w_hh
-                gemm(False, False, B, H, G, 1, d, G, &w_hh[0, 0], H, 0, &carry_h[0, 0], H)
+                # carry_h[:n] = delta[t, :n] @ w_hh
+                gemm(False, False, n, H, G, 1, d, G, &w_hh[0, 0], H, 0, &carry_h[0, 0], H)
         weight_gradients(&delta[0, 0, 0], &delta[0, 0, 0], &x[0, 0, 0], &hs[0, 0, 0], &w_ih[0, 0],
                          &dx[0, 0, 0], &dw_ih[0, 0], &dw_hh[0, 0], T * B, I, H, G)
         # db = delta.sum(axis=(0, 1))
@@ -749,20 +810,21 @@ cdef object _lstm_backward(const floating[:, :, ::1] d_out, dh_n, dc_n,
     return dx_arr, np.asarray(carry_h), np.asarray(carry_c), dw_ih_arr, dw_hh_arr, db_arr
 
 
-def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh):
+def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes=None):
     """Run a GRU layer over a sequence; see ``_reference.gru_forward``.
 
     x (T, B, I), h0 (B, H), w_ih (3H, I), w_hh (3H, H), b_ih, b_hh (3H,).
-    Returns (hs, gates): hs (T+1, B, H) from h0; gates (T, B, 4H) r, z, n, hn of each step.
+    Returns (hs, gates): hs (T+1, B, H) from h0; gates (T, B, 4H) r, z, n, hn of each step
+    (zero in finished rows, with batch_sizes).
     """
     if x.dtype == np.float32:
-        return _gru_forward[float](x, h0, w_ih, w_hh, b_ih, b_hh)
-    return _gru_forward[double](x, h0, w_ih, w_hh, b_ih, b_hh)
+        return _gru_forward[float](x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes)
+    return _gru_forward[double](x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes)
 
 
 cdef object _gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] h0,
                          const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
-                         const floating[::1] b_ih, const floating[::1] b_hh):
+                         const floating[::1] b_ih, const floating[::1] b_hh, batch_sizes):
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = w_hh.shape[1]
     cdef Py_ssize_t G = 3 * H
     dtype = np.float32 if floating is float else np.float64
@@ -773,33 +835,44 @@ cdef object _gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] h0,
     # gh: one step's hidden-side products (B, 3H), kept apart because r multiplies its n block
     cdef floating[:, ::1] gh = np.empty((B, G), dtype=dtype)
     cdef floating[::1] bias = np.add(b_ih, b_hh)
-    cdef Py_ssize_t t
+    cdef bint packed = batch_sizes is not None
+    cdef const Py_ssize_t[::1] sizes = batch_sizes if packed else None
+    cdef Py_ssize_t t, n = B
     with nogil:
         memcpy(&hs[0, 0, 0], &h0[0, 0], B * H * sizeof(floating))
         # gates[:, :, :3H] = x.reshape(T*B, I) @ w_ih.T     (all steps' input projections)
         gemm(False, True, T * B, G, I, 1, &x[0, 0, 0], I, &w_ih[0, 0], I, 0, &gates[0, 0, 0], 4 * H)
         for t in range(T):
-            # gh = hs[t] @ w_hh.T
-            gemm(False, True, B, G, H, 1, &hs[t, 0, 0], H, &w_hh[0, 0], H, 0, &gh[0, 0], G)
+            if packed:
+                n = sizes[t]
+                keep_rows(&hs[t, 0, 0], &hs[t + 1, 0, 0], n, B, H)
+                zero_rows(&gates[t, 0, 0], n, B, 4 * H)
+                if n == 0:
+                    continue
+            # gh[:n] = hs[t, :n] @ w_hh.T
+            gemm(False, True, n, G, H, 1, &hs[t, 0, 0], H, &w_hh[0, 0], H, 0, &gh[0, 0], G)
             gru_cell(&gates[t, 0, 0], &gh[0, 0], &bias[0], &b_ih[0], &b_hh[0],
-                     &hs[t, 0, 0], &hs[t + 1, 0, 0], B, H)
+                     &hs[t, 0, 0], &hs[t + 1, 0, 0], n, H)
     return hs_arr, gates_arr
 
 
-def gru_backward(d_out, dh_n, x, hs, gates, w_ih, w_hh, clip_step=None, step_norms=None):
+def gru_backward(d_out, dh_n, x, hs, gates, w_ih, w_hh, clip_step=None, step_norms=None,
+                 batch_sizes=None):
     """Backpropagate through a GRU layer; see ``_reference.gru_backward`` (and its clipping).
 
     Returns (dx (T, B, I), dh0 (B, H), dw_ih (3H, I), dw_hh (3H, H), db_ih (3H,), db_hh (3H,)).
     """
     if d_out.dtype == np.float32:
-        return _gru_backward[float](d_out, dh_n, x, hs, gates, w_ih, w_hh, clip_step, step_norms)
-    return _gru_backward[double](d_out, dh_n, x, hs, gates, w_ih, w_hh, clip_step, step_norms)
+        return _gru_backward[float](d_out, dh_n, x, hs, gates, w_ih, w_hh, clip_step, step_norms,
+                                    batch_sizes)
+    return _gru_backward[double](d_out, dh_n, x, hs, gates, w_ih, w_hh, clip_step, step_norms,
+                                 batch_sizes)
 
 
 cdef object _gru_backward(const floating[:, :, ::1] d_out, dh_n, const floating[:, :, ::1] x,
                           const floating[:, :, ::1] hs, const floating[:, :, ::1] gates,
                           const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
-                          clip_step, step_norms):
+                          clip_step, step_norms, batch_sizes):
     cdef Py_ssize_t T = d_out.shape[0], B = d_out.shape[1], H = d_out.shape[2], I = x.shape[2]
     cdef Py_ssize_t G = 3 * H
     dtype = np.float32 if floating is float else np.float64
@@ -831,26 +904,37 @@ cdef object _gru_backward(const floating[:, :, ::1] d_out, dh_n, const floating[
     cdef floating[::1] db_ih = db_ih_arr
     cdef floating[::1] db_hh = db_hh_arr
     cdef bint small = B == 1 and G * H <= SMALL_GATED_STEP   # δh_t (1, 3H) @ W_hh (3H, H)
-    cdef Py_ssize_t t
+    cdef bint packed = batch_sizes is not None
+    cdef const Py_ssize_t[::1] sizes = batch_sizes if packed else None
+    cdef Py_ssize_t t, n = B
     cdef floating* di
     cdef floating* dh
     with nogil:
         for t in range(T - 1, -1, -1):
-            if want_norms:
-                row_norms(&d_out[t, 0, 0], &carry[0, 0], &norms[t, 0], B, H)
             di = &delta_i[t, 0, 0]
             dh = &delta_h[t, 0, 0]
+            if packed:
+                # rows n: finished before step t: δ_t = 0, their carry passes on unchanged
+                n = sizes[t]
+                zero_rows(di, n, B, G)
+                zero_rows(dh, n, B, G)
+                if want_norms:
+                    zero_rows(&norms[t, 0], n, B, 1)
+                if n == 0:
+                    continue
+            if want_norms:
+                row_norms(&d_out[t, 0, 0], &carry[0, 0], &norms[t, 0], n, H)
             gru_cell_backward(&d_out[t, 0, 0], &carry[0, 0], &gates[t, 0, 0], &hs[t, 0, 0],
-                              di, B, H)
+                              di, n, H)
             if clip:
-                clip_rows(di, B, G, max_norm)
-            gru_hidden_delta(di, &gates[t, 0, 0], dh, B, H)
+                clip_rows(di, n, G, max_norm)
+            gru_hidden_delta(di, &gates[t, 0, 0], dh, n, H)
             if small:
-                # carry += delta_h[t] @ w_hh
-                small_matmul_acc(dh, &w_hh[0, 0], &carry[0, 0], B, G, H)
+                # carry[:n] += delta_h[t, :n] @ w_hh
+                small_matmul_acc(dh, &w_hh[0, 0], &carry[0, 0], n, G, H)
             else:
-                # carry += delta_h[t] @ w_hh
-                gemm(False, False, B, H, G, 1, dh, G, &w_hh[0, 0], H, 1, &carry[0, 0], H)
+                # carry[:n] += delta_h[t, :n] @ w_hh
+                gemm(False, False, n, H, G, 1, dh, G, &w_hh[0, 0], H, 1, &carry[0, 0], H)
         weight_gradients(&delta_i[0, 0, 0], &delta_h[0, 0, 0], &x[0, 0, 0], &hs[0, 0, 0], &w_ih[0, 0],
                          &dx[0, 0, 0], &dw_ih[0, 0], &dw_hh[0, 0], T * B, I, H, G)
         # db_ih = delta_i.sum(axis=(0, 1)); db_hh = delta_h.sum(axis=(0, 1))

@@ -14,6 +14,13 @@ Elman cell, f = tanh or relu::
     dW_hh = Σ_t δ_tᵀ s_{t-1}   dW_ih = Σ_t δ_tᵀ x_t   db = Σ_t Σ_b δ_t
     dx_t = δ_t W_ih            ds_0 = δ_1 W_hh
 
+Variable-length batches (PyTorch's PackedSequence semantics) come in as ``batch_sizes``
+(T,): the number of sequences still running at each step, the batch sorted longest first,
+so that the running ones are always the first ``batch_sizes[t]`` rows. A finished sequence's
+state is carried unchanged to the end (so hs[T] holds every sequence's state at its own last
+step), its d_out is ignored, and its gradients flow back unchanged to its last step. None
+means every row runs every step.
+
 The callers (``model.py``) validate shapes, dtypes and contiguity; these functions trust them.
 """
 import numpy as np
@@ -32,6 +39,11 @@ def all_finite(a):
     return bool(np.isfinite(a).all())
 
 
+def _running(batch_sizes, t, B):
+    """How many sequences (the first rows) are still running at step t (0-based)."""
+    return B if batch_sizes is None else int(batch_sizes[t])
+
+
 def _activation_derivative(s, relu):
     """f'(pre-activation) from the saved output s = f(pre-activation)."""
     if relu:
@@ -39,7 +51,7 @@ def _activation_derivative(s, relu):
     return 1 - s * s
 
 
-def elman_forward(x, h0, w_ih, w_hh, b_ih, b_hh, relu):
+def elman_forward(x, h0, w_ih, w_hh, b_ih, b_hh, relu, batch_sizes=None):
     """Run an Elman layer over a sequence.
 
     x (T, B, I), h0 (B, H), w_ih (H, I), w_hh (H, H), b_ih (H,), b_hh (H,); relu: bool.
@@ -51,12 +63,15 @@ def elman_forward(x, h0, w_ih, w_hh, b_ih, b_hh, relu):
     hs = np.empty((T + 1, B, H), dtype=x.dtype)
     hs[0] = h0
     for t in range(1, T + 1):
-        pre = x[t - 1] @ w_ih.T + b_ih + hs[t - 1] @ w_hh.T + b_hh
-        hs[t] = np.maximum(pre, 0) if relu else np.tanh(pre)
+        n = _running(batch_sizes, t - 1, B)
+        pre = x[t - 1, :n] @ w_ih.T + b_ih + hs[t - 1, :n] @ w_hh.T + b_hh
+        hs[t, :n] = np.maximum(pre, 0) if relu else np.tanh(pre)
+        hs[t, n:] = hs[t - 1, n:]                           # finished sequences keep their state
     return hs
 
 
-def elman_backward(d_out, dh_n, x, hs, w_ih, w_hh, relu, clip_step=None, step_norms=None):
+def elman_backward(d_out, dh_n, x, hs, w_ih, w_hh, relu, clip_step=None, step_norms=None,
+                   batch_sizes=None):
     """Backpropagate through an Elman layer run by :func:`elman_forward`.
 
     d_out (T, B, H): ∂E/∂s_t from above (the readout or the next layer), per step.
@@ -65,28 +80,33 @@ def elman_backward(d_out, dh_n, x, hs, w_ih, w_hh, relu, clip_step=None, step_no
     clip_step: when given, each sequence's δ_t (one row) is rescaled in place to L2 norm
         ``clip_step`` whenever it is larger, before it flows on to step t-1 and into dW.
     step_norms (T, B) or None: when given, filled with ‖∂E/∂s_t‖ of each row, the
-        gradient reaching each step (the vanishing/exploding gradient diagnostic).
+        gradient reaching each step (the vanishing/exploding gradient diagnostic); 0 where
+        a sequence has finished.
+    batch_sizes (T,) or None: see the module's docstring.
     Returns (dx (T, B, I), dh0 (B, H), dw_ih (H, I), dw_hh (H, H), db (H,)); db is the
     gradient of both b_ih and b_hh.
     """
     T, B, H = d_out.shape
-    dx = np.empty_like(x)
+    dx = np.zeros_like(x)
     dw_ih = np.zeros_like(w_ih)
     dw_hh = np.zeros_like(w_hh)
     db = np.zeros(H, dtype=d_out.dtype)
-    ds = np.zeros((B, H), dtype=d_out.dtype) if dh_n is None else dh_n
+    ds = np.zeros((B, H), dtype=d_out.dtype) if dh_n is None else dh_n.copy()
+    if step_norms is not None:
+        step_norms[...] = 0
     for t in range(T, 0, -1):
-        ds = d_out[t - 1] + ds                              # ∂E/∂s_t
+        n = _running(batch_sizes, t - 1, B)                 # the first n rows ran step t
+        ds[:n] = d_out[t - 1, :n] + ds[:n]                  # ∂E/∂s_t
         if step_norms is not None:
-            step_norms[t - 1] = np.sqrt(np.sum(ds * ds, axis=1))
-        delta = ds * _activation_derivative(hs[t], relu)     # δ_t
+            step_norms[t - 1, :n] = np.sqrt(np.sum(ds[:n] * ds[:n], axis=1))
+        delta = ds[:n] * _activation_derivative(hs[t, :n], relu)    # δ_t
         if clip_step is not None:
             delta = _clip_rows(delta, clip_step)
-        dw_hh += delta.T @ hs[t - 1]                        # dW_hh += δ_tᵀ s_{t-1}
-        dw_ih += delta.T @ x[t - 1]                         # dW_ih += δ_tᵀ x_t
+        dw_hh += delta.T @ hs[t - 1, :n]                    # dW_hh += δ_tᵀ s_{t-1}
+        dw_ih += delta.T @ x[t - 1, :n]                     # dW_ih += δ_tᵀ x_t
         db += delta.sum(axis=0)                             # db += Σ_b δ_t
-        dx[t - 1] = delta @ w_ih                            # dx_t = δ_t W_ih
-        ds = delta @ w_hh                                   # ∂E/∂s_{t-1} through the recurrence
+        dx[t - 1, :n] = delta @ w_ih                        # dx_t = δ_t W_ih
+        ds[:n] = delta @ w_hh                               # ∂E/∂s_{t-1} through the recurrence
     return dx, ds, dw_ih, dw_hh, db
 
 
@@ -122,7 +142,7 @@ def _sigmoid(v):
     return 0.5 * (1 + np.tanh(0.5 * v))
 
 
-def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes=None):
     """Run an LSTM layer over a sequence (PyTorch's cell, gate order i, f, g, o)::
 
         i, f, g, o = σ, σ, tanh, σ  of  x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh   (blocks of H)
@@ -134,28 +154,32 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
     cs[t] = c_t (the layer's output is hs[1:], its final state hs[T], cs[T]); gates (T, B, 4H)
     holds i, f, g, o of each step after their non-linearities. The three together are the
     cache the backward pass needs (it recomputes tanh(c_t) from cs rather than storing it).
+    With ``batch_sizes`` (see the module's docstring), finished rows of gates are zero.
     """
     T, B, _ = x.shape
     H = w_hh.shape[1]
     hs = np.empty((T + 1, B, H), dtype=x.dtype)
     cs = np.empty((T + 1, B, H), dtype=x.dtype)
-    gates = np.empty((T, B, 4 * H), dtype=x.dtype)
+    gates = np.zeros((T, B, 4 * H), dtype=x.dtype)
     hs[0] = h0
     cs[0] = c0
     for t in range(1, T + 1):
-        pre = x[t - 1] @ w_ih.T + b_ih + hs[t - 1] @ w_hh.T + b_hh    # (B, 4H)
+        n = _running(batch_sizes, t - 1, B)
+        pre = x[t - 1, :n] @ w_ih.T + b_ih + hs[t - 1, :n] @ w_hh.T + b_hh    # (n, 4H)
         i = _sigmoid(pre[:, 0 * H:1 * H])                               # input gate
         f = _sigmoid(pre[:, 1 * H:2 * H])                               # forget gate
         g = np.tanh(pre[:, 2 * H:3 * H])                                # cell candidate
         o = _sigmoid(pre[:, 3 * H:4 * H])                               # output gate
-        cs[t] = f * cs[t - 1] + i * g
-        hs[t] = o * np.tanh(cs[t])
-        gates[t - 1] = np.concatenate([i, f, g, o], axis=1)
+        cs[t, :n] = f * cs[t - 1, :n] + i * g
+        hs[t, :n] = o * np.tanh(cs[t, :n])
+        gates[t - 1, :n] = np.concatenate([i, f, g, o], axis=1)
+        hs[t, n:] = hs[t - 1, n:]                           # finished sequences keep their state
+        cs[t, n:] = cs[t - 1, n:]
     return hs, cs, gates
 
 
 def lstm_backward(d_out, dh_n, dc_n, x, hs, cs, gates, w_ih, w_hh, clip_step=None,
-                  step_norms=None):
+                  step_norms=None, batch_sizes=None):
     """Backpropagate through an LSTM layer run by :func:`lstm_forward`.
 
     d_out (T, B, H): ∂E/∂h_t from above, per step. dh_n, dc_n (B, H) or None: ∂E/∂h_T and
@@ -166,27 +190,32 @@ def lstm_backward(d_out, dh_n, dc_n, x, hs, cs, gates, w_ih, w_hh, clip_step=Non
         whenever it is larger, before it flows on to h_{t-1} and into dW. The cell-state
         gradient f ⊙ ∂E/∂c_t that flows back to c_{t-1} does not pass through δ_t and is
         not clipped.
-    step_norms (T, B) or None: when given, filled with ‖∂E/∂h_t‖ of each row.
+    step_norms (T, B) or None: when given, filled with ‖∂E/∂h_t‖ of each row (0 where a
+        sequence has finished).
+    batch_sizes (T,) or None: see the module's docstring.
     Returns (dx (T, B, I), dh0 (B, H), dc0 (B, H), dw_ih (4H, I), dw_hh (4H, H), db (4H,));
     db is the gradient of both b_ih and b_hh.
     """
     T, B, H = d_out.shape
-    dx = np.empty_like(x)
+    dx = np.zeros_like(x)
     dw_ih = np.zeros_like(w_ih)
     dw_hh = np.zeros_like(w_hh)
     db = np.zeros(4 * H, dtype=d_out.dtype)
-    dh = np.zeros((B, H), dtype=d_out.dtype) if dh_n is None else dh_n
-    dc = np.zeros((B, H), dtype=d_out.dtype) if dc_n is None else dc_n
+    dh_all = np.zeros((B, H), dtype=d_out.dtype) if dh_n is None else dh_n.copy()
+    dc_all = np.zeros((B, H), dtype=d_out.dtype) if dc_n is None else dc_n.copy()
+    if step_norms is not None:
+        step_norms[...] = 0
     for t in range(T, 0, -1):
-        i, f, g, o = np.split(gates[t - 1], 4, axis=1)
-        dh = d_out[t - 1] + dh                              # ∂E/∂h_t
+        n = _running(batch_sizes, t - 1, B)                 # the first n rows ran step t
+        i, f, g, o = np.split(gates[t - 1, :n], 4, axis=1)
+        dh = d_out[t - 1, :n] + dh_all[:n]                  # ∂E/∂h_t
         if step_norms is not None:
-            step_norms[t - 1] = np.sqrt(np.sum(dh * dh, axis=1))
-        tanh_c = np.tanh(cs[t])
+            step_norms[t - 1, :n] = np.sqrt(np.sum(dh * dh, axis=1))
+        tanh_c = np.tanh(cs[t, :n])
         do = dh * tanh_c                                    # h_t = o ⊙ tanh(c_t)
-        dc = dc + dh * o * (1 - tanh_c * tanh_c)            # ∂E/∂c_t
+        dc = dc_all[:n] + dh * o * (1 - tanh_c * tanh_c)    # ∂E/∂c_t
         di = dc * g                                         # c_t = f ⊙ c_{t-1} + i ⊙ g
-        df = dc * cs[t - 1]
+        df = dc * cs[t - 1, :n]
         dg = dc * i
         delta = np.concatenate([di * i * (1 - i),           # i = σ(.)
                                 df * f * (1 - f),           # f = σ(.)
@@ -194,16 +223,16 @@ def lstm_backward(d_out, dh_n, dc_n, x, hs, cs, gates, w_ih, w_hh, clip_step=Non
                                 do * o * (1 - o)], axis=1)  # o = σ(.)      δ_t (B, 4H)
         if clip_step is not None:
             delta = _clip_rows(delta, clip_step)
-        dw_hh += delta.T @ hs[t - 1]                        # dW_hh += δ_tᵀ h_{t-1}
-        dw_ih += delta.T @ x[t - 1]                         # dW_ih += δ_tᵀ x_t
+        dw_hh += delta.T @ hs[t - 1, :n]                    # dW_hh += δ_tᵀ h_{t-1}
+        dw_ih += delta.T @ x[t - 1, :n]                     # dW_ih += δ_tᵀ x_t
         db += delta.sum(axis=0)                             # db += Σ_b δ_t
-        dx[t - 1] = delta @ w_ih                            # dx_t = δ_t W_ih
-        dh = delta @ w_hh                                   # ∂E/∂h_{t-1} through the gates
-        dc = dc * f                                         # ∂E/∂c_{t-1}, through f ⊙ c_{t-1}
-    return dx, dh, dc, dw_ih, dw_hh, db
+        dx[t - 1, :n] = delta @ w_ih                        # dx_t = δ_t W_ih
+        dh_all[:n] = delta @ w_hh                           # ∂E/∂h_{t-1} through the gates
+        dc_all[:n] = dc * f                                 # ∂E/∂c_{t-1}, through f ⊙ c_{t-1}
+    return dx, dh_all, dc_all, dw_ih, dw_hh, db
 
 
-def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh):
+def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes=None):
     """Run a GRU layer over a sequence (PyTorch's cell, gate order r, z, n)::
 
         r   = σ(x_t W_irᵀ + b_ir + h_{t-1} W_hrᵀ + b_hr)
@@ -218,25 +247,29 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh):
     r, z, n give every gate derivative from saved outputs, and hn (the hidden-side
     pre-activation of n, which r multiplies) is the one intermediate that ∂E/∂r needs and
     that cannot be recovered from the others without redoing the product h_{t-1} W_hnᵀ.
+    With ``batch_sizes`` (see the module's docstring), finished rows of gates are zero.
     """
     T, B, _ = x.shape
     H = w_hh.shape[1]
     hs = np.empty((T + 1, B, H), dtype=x.dtype)
-    gates = np.empty((T, B, 4 * H), dtype=x.dtype)
+    gates = np.zeros((T, B, 4 * H), dtype=x.dtype)
     hs[0] = h0
     for t in range(1, T + 1):
-        gi = x[t - 1] @ w_ih.T + b_ih                                   # (B, 3H) input side
-        gh = hs[t - 1] @ w_hh.T + b_hh                                  # (B, 3H) hidden side
+        n_run = _running(batch_sizes, t - 1, B)
+        gi = x[t - 1, :n_run] @ w_ih.T + b_ih                           # (n, 3H) input side
+        gh = hs[t - 1, :n_run] @ w_hh.T + b_hh                          # (n, 3H) hidden side
         r = _sigmoid(gi[:, 0 * H:1 * H] + gh[:, 0 * H:1 * H])           # reset gate
         z = _sigmoid(gi[:, 1 * H:2 * H] + gh[:, 1 * H:2 * H])           # update gate
         hn = gh[:, 2 * H:3 * H]
         n = np.tanh(gi[:, 2 * H:3 * H] + r * hn)                        # candidate state
-        hs[t] = (1 - z) * n + z * hs[t - 1]
-        gates[t - 1] = np.concatenate([r, z, n, hn], axis=1)
+        hs[t, :n_run] = (1 - z) * n + z * hs[t - 1, :n_run]
+        gates[t - 1, :n_run] = np.concatenate([r, z, n, hn], axis=1)
+        hs[t, n_run:] = hs[t - 1, n_run:]                   # finished sequences keep their state
     return hs, gates
 
 
-def gru_backward(d_out, dh_n, x, hs, gates, w_ih, w_hh, clip_step=None, step_norms=None):
+def gru_backward(d_out, dh_n, x, hs, gates, w_ih, w_hh, clip_step=None, step_norms=None,
+                 batch_sizes=None):
     """Backpropagate through a GRU layer run by :func:`gru_forward`.
 
     d_out (T, B, H): ∂E/∂h_t from above, per step. dh_n (B, H) or None: ∂E/∂h_T from beyond
@@ -251,22 +284,27 @@ def gru_backward(d_out, dh_n, x, hs, gates, w_ih, w_hh, clip_step=None, step_nor
         scaled by the same factor: the whole gradient through the step's gates is clipped as
         one, by the norm of ∂E/∂(r, z, n pre-activations). The direct path z ⊙ ∂E/∂h_t back to
         h_{t-1} does not pass through the gates and is not clipped (as the LSTM's cell path).
-    step_norms (T, B) or None: when given, filled with ‖∂E/∂h_t‖ of each row.
+    step_norms (T, B) or None: when given, filled with ‖∂E/∂h_t‖ of each row (0 where a
+        sequence has finished).
+    batch_sizes (T,) or None: see the module's docstring.
     Returns (dx (T, B, I), dh0 (B, H), dw_ih (3H, I), dw_hh (3H, H), db_ih (3H,), db_hh (3H,)).
     """
     T, B, H = d_out.shape
-    dx = np.empty_like(x)
+    dx = np.zeros_like(x)
     dw_ih = np.zeros_like(w_ih)
     dw_hh = np.zeros_like(w_hh)
     db_ih = np.zeros(3 * H, dtype=d_out.dtype)
     db_hh = np.zeros(3 * H, dtype=d_out.dtype)
-    dh = np.zeros((B, H), dtype=d_out.dtype) if dh_n is None else dh_n
+    dh_all = np.zeros((B, H), dtype=d_out.dtype) if dh_n is None else dh_n.copy()
+    if step_norms is not None:
+        step_norms[...] = 0
     for t in range(T, 0, -1):
-        r, z, n, hn = np.split(gates[t - 1], 4, axis=1)
-        h_prev = hs[t - 1]
-        dh = d_out[t - 1] + dh                              # ∂E/∂h_t
+        m = _running(batch_sizes, t - 1, B)                 # the first m rows ran step t
+        r, z, n, hn = np.split(gates[t - 1, :m], 4, axis=1)
+        h_prev = hs[t - 1, :m]
+        dh = d_out[t - 1, :m] + dh_all[:m]                  # ∂E/∂h_t
         if step_norms is not None:
-            step_norms[t - 1] = np.sqrt(np.sum(dh * dh, axis=1))
+            step_norms[t - 1, :m] = np.sqrt(np.sum(dh * dh, axis=1))
         dn = dh * (1 - z)                                   # h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
         dz = dh * (h_prev - n)
         dn_pre = dn * (1 - n * n)                           # n = tanh(gi_n + r ⊙ hn)
@@ -279,10 +317,10 @@ def gru_backward(d_out, dh_n, x, hs, gates, w_ih, w_hh, clip_step=None, step_nor
         delta_h = np.concatenate([delta_i[:, :2 * H],        # gh_r, gh_z enter as gi_r, gi_z do
                                   delta_i[:, 2 * H:] * r],   # gh_n = hn enters as r ⊙ hn
                                  axis=1)                     # δh_t (B, 3H)
-        dw_ih += delta_i.T @ x[t - 1]                       # dW_ih += δi_tᵀ x_t
+        dw_ih += delta_i.T @ x[t - 1, :m]                   # dW_ih += δi_tᵀ x_t
         dw_hh += delta_h.T @ h_prev                         # dW_hh += δh_tᵀ h_{t-1}
         db_ih += delta_i.sum(axis=0)                        # db_ih += Σ_b δi_t
         db_hh += delta_h.sum(axis=0)                        # db_hh += Σ_b δh_t
-        dx[t - 1] = delta_i @ w_ih                          # dx_t = δi_t W_ih
-        dh = delta_h @ w_hh + dh * z                        # ∂E/∂h_{t-1}: gates, and z ⊙ h_{t-1}
-    return dx, dh, dw_ih, dw_hh, db_ih, db_hh
+        dx[t - 1, :m] = delta_i @ w_ih                      # dx_t = δi_t W_ih
+        dh_all[:m] = delta_h @ w_hh + dh * z                # ∂E/∂h_{t-1}: gates, and z ⊙ h_{t-1}
+    return dx, dh_all, dw_ih, dw_hh, db_ih, db_hh

@@ -10,13 +10,15 @@ class GradcheckError(AssertionError):
     """The analytic gradients of ``backward`` disagree with finite differences."""
 
 
-def gradcheck(model, x, h0=None, *, eps=1e-6, rtol=1e-5, atol=1e-8, max_checks=16, seed=0):
+def gradcheck(model, x, h0=None, *, lengths=None, eps=1e-6, rtol=1e-5, atol=1e-8, max_checks=16,
+              seed=0):
     """Compare ``model.backward`` with central differences of a random scalar loss.
 
     The check runs on a float64 copy of ``model`` (same class, configuration, parameters and
     backend), so ``model`` itself is not touched. The loss is E = Σ out ⊙ R + Σ h_n ⊙ S with
     seeded random R and S, so every output and every final state carries gradient (for an
-    LSTM, h0 and h_n are (h, c) pairs). For each parameter, for x and for h0, up to ``max_checks`` seeded random entries are perturbed by
+    LSTM, h0 and h_n are (h, c) pairs); ``lengths`` is passed on to ``forward``. For each
+    parameter, for x and for h0, up to ``max_checks`` seeded random entries are perturbed by
     ±eps. Returns the largest error found relative to the tolerance (≤ 1 passes); raises
     :class:`GradcheckError` naming every entry where
     |analytic - numeric| > atol + rtol·|numeric|.
@@ -40,13 +42,13 @@ def gradcheck(model, x, h0=None, *, eps=1e-6, rtol=1e-5, atol=1e-8, max_checks=1
     def as_list(h):
         return list(h) if parts == 2 else [h]
 
-    out, h_n = twin.forward(x, as_h0())
+    out, h_n = twin.forward(x, as_h0(), lengths=lengths)
     r_out = rng.standard_normal(out.shape)
     r_h = [rng.standard_normal(a.shape) for a in as_list(h_n)]
     g = twin.backward(r_out, tuple(r_h) if parts == 2 else r_h[0])
 
     def loss():
-        o, h = twin.forward(x, as_h0())
+        o, h = twin.forward(x, as_h0(), lengths=lengths)
         return float(np.sum(o * r_out) + sum(np.sum(a * r) for a, r in zip(as_list(h), r_h)))
 
     targets = [(f"params[{name!r}]", twin.params[name], g.params[name]) for name in twin.params]

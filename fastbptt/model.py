@@ -8,6 +8,7 @@ import json
 import zipfile
 import zlib
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -26,6 +27,31 @@ GATES = {"tanh": 1, "relu": 1, "lstm": 4, "gru": 3}
 FORMAT_VERSION = 1
 CONFIG_KEYS = ("input_size", "hidden_size", "cell", "num_layers", "output_size",
                "bidirectional", "init", "dtype", "seed")
+
+
+class _Packing(NamedTuple):
+    """How forward ran a batch of variable lengths (PyTorch's PackedSequence, on padded arrays).
+
+    order: the permutation that sorts the batch longest first (the kernels' row order);
+    batch_sizes (T,): how many sequences still run at each step, in that order;
+    finished (T, B): True past each sorted sequence's end; flip (T, B): the time index that
+    reverses each sorted sequence within its own length (for the reverse direction).
+    """
+
+    order: np.ndarray
+    batch_sizes: np.ndarray
+    finished: np.ndarray
+    flip: np.ndarray
+
+    @classmethod
+    def of(cls, lengths, T):
+        order = np.argsort(-lengths, kind="stable")
+        sorted_lengths = lengths[order]
+        steps = np.arange(T)[:, None]
+        finished = steps >= sorted_lengths
+        batch_sizes = np.ascontiguousarray(np.count_nonzero(~finished, axis=1), dtype=np.intp)
+        flip = np.where(finished, steps, sorted_lengths - 1 - steps)
+        return cls(order, batch_sizes, finished, flip)
 
 
 @dataclass
@@ -184,9 +210,10 @@ class RNN:
             are ordered as PyTorch's: layer 0 forward, layer 0 reverse, layer 1 forward, ...
         lengths: None, or (B,) ints in [1, T]: PyTorch's PackedSequence semantics on the padded
             x. Sequence b stops after lengths[b] steps: its outputs past the end are zero, its
-            h_n is its state at its own last step, and its gradients are those of the sequence
-            cut to its length. Steps past a sequence's end are not computed at all.
-            (Not yet with bidirectional=True or checkpoint.)
+            h_n is its state at its own last step (for the reverse direction of a
+            bidirectional layer, the state after running from its own last step back to its
+            first), and its gradients are those of the sequence cut to its length. Steps
+            past a sequence's end are not computed.
         checkpoint: None keeps every state for ``backward``. An int k keeps only the states
             at every k-th step and recomputes each k-step segment during ``backward``
             (Chen et al. 2016): with k ≈ √T the cache holds about 2√T states instead of T,
@@ -209,35 +236,23 @@ class RNN:
         state = self._state_in("h0", h0, B)
         if state is None:
             state = np.zeros((self._state_count, self._layers_and_directions, B, self.hidden_size), self.dtype)
-        order = None
-        if lengths is None:
-            spans = [(start, min(start + segment, T), B) for start in range(0, T, segment)]
-        else:
-            if self.bidirectional:
-                raise NotImplementedError("lengths with bidirectional=True is not implemented yet")
-            if checkpoint is not None:
-                raise ValueError("checkpoint and lengths cannot be combined yet")
-            lengths = _check_lengths(lengths, T, B)
+        packing = None
+        if lengths is not None:
+            packing = _Packing.of(_check_lengths(lengths, T, B), T)
             # Longest first, so that the sequences still running at any step are a prefix of
-            # the batch: each span of steps runs only its active rows (PyTorch's packing).
-            order = np.argsort(-lengths, kind="stable")
-            x = np.ascontiguousarray(x[:, order])
-            state = np.ascontiguousarray(state[:, :, order])
-            sorted_lengths = lengths[order]
-            bounds = [0] + sorted(set(sorted_lengths.tolist()))
-            spans = [(start, stop, int(np.count_nonzero(sorted_lengths >= stop)))
-                     for start, stop in zip(bounds[:-1], bounds[1:])]
-        whole = spans == [(0, T, B)]  # one span over everything: out is the kernels' own output
+            # the batch: the kernels shrink each step's work to that prefix.
+            x = np.ascontiguousarray(x[:, packing.order])
+            state = np.ascontiguousarray(state[:, :, packing.order])
+        flip = None if packing is None else packing.flip
+        starts = range(0, T, segment)
+        whole = len(starts) == 1 and packing is None   # out is the kernels' own output
         segments, out = [], None
-        for start, stop, rows in spans:
-            starts = state if rows == B else state[:, :, :rows]
-            inputs, runs, top = self._layers_forward(params, _rows(x[start:stop], rows), starts)
-            final = self._final_state(runs)
-            if rows == B:
-                state = final
-            else:
-                state = state.copy()
-                state[:, :, :rows] = final
+        for start in starts:
+            stop = min(start + segment, T)
+            sizes = None if packing is None else packing.batch_sizes[start:stop]
+            initial = state
+            inputs, runs, top = self._layers_forward(params, x[start:stop], state, sizes, flip)
+            state = self._final_state(runs)
             seg_out = self._readout_forward(params, top)
             if whole:
                 out = seg_out
@@ -248,14 +263,15 @@ class RNN:
                     out.flags.writeable = False
             else:
                 if out is None:
-                    out = np.zeros((T, B) + seg_out.shape[2:], dtype=self.dtype)
-                out[start:stop, :rows] = seg_out
+                    out = np.empty((T, B) + seg_out.shape[2:], dtype=self.dtype)
+                out[start:stop] = seg_out
             # A checkpointed segment keeps only its initial states; backward recomputes it.
-            segments.append((start, stop, rows, (inputs, runs, top) if checkpoint is None else starts))
-        if order is not None:
-            out = _unsort(out, order)
-            state = _unsort(state, order, axis=2)
-        self._cache = (x, segments, params, checkpoint is not None, order)
+            segments.append((start, stop, sizes, (inputs, runs, top) if checkpoint is None else initial))
+        if packing is not None:
+            out[packing.finished] = 0
+            out = _unsort(out, packing.order)
+            state = _unsort(state, packing.order, axis=2)
+        self._cache = (x, segments, params, checkpoint is not None, packing)
         return out, self._state_out(state)
 
     __call__ = forward
@@ -292,18 +308,19 @@ class RNN:
         suffix = "_reverse" if suffix else ""
         return tuple(params[f"{kind}_l{k}{suffix}"] for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
 
-    def _direction_forward(self, params, index, x, state):
-        """One layer, one direction over x (T, B, I) from state (S, B, H); returns its cache,
-        whose first entry holds the states (T+1, B, H), h0 first."""
+    def _direction_forward(self, params, index, x, state, sizes):
+        """One layer, one direction over x (T, B, I) from state (S, B, H), ``sizes`` the
+        kernels' batch_sizes; returns its cache, whose first entry holds the states
+        (T+1, B, H), h0 first."""
         w_ih, w_hh, b_ih, b_hh = self._weights(params, index)
         kernels = self._kernels
         if self.cell == "lstm":
-            return kernels.lstm_forward(x, state[0], state[1], w_ih, w_hh, b_ih, b_hh)
+            return kernels.lstm_forward(x, state[0], state[1], w_ih, w_hh, b_ih, b_hh, sizes)
         if self.cell == "gru":
-            return kernels.gru_forward(x, state[0], w_ih, w_hh, b_ih, b_hh)
-        return (kernels.elman_forward(x, state[0], w_ih, w_hh, b_ih, b_hh, self.cell == "relu"),)
+            return kernels.gru_forward(x, state[0], w_ih, w_hh, b_ih, b_hh, sizes)
+        return (kernels.elman_forward(x, state[0], w_ih, w_hh, b_ih, b_hh, self.cell == "relu", sizes),)
 
-    def _direction_backward(self, params, index, d_out, d_state, x, run, clip_step, norms):
+    def _direction_backward(self, params, index, d_out, d_state, x, run, clip_step, norms, sizes):
         """Backpropagate one layer, one direction; returns (dx, d_state0 (S, B, H), grads)."""
         w_ih, w_hh, _, _ = self._weights(params, index)
         k, reverse = divmod(index, self.num_directions)
@@ -311,23 +328,25 @@ class RNN:
         kernels = self._kernels
         if self.cell == "lstm":
             dx, dh0, dc0, dw_ih, dw_hh, db = kernels.lstm_backward(
-                d_out, d_state[0], d_state[1], x, *run, w_ih, w_hh, clip_step, norms)
+                d_out, d_state[0], d_state[1], x, *run, w_ih, w_hh, clip_step, norms, sizes)
             d_state0, db_ih, db_hh = (dh0, dc0), db, db
         elif self.cell == "gru":
             dx, dh0, dw_ih, dw_hh, db_ih, db_hh = kernels.gru_backward(
-                d_out, d_state[0], x, *run, w_ih, w_hh, clip_step, norms)
+                d_out, d_state[0], x, *run, w_ih, w_hh, clip_step, norms, sizes)
             d_state0 = (dh0,)
         else:
             dx, dh0, dw_ih, dw_hh, db = kernels.elman_backward(
-                d_out, d_state[0], x, run[0], w_ih, w_hh, self.cell == "relu", clip_step, norms)
+                d_out, d_state[0], x, run[0], w_ih, w_hh, self.cell == "relu", clip_step, norms,
+                sizes)
             d_state0, db_ih, db_hh = (dh0,), db, db
         grads = {f"weight_ih{suffix}": dw_ih, f"weight_hh{suffix}": dw_hh,
                  f"bias_ih{suffix}": db_ih, f"bias_hh{suffix}": db_hh}
         return dx, d_state0, grads
 
-    def _layers_forward(self, params, x, state):
+    def _layers_forward(self, params, x, state, sizes, flip):
         """Run every layer and direction over x (T, B, I) from state (S, D·L, B, H).
 
+        sizes: the kernels' batch_sizes, or None; flip: see :class:`_Packing`, or None.
         Returns (inputs, runs, top): inputs[k] the input of layer k (inputs[0] = x), runs
         each direction's cache in PyTorch's order, top the last layer's output (T, B, D·H).
         """
@@ -338,9 +357,11 @@ class RNN:
             outs = []
             for d in range(D):
                 run = self._direction_forward(
-                    params, k * D + d, layer_in if d == 0 else _reversed(layer_in), state[:, k * D + d])
+                    params, k * D + d,
+                    layer_in if d == 0 else np.ascontiguousarray(_reverse_time(layer_in, flip)),
+                    state[:, k * D + d], sizes)
                 runs.append(run)
-                outs.append(run[0][1:] if d == 0 else run[0][:0:-1])
+                outs.append(run[0][1:] if d == 0 else _reverse_time(run[0][1:], flip))
             layer_in = outs[0] if D == 1 else np.concatenate(outs, axis=2)
         return inputs, runs, layer_in
 
@@ -363,7 +384,7 @@ class RNN:
         """
         if self._cache is None:
             raise RuntimeError("backward() was called before forward(): there is no cache to backpropagate through")
-        x, segments, params, checkpointed, order = self._cache
+        x, segments, params, checkpointed, packing = self._cache
         T, B, _ = x.shape
         D, H = self.num_directions, self.hidden_size
         clip_step = check_positive_number("clip_step", clip_step)
@@ -372,26 +393,28 @@ class RNN:
         carry = self._state_in("d_h_n", d_h_n, B)
         if carry is None:
             carry = np.zeros((self._state_count, self._layers_and_directions, B, H), self.dtype)
-        if order is not None:  # forward sorted the batch by length
-            d_out = np.ascontiguousarray(d_out[:, order])
-            carry = np.ascontiguousarray(carry[:, :, order])
+        flip = None
+        if packing is not None:  # forward sorted the batch by length
+            d_out = np.ascontiguousarray(d_out[:, packing.order])    # a copy: not the caller's
+            d_out[packing.finished] = 0         # outputs past a sequence's end are constants
+            carry = np.ascontiguousarray(carry[:, :, packing.order])
+            flip = packing.flip
         norms = None
         if step_norms:
             norms = np.zeros((self._layers_and_directions, T, B), dtype=self.dtype)
         grads = {}
-        whole = [seg[:3] for seg in segments] == [(0, T, B)]
-        d_x = None if whole else np.zeros(x.shape, dtype=self.dtype)
-        for start, stop, rows, saved in reversed(segments):
+        d_x = None if len(segments) == 1 else np.empty(x.shape, dtype=self.dtype)
+        for start, stop, sizes, saved in reversed(segments):
             if checkpointed:
-                inputs, runs, top = self._layers_forward(params, x[start:stop], saved)
+                inputs, runs, top = self._layers_forward(params, x[start:stop], saved, sizes, flip)
             else:
                 inputs, runs, top = saved
-            d_top = _rows(d_out[start:stop], rows)
+            d_top = d_out[start:stop]
             if self.output_size is not None:
-                n = (stop - start) * rows
+                n = (stop - start) * B
                 d_top, dw, db = self._kernels.linear_backward(
                     d_top.reshape(n, out_size), top.reshape(n, D * H), params["weight_out"])
-                d_top = d_top.reshape(stop - start, rows, D * H)
+                d_top = d_top.reshape(stop - start, B, D * H)
                 _accumulate(grads, "weight_out", dw)
                 _accumulate(grads, "bias_out", db)
             for k in reversed(range(self.num_layers)):
@@ -401,17 +424,18 @@ class RNN:
                     d_dir = d_top if D == 1 else d_top[:, :, d * H:(d + 1) * H]
                     layer_in = inputs[k]
                     if d:
-                        d_dir, layer_in = _reversed(d_dir), _reversed(layer_in)
+                        d_dir = _reverse_time(d_dir, flip)
+                        layer_in = np.ascontiguousarray(_reverse_time(layer_in, flip))
                     dir_norms = None
                     if norms is not None:
-                        dir_norms = np.empty((stop - start, rows), self.dtype)
-                    dx, carry[:, index, :rows], dir_grads = self._direction_backward(
-                        params, index, np.ascontiguousarray(d_dir), carry[:, index, :rows], layer_in,
-                        runs[index], clip_step, dir_norms)
+                        dir_norms = np.empty((stop - start, B), self.dtype)
+                    dx, carry[:, index], dir_grads = self._direction_backward(
+                        params, index, np.ascontiguousarray(d_dir), carry[:, index], layer_in,
+                        runs[index], clip_step, dir_norms, sizes)
                     if d:
-                        dx = dx[::-1]
+                        dx = _reverse_time(dx, flip)
                     if norms is not None:
-                        norms[index, start:stop, :rows] = dir_norms[::-1] if d else dir_norms
+                        norms[index, start:stop] = _reverse_time(dir_norms, flip) if d else dir_norms
                     d_in = dx if d_in is None else d_in + dx
                     for name, value in dir_grads.items():
                         _accumulate(grads, name, value)
@@ -419,13 +443,13 @@ class RNN:
             if d_x is None:
                 d_x = d_top
             else:
-                d_x[start:stop, :rows] = d_top
+                d_x[start:stop] = d_top
         d_x = np.ascontiguousarray(d_x)
-        if order is not None:
-            d_x = _unsort(d_x, order)
-            carry = _unsort(carry, order, axis=2)
+        if packing is not None:
+            d_x = _unsort(d_x, packing.order)
+            carry = _unsort(carry, packing.order, axis=2)
             if norms is not None:
-                norms = _unsort(norms, order, axis=2)
+                norms = _unsort(norms, packing.order, axis=2)
         ordered = {name: grads[name] for name in self.param_shapes()}
         return Gradients(params=ordered, x=d_x, h0=self._state_out(carry), step_norms=norms)
 
@@ -551,11 +575,6 @@ def _check_lengths(lengths, T, B):
     return arr.astype(np.int64)
 
 
-def _rows(a, rows):
-    """The first ``rows`` sequences of a (T, B, ...) array, contiguous (a itself when all)."""
-    return a if rows == a.shape[1] else np.ascontiguousarray(a[:, :rows])
-
-
 def _unsort(a, order, axis=1):
     """Undo a[..., order, ...] = original along ``axis``: the batch back in the caller's order."""
     out = np.empty_like(a)
@@ -565,9 +584,13 @@ def _unsort(a, order, axis=1):
     return out
 
 
-def _reversed(a):
-    """a (T, ...) reversed in time, as a contiguous copy (the kernels' input)."""
-    return np.ascontiguousarray(a[::-1])
+def _reverse_time(a, flip):
+    """a (T, B, ...) with each sequence reversed in time: whole (flip None, a view), or
+    within its own length, leaving the steps past its end in place (flip from
+    :class:`_Packing`, a copy). Either way its own inverse."""
+    if flip is None:
+        return a[::-1]
+    return a[flip, np.arange(a.shape[1])]
 
 
 def _accumulate(grads, name, value):

@@ -1,11 +1,15 @@
-"""Variable-length batches: a batch with lengths equals its sequences run one by one at their
-own lengths (PyTorch's PackedSequence semantics), in every cell and both backends."""
+"""Variable-length batches (PyTorch's PackedSequence semantics), in every cell, direction and
+both backends: the kernels' ``batch_sizes`` against the oracle, the model's ``lengths`` against
+its sequences run one by one at their own lengths, against finite differences and, when torch
+is installed, against ``pack_padded_sequence``."""
 import numpy as np
 import pytest
 
 import fastbptt as fb
+from fastbptt import _reference
 
 CELLS = ["tanh", "relu", "lstm", "gru"]
+F64 = np.dtype(np.float64)
 
 
 def _pick(state, b):
@@ -15,54 +19,197 @@ def _pick(state, b):
     return state[:, b:b + 1]
 
 
+def _parts(state):
+    return list(state) if isinstance(state, tuple) else [state]
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+def _run_layer(kernels, cell, a, sizes):
+    """Forward and backward of one layer through ``kernels`` with batch_sizes ``sizes``;
+    returns (cache, gradients, step norms) as lists of arrays."""
+    T, B = a["x"].shape[:2]
+    norms = np.full((T, B), np.nan, dtype=a["x"].dtype)
+    weights = (a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"])
+    if cell == "lstm":
+        cache = kernels.lstm_forward(a["x"], a["h0"], a["c0"], *weights, sizes)
+        grads = kernels.lstm_backward(a["d_out"], a["dh_n"], a["dc_n"], a["x"], *cache,
+                                      a["w_ih"], a["w_hh"], 0.5, norms, sizes)
+    elif cell == "gru":
+        cache = kernels.gru_forward(a["x"], a["h0"], *weights, sizes)
+        grads = kernels.gru_backward(a["d_out"], a["dh_n"], a["x"], *cache, a["w_ih"], a["w_hh"],
+                                     0.5, norms, sizes)
+    else:
+        relu = cell == "relu"
+        cache = (kernels.elman_forward(a["x"], a["h0"], *weights, relu, sizes),)
+        grads = kernels.elman_backward(a["d_out"], a["dh_n"], a["x"], cache[0], a["w_ih"],
+                                       a["w_hh"], relu, 0.5, norms, sizes)
+    return list(cache), list(grads), norms
+
+
+def _layer_arrays(rng, cell, T, B, I, H, dtype):
+    G = {"lstm": 4, "gru": 3}.get(cell, 1)
+    a = dict(x=rng.standard_normal((T, B, I)), h0=rng.uniform(-0.9, 0.9, (B, H)),
+             c0=rng.standard_normal((B, H)), w_ih=rng.standard_normal((G * H, I)) / np.sqrt(I),
+             w_hh=rng.standard_normal((G * H, H)) * (0.9 / np.sqrt(H)),
+             b_ih=rng.standard_normal(G * H) * 0.3 + (0.2 if cell == "relu" else 0.0),
+             b_hh=rng.standard_normal(G * H) * 0.3, d_out=rng.standard_normal((T, B, H)),
+             dh_n=rng.standard_normal((B, H)), dc_n=rng.standard_normal((B, H)))
+    return {k: np.ascontiguousarray(v, dtype=dtype) for k, v in a.items()}
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("sizes", [[6, 6, 5, 3, 3, 1, 1, 1], [6, 1, 1, 1, 1, 1, 1, 1],
+                                   [6, 6, 6, 6, 6, 6, 6, 6], [6, 4, 2, 0, 0, 0, 0, 0]],
+                         ids=["mixed", "one-long", "full", "ending-early"])
+def test_compiled_batch_sizes_match_the_oracle(compiled_kernels, cell, sizes, dtype, rng, assert_close):
+    T, B, I, H = 8, 6, 3, 5
+    a = _layer_arrays(rng, cell, T, B, I, H, dtype)
+    sizes = np.array(sizes, dtype=np.intp)
+    expected = _run_layer(_reference, cell, a, sizes)
+    actual = _run_layer(compiled_kernels, cell, a, sizes)
+    for kind, exp, act in zip(("cache", "gradients"), expected[:2], actual[:2]):
+        for i, (e, g) in enumerate(zip(exp, act)):
+            assert_close(g, e, dtype, f"{cell} {kind}[{i}]")
+    assert_close(actual[2], expected[2], dtype, f"{cell} step norms")
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_oracle_batch_sizes_keep_finished_rows_and_ignore_their_d_out(cell, rng):
+    """The semantics themselves, on the oracle: a finished row's state is carried unchanged,
+    its d_out past the end changes nothing, and its δ, dx and step norms there are zero."""
+    T, B, I, H = 5, 3, 2, 4
+    a = _layer_arrays(rng, cell, T, B, I, H, np.float64)
+    sizes = np.array([3, 3, 2, 1, 1], dtype=np.intp)
+    cache, grads, norms = _run_layer(_reference, cell, a, sizes)
+    hs = cache[0]
+    for t, n in enumerate(sizes):
+        np.testing.assert_array_equal(hs[t + 1, n:], hs[t, n:])
+        np.testing.assert_array_equal(grads[0][t, n:], 0)
+        np.testing.assert_array_equal(norms[t, n:], 0)
+    changed = dict(a, d_out=a["d_out"].copy())
+    for t, n in enumerate(sizes):
+        changed["d_out"][t, n:] = 1e3
+    _, grads_changed, _ = _run_layer(_reference, cell, changed, sizes)
+    for g, g_changed in zip(grads, grads_changed):
+        np.testing.assert_array_equal(g_changed, g)
+
+
+# --------------------------------------------------------------------------- the model
+
+
 @pytest.mark.parametrize("backend", fb.available_backends())
 @pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bidir"])
 @pytest.mark.parametrize("output_size", [None, 3])
-def test_batch_with_lengths_equals_its_sequences_one_by_one(backend, cell, output_size, random_state):
-    rng = np.random.default_rng(CELLS.index(cell))
-    model = fb.RNN(4, 5, cell=cell, num_layers=2, output_size=output_size, dtype="float64",
-                   seed=0, backend=backend)
+def test_batch_with_lengths_equals_its_sequences_one_by_one(backend, cell, bidirectional, output_size,
+                                                           random_state, assert_close):
+    rng = np.random.default_rng(CELLS.index(cell) + 10 * bidirectional)
+    model = fb.RNN(4, 5, cell=cell, num_layers=2, output_size=output_size,
+                   bidirectional=bidirectional, dtype="float64", seed=0, backend=backend)
+    LD = 2 * model.num_directions
     T, B = 7, 5
     lengths = np.array([3, 7, 1, 5, 3])
     x = rng.standard_normal((T, B, 4))
-    h0 = random_state(rng, cell, (2, B, 5))
+    h0 = random_state(rng, cell, (LD, B, 5))
     out, h_n = model.forward(x, h0, lengths=lengths)
     d_out = rng.standard_normal(out.shape)
-    d_h_n = random_state(rng, cell, (2, B, 5))
+    d_h_n = random_state(rng, cell, (LD, B, 5))
     g = model.backward(d_out, d_h_n, clip_step=0.8, step_norms=True)
 
     total = {name: 0 for name in g.params}
     for b, L in enumerate(lengths):
         out_b, h_n_b = model.forward(x[:L, b:b + 1], _pick(h0, b))
         g_b = model.backward(d_out[:L, b:b + 1], _pick(d_h_n, b), clip_step=0.8, step_norms=True)
-        np.testing.assert_allclose(out[:L, b], out_b[:, 0], rtol=1e-12, atol=1e-14)
+        assert_close(out[:L, b], out_b[:, 0], F64, f"out[:, {b}]")
         np.testing.assert_array_equal(out[L:, b], 0)
-        np.testing.assert_allclose(np.asarray(h_n)[..., b, :], np.asarray(h_n_b)[..., 0, :], rtol=1e-12, atol=1e-14)
-        np.testing.assert_allclose(g.x[:L, b], g_b.x[:, 0], rtol=1e-12, atol=1e-14)
+        for i, (s, s_b) in enumerate(zip(_parts(h_n), _parts(h_n_b))):
+            assert_close(s[:, b], s_b[:, 0], F64, f"h_n[{i}][:, {b}]")
+        assert_close(g.x[:L, b], g_b.x[:, 0], F64, f"g.x[:, {b}]")
         np.testing.assert_array_equal(g.x[L:, b], 0)
-        np.testing.assert_allclose(np.asarray(g.h0)[..., b, :], np.asarray(g_b.h0)[..., 0, :], rtol=1e-12, atol=1e-14)
-        np.testing.assert_allclose(g.step_norms[:, :L, b], g_b.step_norms[:, :, 0], rtol=1e-12, atol=1e-14)
+        for i, (s, s_b) in enumerate(zip(_parts(g.h0), _parts(g_b.h0))):
+            assert_close(s[:, b], s_b[:, 0], F64, f"g.h0[{i}][:, {b}]")
+        assert_close(g.step_norms[:, :L, b], g_b.step_norms[:, :, 0], F64, f"step_norms[:, :, {b}]")
         np.testing.assert_array_equal(g.step_norms[:, L:, b], 0)
         for name in total:
             total[name] = total[name] + g_b.params[name]
     for name in total:
-        np.testing.assert_allclose(g.params[name], total[name], rtol=1e-11, atol=1e-13, err_msg=name)
+        assert_close(g.params[name], total[name], F64, name)
 
 
 @pytest.mark.parametrize("backend", fb.available_backends())
-def test_full_lengths_equal_the_padded_batch(backend):
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bidir"])
+def test_full_lengths_equal_the_padded_batch(backend, bidirectional, assert_close):
     rng = np.random.default_rng(3)
-    model = fb.RNN(3, 4, output_size=2, dtype="float64", seed=1, backend=backend)
+    model = fb.RNN(3, 4, output_size=2, bidirectional=bidirectional, dtype="float64", seed=1,
+                   backend=backend)
     x = rng.standard_normal((6, 3, 3))
     out, h_n = model.forward(x)
     d_out = rng.standard_normal(out.shape)
     g = model.backward(d_out)
     out_l, h_n_l = model.forward(x, lengths=np.array([6, 6, 6]))
     g_l = model.backward(d_out)
-    np.testing.assert_allclose(out_l, out, rtol=1e-13)
-    np.testing.assert_allclose(h_n_l, h_n, rtol=1e-13)
+    assert_close(out_l, out, F64, "out")
+    assert_close(h_n_l, h_n, F64, "h_n")
+    assert_close(g_l.x, g.x, F64, "g.x")
     for name in g.params:
-        np.testing.assert_allclose(g_l.params[name], g.params[name], rtol=1e-12, atol=1e-14)
+        assert_close(g_l.params[name], g.params[name], F64, name)
+
+
+@pytest.mark.parametrize("backend", fb.available_backends())
+@pytest.mark.parametrize("cell", CELLS)
+def test_lengths_with_checkpoint_equal_full_bptt(backend, cell, random_state, assert_close):
+    rng = np.random.default_rng(20 + CELLS.index(cell))
+    model = fb.RNN(3, 4, cell=cell, num_layers=2, output_size=2, dtype="float64", seed=2,
+                   backend=backend)
+    T, B = 11, 4
+    lengths = np.array([4, 11, 7, 1])
+    x = rng.standard_normal((T, B, 3))
+    h0 = random_state(rng, cell, (2, B, 4))
+    out, h_n = model.forward(x, h0, lengths=lengths)
+    d_out = rng.standard_normal(out.shape)
+    d_h_n = random_state(rng, cell, (2, B, 4))
+    g = model.backward(d_out, d_h_n, clip_step=1.5, step_norms=True)
+    for k in (1, 3, 5):
+        out_k, h_n_k = model.forward(x, h0, lengths=lengths, checkpoint=k)
+        g_k = model.backward(d_out, d_h_n, clip_step=1.5, step_norms=True)
+        assert_close(out_k, out, F64, f"out, checkpoint={k}")
+        for i, (s, s_k) in enumerate(zip(_parts(h_n), _parts(h_n_k))):
+            assert_close(s_k, s, F64, f"h_n[{i}], checkpoint={k}")
+        assert_close(g_k.x, g.x, F64, f"g.x, checkpoint={k}")
+        assert_close(g_k.step_norms, g.step_norms, F64, f"step_norms, checkpoint={k}")
+        for name in g.params:
+            assert_close(g_k.params[name], g.params[name], F64, f"{name}, checkpoint={k}")
+
+
+@pytest.mark.parametrize("backend", fb.available_backends())
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bidir"])
+def test_lengths_gradients_match_finite_differences(backend, cell, bidirectional, fd, random_state):
+    rng = np.random.default_rng(30 + CELLS.index(cell))
+    model = fb.RNN(3, 4, cell=cell, num_layers=2, output_size=2, bidirectional=bidirectional,
+                   dtype="float64", seed=4, backend=backend)
+    x = rng.standard_normal((6, 3, 3))
+    h0 = random_state(rng, cell, (2 * model.num_directions, 3, 4))
+    worst = fb.gradcheck(model, x, h0, lengths=np.array([2, 6, 4]), eps=fd["eps"], rtol=fd["rtol"],
+                         atol=fd["atol"], max_checks=8)
+    assert worst <= 1
+
+
+def test_lengths_leave_the_callers_arrays_alone():
+    rng = np.random.default_rng(5)
+    model = fb.RNN(2, 3, output_size=2, bidirectional=True, dtype="float64", seed=0)
+    x = rng.standard_normal((4, 3, 2))
+    lengths = np.array([2, 4, 1])
+    copies = x.copy(), lengths.copy()
+    out, _ = model.forward(x, lengths=lengths)
+    d_out = rng.standard_normal(out.shape)
+    d_out_copy = d_out.copy()
+    model.backward(d_out)
+    np.testing.assert_array_equal(x, copies[0])
+    np.testing.assert_array_equal(lengths, copies[1])
+    np.testing.assert_array_equal(d_out, d_out_copy)
 
 
 def test_lengths_are_checked():
@@ -76,23 +223,21 @@ def test_lengths_are_checked():
         model.forward(x, lengths=np.array([0, 2]))
     with pytest.raises(ValueError, match=r"lengths must lie in \[1, 4\]"):
         model.forward(x, lengths=[5, 2])
-    with pytest.raises(NotImplementedError, match="bidirectional"):
-        fb.RNN(2, 3, bidirectional=True, dtype="float64").forward(x, lengths=[4, 2])
-    with pytest.raises(ValueError, match="checkpoint"):
-        model.forward(x, lengths=[4, 2], checkpoint=2)
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_matches_torch_packed_sequence(cell):
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bidir"])
+def test_matches_torch_packed_sequence(cell, bidirectional, assert_close):
     torch = pytest.importorskip("torch")
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
     rng = np.random.default_rng(9)
     if cell in ("tanh", "relu"):
-        module = torch.nn.RNN(3, 4, num_layers=2, nonlinearity=cell).double()
+        module = torch.nn.RNN(3, 4, num_layers=2, nonlinearity=cell, bidirectional=bidirectional)
     else:
-        module = getattr(torch.nn, cell.upper())(3, 4, num_layers=2).double()
-    model = fb.RNN(3, 4, cell=cell, num_layers=2, dtype="float64")
+        module = getattr(torch.nn, cell.upper())(3, 4, num_layers=2, bidirectional=bidirectional)
+    module = module.double()
+    model = fb.RNN(3, 4, cell=cell, num_layers=2, bidirectional=bidirectional, dtype="float64")
     model.load_state_dict(module.state_dict())
     lengths = np.array([2, 6, 4])
     x = rng.standard_normal((6, 3, 3))
@@ -101,12 +246,15 @@ def test_matches_torch_packed_sequence(cell):
     out_p, h_n_t = module(packed)
     out_t, _ = pad_packed_sequence(out_p, total_length=6)
     out, h_n = model.forward(x, lengths=lengths)
-    np.testing.assert_allclose(out, out_t.detach().numpy(), rtol=1e-12, atol=1e-14)
-    h_t = h_n_t[0] if cell == "lstm" else h_n_t
-    np.testing.assert_allclose(h_n[0] if cell == "lstm" else h_n, h_t.detach().numpy(), rtol=1e-12, atol=1e-14)
+    assert_close(out, out_t.detach().numpy(), F64, "out")
+    for i, (s, s_t) in enumerate(zip(_parts(h_n), _parts(h_n_t))):
+        assert_close(s, s_t.detach().numpy(), F64, f"h_n[{i}]")
     d_out = rng.standard_normal(out.shape)
-    out_t.backward(torch.from_numpy(d_out))
-    g = model.backward(d_out)
+    d_h_n = [rng.standard_normal(s.shape) for s in _parts(h_n)]
+    loss = (out_t * torch.from_numpy(d_out)).sum()
+    loss = loss + sum((s_t * torch.from_numpy(d)).sum() for s_t, d in zip(_parts(h_n_t), d_h_n))
+    loss.backward()
+    g = model.backward(d_out, tuple(d_h_n) if cell == "lstm" else d_h_n[0])
     for name, p in module.named_parameters():
-        np.testing.assert_allclose(g.params[name], p.grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
-    np.testing.assert_allclose(g.x, x_t.grad.numpy(), rtol=1e-10, atol=1e-12)
+        assert_close(g.params[name], p.grad.numpy(), F64, name)
+    assert_close(g.x, x_t.grad.numpy(), F64, "g.x")

@@ -17,8 +17,8 @@ Where the speed comes from:
 
 Variable-length batches come in as ``batch_sizes`` (T,), as in ``_reference.py``: the batch
 sorted longest first, step t runs only its first batch_sizes[t] rows (the per-step product
-and element-wise pass shrink with it), and finished rows carry their state unchanged. The
-hoisted gemms stay whole: the δ's of finished rows are zero, so they add nothing to dW.
+and element-wise pass shrink with it), and the cache's rows of finished sequences are zero.
+The hoisted gemms stay whole: the δ's of finished rows are zero, so they add nothing to dW.
 """
 import numpy as np
 
@@ -217,13 +217,6 @@ cdef inline void zero_rows(floating* a, Py_ssize_t start, Py_ssize_t stop,
         memset(a + start * width, 0, (stop - start) * width * sizeof(floating))
 
 
-cdef inline void keep_rows(const floating* prev, floating* cur, Py_ssize_t start,
-                           Py_ssize_t stop, Py_ssize_t width) noexcept nogil:
-    """cur[start:stop, :] = prev[start:stop, :]: finished sequences keep their state."""
-    if stop > start:
-        memcpy(cur + start * width, prev + start * width, (stop - start) * width * sizeof(floating))
-
-
 cdef inline void column_sums(const floating* a, floating* out, Py_ssize_t M, Py_ssize_t N) noexcept nogil:
     """out (N,) = a (M, N).sum(axis=0)."""
     cdef Py_ssize_t m, j
@@ -305,7 +298,7 @@ cdef object _elman_forward(const floating[:, :, ::1] x, const floating[:, ::1] h
             cur = &hs[t, 0, 0]
             if packed:
                 n = sizes[t - 1]
-                keep_rows(&hs[t - 1, 0, 0], cur, n, B, H)
+                zero_rows(cur, n, B, H)        # finished sequences
                 if n == 0:
                     continue
             if small:
@@ -719,8 +712,8 @@ cdef object _lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] h0
             pre = &gates[t, 0, 0]
             if packed:
                 n = sizes[t]
-                keep_rows(&hs[t, 0, 0], &hs[t + 1, 0, 0], n, B, H)
-                keep_rows(&cs[t, 0, 0], &cs[t + 1, 0, 0], n, B, H)
+                zero_rows(&hs[t + 1, 0, 0], n, B, H)      # finished sequences
+                zero_rows(&cs[t + 1, 0, 0], n, B, H)
                 zero_rows(pre, n, B, G)
                 if n == 0:
                     continue
@@ -845,7 +838,7 @@ cdef object _gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] h0,
         for t in range(T):
             if packed:
                 n = sizes[t]
-                keep_rows(&hs[t, 0, 0], &hs[t + 1, 0, 0], n, B, H)
+                zero_rows(&hs[t + 1, 0, 0], n, B, H)      # finished sequences
                 zero_rows(&gates[t, 0, 0], n, B, 4 * H)
                 if n == 0:
                     continue

@@ -17,9 +17,9 @@ Elman cell, f = tanh or relu::
 Variable-length batches (PyTorch's PackedSequence semantics) come in as ``batch_sizes``
 (T,): the number of sequences still running at each step, the batch sorted longest first,
 so that the running ones are always the first ``batch_sizes[t]`` rows. A finished sequence's
-state is carried unchanged to the end (so hs[T] holds every sequence's state at its own last
-step), its d_out is ignored, and its gradients flow back unchanged to its last step. None
-means every row runs every step.
+rows of the cache are zero from its end on (its outputs past the end are zero, and its own
+last state is hs[length], not hs[T]); its d_out there is ignored, and the d_h_n given for it
+flows back unchanged to its last step. None means every row runs every step.
 
 The callers (``model.py``) validate shapes, dtypes and contiguity; these functions trust them.
 """
@@ -66,7 +66,7 @@ def elman_forward(x, h0, w_ih, w_hh, b_ih, b_hh, relu, batch_sizes=None):
         n = _running(batch_sizes, t - 1, B)
         pre = x[t - 1, :n] @ w_ih.T + b_ih + hs[t - 1, :n] @ w_hh.T + b_hh
         hs[t, :n] = np.maximum(pre, 0) if relu else np.tanh(pre)
-        hs[t, n:] = hs[t - 1, n:]                           # finished sequences keep their state
+        hs[t, n:] = 0                                       # finished sequences
     return hs
 
 
@@ -173,8 +173,8 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes=None):
         cs[t, :n] = f * cs[t - 1, :n] + i * g
         hs[t, :n] = o * np.tanh(cs[t, :n])
         gates[t - 1, :n] = np.concatenate([i, f, g, o], axis=1)
-        hs[t, n:] = hs[t - 1, n:]                           # finished sequences keep their state
-        cs[t, n:] = cs[t - 1, n:]
+        hs[t, n:] = 0                                       # finished sequences
+        cs[t, n:] = 0
     return hs, cs, gates
 
 
@@ -264,7 +264,7 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes=None):
         n = np.tanh(gi[:, 2 * H:3 * H] + r * hn)                        # candidate state
         hs[t, :n_run] = (1 - z) * n + z * hs[t - 1, :n_run]
         gates[t - 1, :n_run] = np.concatenate([r, z, n, hn], axis=1)
-        hs[t, n_run:] = hs[t - 1, n_run:]                   # finished sequences keep their state
+        hs[t, n_run:] = 0                                   # finished sequences
     return hs, gates
 
 

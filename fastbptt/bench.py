@@ -1,7 +1,7 @@
 """Time one BPTT training step: the compiled kernels against the NumPy backend and PyTorch.
 
-    python -m fastbptt bench [--shapes charrnn,small,medium,large] [--cell tanh|relu]
-                             [--rounds N] [--quick] [--no-torch]
+    python -m fastbptt bench [--shapes charrnn,small,medium,large] [--cell tanh|relu|lstm|gru]
+                             [--lengths] [--rounds N] [--quick] [--no-torch]
 
 A step is ``model.forward(x)`` then ``model.backward(d_out)`` on one layer, float32, no
 readout, with a fixed random ``d_out`` (torch: the module's forward, then
@@ -15,6 +15,10 @@ Each rate is also put against the machine's: an sgemm of the large shape's size,
 timed again before each shape because this shared machine's speed drifts from one minute to
 the next. The medians' IQR shows the noise within a run, not that drift: compare ratios
 taken in one run rather than times taken in two.
+
+With ``--lengths`` it times variable-length batches instead: the same step with ``lengths``
+spread evenly over 1..T (mean ≈ T/2, in shuffled order) against the padded batch, and
+torch's ``pack_padded_sequence`` path against its padded one.
 
 ``benchmarks/`` runs the same steps under pytest-benchmark; both take their shapes, cells
 and step builders from this module.
@@ -77,6 +81,9 @@ CELLS = {
 
 # Implementation name -> the label the tables print.
 IMPLEMENTATIONS = {"cython": "compiled", "numpy": "numpy", "torch": "torch"}
+# The same for ``--lengths``: each implementation padded, then with lengths (packed).
+LENGTHS_IMPLEMENTATIONS = {"cython": "compiled", "cython+lengths": "compiled, lengths",
+                           "torch": "torch", "torch+lengths": "torch, packed"}
 
 # Seconds to wait before timing an implementation. OpenBLAS threads spin for about 2^28
 # cycles (~0.1 s here) after a call before they sleep.
@@ -98,12 +105,21 @@ def inputs(shape, cell="tanh", seed=0):
     return x, d_out
 
 
+def mixed_lengths(shape, seed=0):
+    """Lengths spread evenly over 1..T (mean ≈ T/2), in a seeded shuffled order; T//2 for B = 1."""
+    if shape.B == 1:
+        return np.array([max(1, shape.T // 2)])
+    lengths = np.rint(np.linspace(1, shape.T, shape.B)).astype(np.int64)
+    return np.random.default_rng(seed).permutation(lengths)
+
+
 def torch_available():
     return importlib.util.find_spec("torch") is not None
 
 
 def implementation_status(impl):
     """None when ``impl`` can run here, else why it cannot."""
+    impl = impl.split("+")[0]
     if impl == "cython" and "cython" not in _backend.available_backends():
         return f"the compiled kernels are not available ({_backend._import_error})"
     if impl == "torch" and not torch_available():
@@ -112,26 +128,29 @@ def implementation_status(impl):
 
 
 def make_step(impl, shape, cell="tanh", seed=0):
-    """A callable running one training step of ``impl`` ("cython", "numpy", "torch").
+    """A callable running one training step of ``impl`` ("cython", "numpy", "torch"; with
+    "+lengths" appended, on the batch of :func:`mixed_lengths`).
 
     Every implementation gets the same weights (fastbptt's seeded initialisation, loaded
     into torch under the same names) and the same x and d_out, so that they run in the same
     numeric regime.
     """
     x, d_out = inputs(shape, cell, seed)
+    impl, _, packed = impl.partition("+")
+    lengths = mixed_lengths(shape, seed) if packed else None
     if impl == "torch":
         reference = RNN(shape.I, shape.H, cell=cell, dtype=DTYPE, seed=seed, backend="numpy")
-        return _torch_step(cell, reference.params, x, d_out)
+        return _torch_step(cell, reference.params, x, d_out, lengths)
     model = RNN(shape.I, shape.H, cell=cell, dtype=DTYPE, seed=seed, backend=impl)
 
     def step():
-        model.forward(x)
+        model.forward(x, lengths=lengths)
         model.backward(d_out)
 
     return step
 
 
-def _torch_step(cell, params, x, d_out):
+def _torch_step(cell, params, x, d_out, lengths=None):
     import torch
 
     B = x.shape[1]
@@ -143,13 +162,20 @@ def _torch_step(cell, params, x, d_out):
     h0 = torch.zeros((1, B, H), dtype=torch.float32, requires_grad=True)
     state = (h0, torch.zeros_like(h0, requires_grad=True)) if cell == "lstm" else h0
     d_out_t = torch.from_numpy(d_out)
+    if lengths is not None:
+        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+        lengths_t = torch.from_numpy(lengths)
 
     def step():
         module.zero_grad(set_to_none=True)
         x_t.grad = None
         for s in (state if cell == "lstm" else (state,)):
             s.grad = None
-        out, _ = module(x_t, state)
+        if lengths is None:
+            out, _ = module(x_t, state)
+        else:
+            packed = pack_padded_sequence(x_t, lengths_t, enforce_sorted=False)
+            out, _ = pad_packed_sequence(module(packed, state)[0], total_length=x_t.shape[0])
         out.backward(d_out_t)
 
     return step
@@ -244,29 +270,33 @@ def format_shape_table(name, shape, cell, timings, sgemm_rate=None):
 
     timings: {implementation: Timing, or a str saying why it did not run}, in print order.
     sgemm_rate: the reference's FLOP/s, or None to leave out the "% sgemm" column.
+    The FLOPs are the padded batch's, also for the "+lengths" rows (an effective rate).
     """
     flops = step_flops(shape, cell)
     baseline = timings.get("cython")
     baseline = baseline if isinstance(baseline, Timing) else None
     lines = [f"{name}  {shape}  ({flops / 1e6:,.1f} MFLOP per step)"]
-    header = f"  {'implementation':<14}{'median ms':>11}{'IQR ms':>10}{'IQR %':>7}{'rounds':>8}" \
+    header = f"  {'implementation':<18}{'median ms':>11}{'IQR ms':>10}{'IQR %':>7}{'rounds':>8}" \
              f"{'/ compiled':>12}{'GFLOP/s':>9}"
     if sgemm_rate:
         header += f"{'% sgemm':>9}"
     lines.append(header)
     for impl, t in timings.items():
-        label = IMPLEMENTATIONS.get(impl, impl)
+        label = LABELS.get(impl, impl)
         if not isinstance(t, Timing):
-            lines.append(f"  {label:<14}{'-':>11}   ({t})")
+            lines.append(f"  {label:<18}{'-':>11}   ({t})")
             continue
         ratio = f"{t.median / baseline.median:.2f}x" if baseline else "-"
         rate = flops / t.median
-        row = (f"  {label:<14}{t.median * 1e3:>11.3f}{t.iqr * 1e3:>10.3f}"
+        row = (f"  {label:<18}{t.median * 1e3:>11.3f}{t.iqr * 1e3:>10.3f}"
                f"{100 * t.iqr / t.median:>7.1f}{t.rounds:>8d}{ratio:>12}{rate / 1e9:>9.2f}")
         if sgemm_rate:
             row += f"{100 * rate / sgemm_rate:>9.1f}"
         lines.append(row)
     return "\n".join(lines)
+
+
+LABELS = {**IMPLEMENTATIONS, **LENGTHS_IMPLEMENTATIONS}
 
 
 def _parse(argv):
@@ -279,6 +309,9 @@ def _parse(argv):
                         help=f"comma-separated, from {', '.join(SHAPES)} (default: all)")
     parser.add_argument("--cell", choices=list(CELLS), default="tanh",
                         help="the recurrent cell (default: tanh)")
+    parser.add_argument("--lengths", action="store_true",
+                        help="variable-length batches (lengths spread over 1..T) against the "
+                             "padded batch, compiled and torch")
     parser.add_argument("--rounds", type=int, default=None,
                         help="timed rounds per implementation and shape (default: per shape)")
     parser.add_argument("--quick", action="store_true",
@@ -302,24 +335,29 @@ def main(argv=None):
     threads = blas_threads()  # before torch is imported: only numpy's and scipy's pools
     settle = 0 if args.quick else SETTLE_SECONDS
 
-    impls = [impl for impl in IMPLEMENTATIONS if not (impl == "torch" and args.no_torch)]
+    impls = [impl for impl in (LENGTHS_IMPLEMENTATIONS if args.lengths else IMPLEMENTATIONS)
+             if not (impl.startswith("torch") and args.no_torch)]
+    uses_torch = any(impl.startswith("torch") for impl in impls)
     unavailable = {impl: implementation_status(impl) for impl in impls}
     runnable = [impl for impl in impls if unavailable[impl] is None]
 
     print(f"fastbptt bench: one training step (forward + backward), {args.cell} cell, "
           f"float32, one layer, no readout", file=out)
+    if args.lengths:
+        print("variable lengths: spread evenly over 1..T (mean ~T/2), shuffled; rates count "
+              "the padded batch's FLOPs", file=out)
     print(f"threads: {threads} per BLAS pool (numpy's and scipy's OpenBLAS)"
           + ("; torch.set_num_threads(%d)" % threads if "torch" in runnable else ""), file=out)
     if "cython" in runnable:
         print(f"compiled kernels: the {_backend.compiled_level} build", file=out)
     for impl in impls:
         if unavailable[impl]:
-            print(f"{IMPLEMENTATIONS[impl]}: not timed, {unavailable[impl]}", file=out)
+            print(f"{LABELS[impl]}: not timed, {unavailable[impl]}", file=out)
     if args.no_torch:
         print("torch: left out (--no-torch)", file=out)
 
     torch_threads = None
-    if "torch" in runnable:
+    if uses_torch and unavailable["torch"] is None:
         import torch
         torch_threads = torch.get_num_threads()
         torch.set_num_threads(threads)

@@ -32,13 +32,15 @@ CONFIG_KEYS = ("input_size", "hidden_size", "cell", "num_layers", "output_size",
 class _Packing(NamedTuple):
     """How forward ran a batch of variable lengths (PyTorch's PackedSequence, on padded arrays).
 
-    order: the permutation that sorts the batch longest first (the kernels' row order);
-    batch_sizes (T,): how many sequences still run at each step, in that order;
-    finished (T, B): True past each sorted sequence's end; flip (T, B): the time index that
-    reverses each sorted sequence within its own length (for the reverse direction).
+    order: the permutation that sorts the batch longest first (the kernels' row order), and
+    inverse its inverse; lengths (B,): the sorted lengths; batch_sizes (T,): how many sequences still run at each
+    step; finished (T, B): True past each sorted sequence's end; flip (T, B): the time index
+    that reverses each sorted sequence within its own length (for the reverse direction).
     """
 
     order: np.ndarray
+    inverse: np.ndarray
+    lengths: np.ndarray
     batch_sizes: np.ndarray
     finished: np.ndarray
     flip: np.ndarray
@@ -51,7 +53,15 @@ class _Packing(NamedTuple):
         finished = steps >= sorted_lengths
         batch_sizes = np.ascontiguousarray(np.count_nonzero(~finished, axis=1), dtype=np.intp)
         flip = np.where(finished, steps, sorted_lengths - 1 - steps)
-        return cls(order, batch_sizes, finished, flip)
+        return cls(order, np.argsort(order), sorted_lengths, batch_sizes, finished, flip)
+
+    def sort(self, a, axis=1):
+        """a's batch axis in the kernels' order (longest first): a new contiguous array."""
+        return np.take(a, self.order, axis=axis)
+
+    def unsort(self, a, axis=1):
+        """The inverse of :meth:`sort`: the batch back in the caller's order."""
+        return np.take(a, self.inverse, axis=axis)
 
 
 @dataclass
@@ -241,8 +251,9 @@ class RNN:
             packing = _Packing.of(_check_lengths(lengths, T, B), T)
             # Longest first, so that the sequences still running at any step are a prefix of
             # the batch: the kernels shrink each step's work to that prefix.
-            x = np.ascontiguousarray(x[:, packing.order])
-            state = np.ascontiguousarray(state[:, :, packing.order])
+            x = packing.sort(x)
+            state = packing.sort(state, axis=2)
+            final = np.empty_like(state)
         flip = None if packing is None else packing.flip
         starts = range(0, T, segment)
         whole = len(starts) == 1 and packing is None   # out is the kernels' own output
@@ -253,6 +264,11 @@ class RNN:
             initial = state
             inputs, runs, top = self._layers_forward(params, x[start:stop], state, sizes, flip)
             state = self._final_state(runs)
+            if packing is not None:
+                # The kernels zero a finished sequence's states: its h_n is its state at its
+                # own last step, taken in the segment where it ends.
+                ends = np.flatnonzero((packing.lengths > start) & (packing.lengths <= stop))
+                final[:, :, ends] = self._final_state(runs, packing.lengths[ends] - start, ends)
             seg_out = self._readout_forward(params, top)
             if whole:
                 out = seg_out
@@ -268,9 +284,10 @@ class RNN:
             # A checkpointed segment keeps only its initial states; backward recomputes it.
             segments.append((start, stop, sizes, (inputs, runs, top) if checkpoint is None else initial))
         if packing is not None:
-            out[packing.finished] = 0
-            out = _unsort(out, packing.order)
-            state = _unsort(state, packing.order, axis=2)
+            if self.output_size is not None:
+                out[packing.finished] = 0   # the states are zero there; the readout's bias is not
+            out = packing.unsort(out)
+            state = packing.unsort(final, axis=2)
         self._cache = (x, segments, params, checkpoint is not None, packing)
         return out, self._state_out(state)
 
@@ -300,8 +317,11 @@ class RNN:
     def _state_out(self, state):
         return (state[0], state[1]) if self.cell == "lstm" else state[0]
 
-    def _final_state(self, runs):
-        return np.stack([np.stack([run[s][-1] for run in runs]) for s in range(self._state_count)])
+    def _final_state(self, runs, steps=-1, rows=slice(None)):
+        """The state (S, D·L, B, H) after every direction's last step; or rows ``rows`` of it
+        after steps ``steps`` (one per row), counted from the run's start."""
+        return np.stack([np.stack([run[s][steps, rows] for run in runs])
+                         for s in range(self._state_count)])
 
     def _weights(self, params, index):
         k, suffix = divmod(index, self.num_directions)
@@ -395,9 +415,12 @@ class RNN:
             carry = np.zeros((self._state_count, self._layers_and_directions, B, H), self.dtype)
         flip = None
         if packing is not None:  # forward sorted the batch by length
-            d_out = np.ascontiguousarray(d_out[:, packing.order])    # a copy: not the caller's
-            d_out[packing.finished] = 0         # outputs past a sequence's end are constants
-            carry = np.ascontiguousarray(carry[:, :, packing.order])
+            d_out = packing.sort(d_out)         # a copy: the caller's d_out is not written
+            if self.output_size is not None:
+                # outputs past a sequence's end are constants (zero); without a readout the
+                # kernels ignore d_out there themselves
+                d_out[packing.finished] = 0
+            carry = packing.sort(carry, axis=2)
             flip = packing.flip
         norms = None
         if step_norms:
@@ -446,10 +469,10 @@ class RNN:
                 d_x[start:stop] = d_top
         d_x = np.ascontiguousarray(d_x)
         if packing is not None:
-            d_x = _unsort(d_x, packing.order)
-            carry = _unsort(carry, packing.order, axis=2)
+            d_x = packing.unsort(d_x)
+            carry = packing.unsort(carry, axis=2)
             if norms is not None:
-                norms = _unsort(norms, packing.order, axis=2)
+                norms = packing.unsort(norms, axis=2)
         ordered = {name: grads[name] for name in self.param_shapes()}
         return Gradients(params=ordered, x=d_x, h0=self._state_out(carry), step_norms=norms)
 
@@ -573,15 +596,6 @@ def _check_lengths(lengths, T, B):
         raise ValueError(f"lengths must lie in [1, {T}] (T = x.shape[0]), got values in "
                          f"[{arr.min()}, {arr.max()}]")
     return arr.astype(np.int64)
-
-
-def _unsort(a, order, axis=1):
-    """Undo a[..., order, ...] = original along ``axis``: the batch back in the caller's order."""
-    out = np.empty_like(a)
-    index = [slice(None)] * a.ndim
-    index[axis] = order
-    out[tuple(index)] = a
-    return out
 
 
 def _reverse_time(a, flip):

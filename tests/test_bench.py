@@ -30,6 +30,29 @@ def test_bench_quick_prints_a_table(capsys):
         assert compiled[1] == "-" and numpy[5] == "-"
 
 
+def test_bench_lengths_prints_padded_and_lengths_rows(capsys):
+    assert bench.main(["--quick", "--lengths", "--shapes", "small", "--cell", "gru", "--no-torch"]) == 0
+    out = capsys.readouterr().out
+    assert "variable lengths: spread evenly over 1..T" in out
+    assert "small  T=100 B=32 I=32 H=128" in out
+    if "cython" in fb.available_backends():
+        assert float(_row(out, "compiled,")[2]) > 0   # "compiled, lengths": median ms
+        assert float(_row(out, "compiled")[1]) > 0
+    else:
+        assert "compiled, lengths: not timed" in out
+    assert "numpy" not in out.split("small  T=100")[1]
+
+
+def test_mixed_lengths_average_half_of_t():
+    for shape in bench.SHAPES.values():
+        lengths = bench.mixed_lengths(shape)
+        assert lengths.shape == (shape.B,)
+        assert lengths.min() >= 1 and lengths.max() <= shape.T
+        assert abs(lengths.mean() - shape.T / 2) <= 1
+    small = bench.SHAPES["small"]
+    assert sorted(bench.mixed_lengths(small)) != list(bench.mixed_lengths(small))  # shuffled
+
+
 @pytest.mark.parametrize("argv", [["--shapes", "huge"], ["--cell", "elman"], ["--rounds", "0"]])
 def test_bench_rejects_bad_options(argv, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -76,16 +76,16 @@ def test_compiled_batch_sizes_match_the_oracle(compiled_kernels, cell, sizes, dt
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_oracle_batch_sizes_keep_finished_rows_and_ignore_their_d_out(cell, rng):
-    """The semantics themselves, on the oracle: a finished row's state is carried unchanged,
-    its d_out past the end changes nothing, and its δ, dx and step norms there are zero."""
+def test_oracle_batch_sizes_zero_finished_rows_and_ignore_their_d_out(cell, rng):
+    """The semantics themselves, on the oracle: a finished row's states are zero past its end,
+    its d_out there changes nothing, and its dx and step norms there are zero."""
     T, B, I, H = 5, 3, 2, 4
     a = _layer_arrays(rng, cell, T, B, I, H, np.float64)
     sizes = np.array([3, 3, 2, 1, 1], dtype=np.intp)
     cache, grads, norms = _run_layer(_reference, cell, a, sizes)
     hs = cache[0]
     for t, n in enumerate(sizes):
-        np.testing.assert_array_equal(hs[t + 1, n:], hs[t, n:])
+        np.testing.assert_array_equal(hs[t + 1, n:], 0)
         np.testing.assert_array_equal(grads[0][t, n:], 0)
         np.testing.assert_array_equal(norms[t, n:], 0)
     changed = dict(a, d_out=a["d_out"].copy())

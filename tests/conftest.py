@@ -11,11 +11,15 @@ The suite runs in two modes (see .ci/run):
 
 Test modules are imported with ``--import-mode=importlib`` (pyproject.toml), so they cannot
 import this file: what they share comes as fixtures (``assert_close``, ``assert_close_to_math``, ``tol``,
-``math_tol``, ``fd``, ``make_layer``, ``backend``, ``compiled_backend``, ``compiled_kernels``,
-``dtype``, ``rng``).
+``math_tol``, ``fd``, ``estimate_tol``, ``make_layer``, ``backend``, ``compiled_backend``,
+``compiled_kernels``, ``dtype``, ``rng``).
+
+A comparison takes its tolerance by kind -- ``tol(dtype, kind)`` or ``assert_close(..., kind=)``,
+with ``kind`` a key of TOLERANCES below -- and never states a number of its own.
 """
 import os
 import zlib
+from types import MappingProxyType
 
 import numpy as np
 import pytest
@@ -43,6 +47,16 @@ TOL = {
     np.dtype(np.float64): dict(rtol=1e-11, atol=1e-13),
 }
 
+# LSTM and GRU compiled kernels against the NumPy oracle, and the compiled model against the NumPy
+# model: longer chains of σ and tanh than the Elman cell's. Same ``atol`` scaling as TOL.
+# float32: tanh_fast (<= 6 ulp) and σ built on it, and other summation orders than NumPy's; the
+#   kernel tests' shapes need about 2e-6 (scaled), so atol 3e-5 leaves a 10x margin.
+# float64: libm tanh on both sides, only the summation order differs (about 2e-15).
+GATED_TOL = {
+    np.dtype(np.float32): dict(rtol=3e-4, atol=3e-5),
+    np.dtype(np.float64): dict(rtol=1e-10, atol=1e-12),
+}
+
 # A result against the same formula computed independently in float64 (a loss, one step of
 # clipping, the linear layer, a few steps of the cell, W Wᵀ = I, a clipped norm): only the result
 # dtype's own rounding, over a handful of operations, separates them. The relative part also
@@ -53,34 +67,105 @@ MATH_TOL = {
     np.dtype(np.float64): dict(rtol=1e-12, atol=1e-13),
 }
 
+# The same computation with its sums taken in other pieces or in another order: checkpointed
+# segments against full BPTT, truncated windows summed against full BPTT, a batch against its rows
+# one by one, a recorded loss against the loss recomputed. No approximation differs, only where
+# the rounding falls: the suite's cases need under a third of it in float32 and a twentieth in
+# float64 (with atol unscaled).
+SPLIT_TOL = {
+    np.dtype(np.float32): dict(rtol=2e-5, atol=2e-6),
+    np.dtype(np.float64): dict(rtol=1e-12, atol=1e-14),
+}
+
+# The float64 oracle and model against torch.nn.LSTM / torch.nn.GRU in float64: the same math, so
+# only rounding differs (σ is ½(1 + tanh(v/2)) here and 1/(1 + e^{-v}) in torch).
+# TORCH_STATE_TOL: the states (out, h_n, c_n), a few steps of the cell; the suite's cases need
+#   about 1% of it.
+# TORCH_TOL: the gradients, sums of T·B products; the suite's cases need under 0.1% of it.
+TORCH_STATE_TOL = {np.dtype(np.float64): dict(rtol=1e-12, atol=1e-14)}
+TORCH_TOL = {np.dtype(np.float64): dict(rtol=1e-10, atol=1e-12)}
+
+# A float64 constant against an expression equal to it in exact arithmetic, of a couple of
+# operations (1/6 against 2·(1/12), a baseline against its formula): a few ulp (2.2e-16) at most.
+ULP_TOL = {np.dtype(np.float64): dict(rtol=1e-15, atol=0.0)}
+
 # Central finite differences, always in float64: step FD_EPS, truncation error ~ eps²·f''' and
 # rounding error ~ 1e-16·|E|/eps ~ 1e-9 for the losses of the small problems used (|E| ~ 10).
 FD_EPS = 1e-6
 FD_TOL = dict(rtol=1e-6, atol=1e-7)
+# The float64 LSTM/GRU oracle against central differences (step FD_EPS) on single small layers,
+# atol scaled as in TOL: truncation error ~ eps²·|E'''| and rounding error ~ 1e-16·|E|/eps are
+# both ~1e-10 there.
+GATED_FD_TOL = {np.dtype(np.float64): dict(rtol=1e-6, atol=1e-8)}
+
+# The other way round: the guard that an effect took place (the clip clipped),
+# ``assert not np.allclose(a, b, **tol(dtype, "effect"))``. Far above every rounding tolerance
+# above, so that a difference outside it is no rounding and the comparison it guards is not void.
+EFFECT_TOL = {
+    np.dtype(np.float32): dict(rtol=1e-2, atol=1e-3),
+    np.dtype(np.float64): dict(rtol=1e-2, atol=1e-3),
+}
+
+# Every tolerance above by the kind of comparison it serves: ``tol(dtype, kind)``.
+TOLERANCES = {
+    "oracle": TOL,
+    "gated": GATED_TOL,
+    "math": MATH_TOL,
+    "split": SPLIT_TOL,
+    "torch_states": TORCH_STATE_TOL,
+    "torch": TORCH_TOL,
+    "ulp": ULP_TOL,
+    "gated_fd": GATED_FD_TOL,
+    "effect": EFFECT_TOL,
+}
+
+# Estimates from random samples, and one approximation, against the value they approach: the
+# bound is set by a sampling or an approximation error, not by rounding. Named by their test.
+ESTIMATE_TOL = {
+    # The first Adam step lr·g/(|g| + eps) against lr·sign(g), relative: off by eps/|g| = 1e-5 for
+    # the test's smallest |g| (1e-3, eps 1e-8), plus float32 rounding.
+    "adam_first_step_rtol": 1e-4,
+    # 1e5 values of U(0, 1), mean 1/2 and variance 1/12: standard errors near 1e-3 and 2.4e-4.
+    "uniform_mean_abs": 0.005,
+    "uniform_variance_abs": 0.003,
+    # The MSE of the constant answer 1 on 4e5 adding-problem targets: (s - 1)² has a standard
+    # deviation near 0.2, so the standard error is 3e-4.
+    "adding_baseline_mse_abs": 2e-3,
+    # The frequency of each of 5 symbols over 4e4 draws: standard error √(0.2·0.8/4e4) = 2e-3.
+    "symbol_frequency_abs": 0.01,
+    # The cross-entropy per step of the memoryless model fitted on 4e4 sequences and scored on
+    # 4e4 others, against copy_memory_baseline, relative.
+    "memoryless_cross_entropy_rtol": 0.01,
+}
 
 
-def tol(dtype):
-    """The backend-comparison tolerance dict(rtol=, atol=) for ``dtype``."""
-    return TOL[np.dtype(dtype)]
+def tol(dtype, kind="oracle"):
+    """The tolerance dict(rtol=, atol=) of comparison ``kind`` (a key of TOLERANCES) for ``dtype``."""
+    table = TOLERANCES[kind]
+    dt = np.dtype(dtype)
+    if dt not in table:
+        raise KeyError(f"no {kind!r} tolerance for {dt}")
+    return dict(table[dt])
 
 
 def math_tol(dtype):
     """The tolerance dict(rtol=, atol=) of a ``dtype`` result against float64 math."""
-    return MATH_TOL[np.dtype(dtype)]
+    return tol(dtype, "math")
 
 
-def assert_close(actual, expected, dtype, name, *, table=TOL):
-    """Compare a result with its reference at the tolerance of ``dtype`` (from TOL).
+def assert_close(actual, expected, dtype, name, *, kind="oracle"):
+    """Compare a result with its reference at the ``kind`` tolerance of ``dtype`` (TOLERANCES).
 
     ``actual`` must have exactly ``dtype`` and the shape of ``expected`` (a float32 result
     computed in float64 and cast, or the reverse, fails here); NaNs never compare equal.
+    ``atol`` is scaled by max(1, max|expected|), as explained at TOL.
     """
     dt = np.dtype(dtype)
     assert isinstance(actual, np.ndarray), f"{name}: expected an ndarray, got {type(actual).__name__}"
     expected = np.asarray(expected)
     assert actual.dtype == dt, f"{name}: dtype {actual.dtype}, expected {dt}"
     assert actual.shape == expected.shape, f"{name}: shape {actual.shape}, expected {expected.shape}"
-    t = table[dt]
+    t = tol(dt, kind)
     scale = max(1.0, float(np.max(np.abs(expected)))) if expected.size else 1.0
     np.testing.assert_allclose(actual, expected, rtol=t["rtol"], atol=t["atol"] * scale,
                                equal_nan=False, err_msg=name)
@@ -88,7 +173,7 @@ def assert_close(actual, expected, dtype, name, *, table=TOL):
 
 def assert_close_to_math(actual, expected, dtype, name):
     """``assert_close`` at MATH_TOL: ``expected`` is the formula evaluated in float64."""
-    assert_close(actual, expected, dtype, name, table=MATH_TOL)
+    assert_close(actual, expected, dtype, name, kind="math")
 
 
 # --------------------------------------------------------------------------- session hooks
@@ -177,6 +262,12 @@ def _math_tol_fixture():
 def fd():
     """Finite-difference settings: dict(eps=, rtol=, atol=)."""
     return dict(eps=FD_EPS, **FD_TOL)
+
+
+@pytest.fixture(scope="session")
+def estimate_tol():
+    """ESTIMATE_TOL: the bounds of sampled estimates and of an approximation, by name (read-only)."""
+    return MappingProxyType(ESTIMATE_TOL)
 
 
 def make_layer(rng, T, B, I, H, dtype, *, relu=False):

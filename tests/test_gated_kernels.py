@@ -10,24 +10,6 @@ import pytest
 
 from fastbptt import _backend, _reference
 
-# Compiled kernels against the NumPy oracle, per dtype. ``atol`` is scaled by
-# max(1, max|expected|), as in conftest.py: a weight gradient sums T·B products, and
-# cancellation leaves some of its elements far below the size of the terms that set their
-# error. float32: tanh_fast (≤ 6 ulp) and σ built on it, and other summation orders than
-# NumPy's; the shapes below need about 2e-6 (scaled), so 3e-5 leaves a 10x margin.
-# float64: libm tanh on both sides, only the summation order differs (about 2e-15).
-TOL = {
-    np.dtype(np.float32): dict(rtol=3e-4, atol=3e-5),
-    np.dtype(np.float64): dict(rtol=1e-10, atol=1e-12),
-}
-# The float64 oracle against central finite differences with step FD_EPS: truncation error
-# ~ eps²·|E'''| and rounding error ~ 1e-16·|E|/eps, both ~1e-10 for these small layers.
-FD_EPS = 1e-6
-FD_TOL = dict(rtol=1e-6, atol=1e-8)
-# The float64 oracle against torch.nn.LSTM / torch.nn.GRU in float64: the same math, so only
-# rounding differs (σ is ½(1 + tanh(v/2)) here and 1/(1 + e^{-v}) in torch).
-TORCH_TOL = dict(rtol=1e-10, atol=1e-12)
-
 GATES = {"lstm": 4, "gru": 3}
 FORWARD_NAMES = {"lstm": ("hs", "cs", "gates"), "gru": ("hs", "gates")}
 BACKWARD_NAMES = {"lstm": ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db"),
@@ -41,17 +23,6 @@ COMPILED = ([pytest.param(level, id=level)
 CELLS = ["lstm", "gru"]
 DTYPES = [pytest.param(np.dtype(np.float32), id="float32"),
           pytest.param(np.dtype(np.float64), id="float64")]
-
-
-def assert_close(actual, expected, tol, name):
-    """``actual`` has exactly the dtype and shape of ``expected`` and its values within tol."""
-    expected = np.asarray(expected)
-    assert isinstance(actual, np.ndarray), f"{name}: got {type(actual).__name__}"
-    assert actual.dtype == expected.dtype, f"{name}: dtype {actual.dtype}, expected {expected.dtype}"
-    assert actual.shape == expected.shape, f"{name}: shape {actual.shape}, expected {expected.shape}"
-    scale = max(1.0, float(np.max(np.abs(expected)))) if expected.size else 1.0
-    np.testing.assert_allclose(actual, expected, rtol=tol["rtol"], atol=tol["atol"] * scale,
-                               err_msg=name)
 
 
 def make_layer(rng, cell, T, B, I, H, dtype=np.float64, *, saturate=1.0):
@@ -111,14 +82,14 @@ def loss(cell, a, **over):
     return e
 
 
-def numerical_gradient(cell, a, name):
-    """∂E/∂a[name] by central differences."""
+def numerical_gradient(cell, a, name, eps):
+    """∂E/∂a[name] by central differences of step ``eps``."""
     grad = np.empty_like(a[name])
     for idx in np.ndindex(a[name].shape):
         plus, minus = a[name].copy(), a[name].copy()
-        plus[idx] += FD_EPS
-        minus[idx] -= FD_EPS
-        grad[idx] = (loss(cell, a, **{name: plus}) - loss(cell, a, **{name: minus})) / (2 * FD_EPS)
+        plus[idx] += eps
+        minus[idx] -= eps
+        grad[idx] = (loss(cell, a, **{name: plus}) - loss(cell, a, **{name: minus})) / (2 * eps)
     return grad
 
 
@@ -127,7 +98,7 @@ def numerical_gradient(cell, a, name):
 
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("shape", [(4, 3, 3, 5), (1, 1, 2, 3)], ids=["T4-B3", "T1-B1"])
-def test_reference_backward_matches_finite_differences(rng, cell, shape):
+def test_reference_backward_matches_finite_differences(rng, cell, shape, fd, assert_close):
     a = make_layer(rng, cell, *shape)
     g = backward(_reference, cell, a, forward(_reference, cell, a))
     if cell == "lstm":
@@ -135,15 +106,17 @@ def test_reference_backward_matches_finite_differences(rng, cell, shape):
     else:
         expected = dict(dx="x", dh0="h0", dw_ih="w_ih", dw_hh="w_hh", db_ih="b_ih", db_hh="b_hh")
     for out, wrt in expected.items():
-        assert_close(g[out], numerical_gradient(cell, a, wrt), FD_TOL, f"{cell} {out}")
+        assert_close(g[out], numerical_gradient(cell, a, wrt, fd["eps"]), np.float64, f"{cell} {out}",
+                     kind="gated_fd")
     if cell == "lstm":  # b_ih and b_hh enter the LSTM the same way: one db for both
-        assert_close(g["db"], numerical_gradient(cell, a, "b_hh"), FD_TOL, "lstm db (b_hh)")
+        assert_close(g["db"], numerical_gradient(cell, a, "b_hh", fd["eps"]), np.float64, "lstm db (b_hh)",
+                     kind="gated_fd")
     else:  # b_hn sits inside r ⊙ (...), so the GRU's two bias gradients differ
         assert not np.allclose(g["db_ih"], g["db_hh"])
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_reference_step_norms_are_the_gradient_reaching_each_step(rng, cell):
+def test_reference_step_norms_are_the_gradient_reaching_each_step(rng, cell, math_tol):
     """‖∂E/∂h_t‖ = ‖d_out_t + ∂E_{>t}/∂h_t‖, where the second term is the dh0 of the layer
     run on the rest of the sequence from (h_t, c_t): the oracle's dh0 is itself checked by
     finite differences above."""
@@ -158,12 +131,12 @@ def test_reference_step_norms_are_the_gradient_reaching_each_step(rng, cell):
             rest["c0"] = cache[1][t]
         dh_t = a["d_out"][t - 1] + backward(
             _reference, cell, a, forward(_reference, cell, a, **rest), **rest)["dh0"]
-        np.testing.assert_allclose(norms[t - 1], np.linalg.norm(dh_t, axis=1), rtol=1e-12,
-                                   err_msg=f"step {t}")
+        np.testing.assert_allclose(norms[t - 1], np.linalg.norm(dh_t, axis=1),
+                                   rtol=math_tol(np.float64)["rtol"], err_msg=f"step {t}")
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_reference_clipping_bounds_each_steps_gate_gradient(rng, cell):
+def test_reference_clipping_bounds_each_steps_gate_gradient(rng, cell, math_tol):
     """For one step of one sequence, db (LSTM) and db_ih (GRU) are the step's gate gradient
     itself: clipped, its norm is clip_step; the LSTM's dc0 (f ⊙ ∂E/∂c, not clipped) and the
     GRU's relation δh_n = δi_n ⊙ r survive clipping."""
@@ -173,15 +146,16 @@ def test_reference_clipping_bounds_each_steps_gate_gradient(rng, cell):
     gate_grad = "db" if cell == "lstm" else "db_ih"
     clip_step = 0.25 * np.linalg.norm(free[gate_grad])
     clipped = backward(_reference, cell, a, cache, clip_step=clip_step)
-    np.testing.assert_allclose(np.linalg.norm(clipped[gate_grad]), clip_step, rtol=1e-12)
-    np.testing.assert_allclose(clipped[gate_grad], free[gate_grad] * 0.25, rtol=1e-12)
+    rtol = math_tol(np.float64)["rtol"]
+    np.testing.assert_allclose(np.linalg.norm(clipped[gate_grad]), clip_step, rtol=rtol)
+    np.testing.assert_allclose(clipped[gate_grad], free[gate_grad] * 0.25, rtol=rtol)
     if cell == "lstm":
-        np.testing.assert_allclose(clipped["dc0"], free["dc0"], rtol=1e-12)
+        np.testing.assert_allclose(clipped["dc0"], free["dc0"], rtol=rtol)
     else:
         H = 4
         r = cache[1][0, 0, :H]
-        np.testing.assert_allclose(clipped["db_hh"][:2 * H], clipped["db_ih"][:2 * H], rtol=1e-12)
-        np.testing.assert_allclose(clipped["db_hh"][2 * H:], clipped["db_ih"][2 * H:] * r, rtol=1e-12)
+        np.testing.assert_allclose(clipped["db_hh"][:2 * H], clipped["db_ih"][:2 * H], rtol=rtol)
+        np.testing.assert_allclose(clipped["db_hh"][2 * H:], clipped["db_ih"][2 * H:] * r, rtol=rtol)
     # a bound above every step's norm changes nothing
     loose = backward(_reference, cell, a, cache, clip_step=10 * np.linalg.norm(free[gate_grad]))
     for name in free:
@@ -189,7 +163,7 @@ def test_reference_clipping_bounds_each_steps_gate_gradient(rng, cell):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_reference_clipping_treats_each_sequence_alone(rng, cell):
+def test_reference_clipping_treats_each_sequence_alone(rng, cell, tol):
     """Clipping is per row, so a batch gives what its sequences give one by one."""
     T, B = 4, 3
     a = make_layer(rng, cell, T, B, 3, 5)
@@ -210,7 +184,7 @@ def test_reference_clipping_treats_each_sequence_alone(rng, cell):
             expected = np.concatenate([r[name] for r in rows], axis=0)
         else:
             expected = sum(r[name] for r in rows)
-        np.testing.assert_allclose(value, expected, rtol=1e-12, atol=1e-14, err_msg=name)
+        np.testing.assert_allclose(value, expected, err_msg=name, **tol(np.float64, "split"))
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -244,7 +218,7 @@ def _torch_layer(torch, cell, a):
 
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("shape", [(5, 3, 4, 6), (1, 1, 3, 2)], ids=["T5-B3", "T1-B1"])
-def test_reference_matches_torch(rng, cell, shape):
+def test_reference_matches_torch(rng, cell, shape, assert_close):
     torch = pytest.importorskip("torch")
     a = make_layer(rng, cell, *shape)
     module = _torch_layer(torch, cell, a)
@@ -261,21 +235,21 @@ def test_reference_matches_torch(rng, cell, shape):
     e.backward()
 
     cache = forward(_reference, cell, a)
-    assert_close(cache[0][1:], out.detach().numpy(), TORCH_TOL, "out")
-    assert_close(cache[0][-1], h_n[0].detach().numpy(), TORCH_TOL, "h_n")
+    assert_close(cache[0][1:], out.detach().numpy(), np.float64, "out", kind="torch_states")
+    assert_close(cache[0][-1], h_n[0].detach().numpy(), np.float64, "h_n", kind="torch_states")
     g = backward(_reference, cell, a, cache)
-    assert_close(g["dx"], x.grad.numpy(), TORCH_TOL, "dx")
-    assert_close(g["dh0"], h0.grad[0].numpy(), TORCH_TOL, "dh0")
-    assert_close(g["dw_ih"], module.weight_ih_l0.grad.numpy(), TORCH_TOL, "dw_ih")
-    assert_close(g["dw_hh"], module.weight_hh_l0.grad.numpy(), TORCH_TOL, "dw_hh")
+    assert_close(g["dx"], x.grad.numpy(), np.float64, "dx", kind="torch")
+    assert_close(g["dh0"], h0.grad[0].numpy(), np.float64, "dh0", kind="torch")
+    assert_close(g["dw_ih"], module.weight_ih_l0.grad.numpy(), np.float64, "dw_ih", kind="torch")
+    assert_close(g["dw_hh"], module.weight_hh_l0.grad.numpy(), np.float64, "dw_hh", kind="torch")
     if cell == "lstm":
-        assert_close(cache[1][-1], c_n[0].detach().numpy(), TORCH_TOL, "c_n")
-        assert_close(g["dc0"], c0.grad[0].numpy(), TORCH_TOL, "dc0")
-        assert_close(g["db"], module.bias_ih_l0.grad.numpy(), TORCH_TOL, "db (bias_ih)")
-        assert_close(g["db"], module.bias_hh_l0.grad.numpy(), TORCH_TOL, "db (bias_hh)")
+        assert_close(cache[1][-1], c_n[0].detach().numpy(), np.float64, "c_n", kind="torch_states")
+        assert_close(g["dc0"], c0.grad[0].numpy(), np.float64, "dc0", kind="torch")
+        assert_close(g["db"], module.bias_ih_l0.grad.numpy(), np.float64, "db (bias_ih)", kind="torch")
+        assert_close(g["db"], module.bias_hh_l0.grad.numpy(), np.float64, "db (bias_hh)", kind="torch")
     else:
-        assert_close(g["db_ih"], module.bias_ih_l0.grad.numpy(), TORCH_TOL, "db_ih")
-        assert_close(g["db_hh"], module.bias_hh_l0.grad.numpy(), TORCH_TOL, "db_hh")
+        assert_close(g["db_ih"], module.bias_ih_l0.grad.numpy(), np.float64, "db_ih", kind="torch")
+        assert_close(g["db_hh"], module.bias_hh_l0.grad.numpy(), np.float64, "db_hh", kind="torch")
 
 
 # --------------------------------------------------------------------------- compiled builds
@@ -295,17 +269,16 @@ VARIANTS = ["plain", "clip", "bare"]
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_compiled_matches_reference(rng, level, dtype, cell, shape, variant):
+def test_compiled_matches_reference(rng, level, dtype, cell, shape, variant, tol, assert_close):
     kernels = BUILDS[level]
     T, B, I, H = shape
     a = make_layer(rng, cell, T, B, I, H, dtype)
-    tol = TOL[dtype]
 
     expected = forward(_reference, cell, a)
     got = forward(kernels, cell, a)
     assert isinstance(got, tuple) and len(got) == len(FORWARD_NAMES[cell])
     for name, g, e in zip(FORWARD_NAMES[cell], got, expected):
-        assert_close(g, e, tol, f"{level} {cell} forward {name}")
+        assert_close(g, e, dtype, f"{level} {cell} forward {name}", kind="gated")
 
     # Both backward passes start from the oracle's cache, so that only backward is compared.
     clip_step = None
@@ -313,7 +286,7 @@ def test_compiled_matches_reference(rng, level, dtype, cell, shape, variant):
         clip_step = 0.2
         free = backward(_reference, cell, a, expected)
         clipped = backward(_reference, cell, a, expected, clip_step=clip_step)
-        assert not np.allclose(free["dw_hh"], clipped["dw_hh"], **tol), \
+        assert not np.allclose(free["dw_hh"], clipped["dw_hh"], **tol(dtype, "gated")), \
             "clip_step=0.2 clipped nothing: the clipping comparison would be void"
     want_norms = variant != "plain"
     finals = variant != "bare"
@@ -325,10 +298,10 @@ def test_compiled_matches_reference(rng, level, dtype, cell, shape, variant):
     ref = backward(_reference, cell, a, expected, clip_step, norms_ref, finals)
     res = backward(kernels, cell, a, expected, clip_step, norms_got, finals)
     for name in BACKWARD_NAMES[cell]:
-        assert_close(res[name], ref[name], tol, f"{level} {cell} {variant} {name}")
+        assert_close(res[name], ref[name], dtype, f"{level} {cell} {variant} {name}", kind="gated")
     if want_norms:
         assert np.isfinite(norms_ref).all()
-        assert_close(norms_got, norms_ref, tol, f"{level} {cell} step_norms")
+        assert_close(norms_got, norms_ref, dtype, f"{level} {cell} step_norms", kind="gated")
     # the kernels write only their outputs (and step_norms)
     for k, v in a.items():
         np.testing.assert_array_equal(v, inputs_before[k], err_msg=f"{k} was modified")
@@ -339,7 +312,7 @@ def test_compiled_matches_reference(rng, level, dtype, cell, shape, variant):
 @pytest.mark.parametrize("level", COMPILED)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("cell", CELLS)
-def test_compiled_saturated_gates_match_reference(rng, level, dtype, cell):
+def test_compiled_saturated_gates_match_reference(rng, level, dtype, cell, assert_close):
     """Pre-activations of hundreds: the float32 σ and tanh clamp, float64 goes through libm;
     both stay finite and agree with the oracle."""
     kernels = BUILDS[level]
@@ -348,8 +321,8 @@ def test_compiled_saturated_gates_match_reference(rng, level, dtype, cell):
     got = forward(kernels, cell, a)
     for name, g, e in zip(FORWARD_NAMES[cell], got, expected):
         assert np.isfinite(g).all(), name
-        assert_close(g, e, TOL[dtype], f"{level} {cell} saturated forward {name}")
+        assert_close(g, e, dtype, f"{level} {cell} saturated forward {name}", kind="gated")
     ref = backward(_reference, cell, a, expected)
     res = backward(kernels, cell, a, expected)
     for name in BACKWARD_NAMES[cell]:
-        assert_close(res[name], ref[name], TOL[dtype], f"{level} {cell} saturated {name}")
+        assert_close(res[name], ref[name], dtype, f"{level} {cell} saturated {name}", kind="gated")

@@ -26,7 +26,7 @@ from cython cimport floating
 from libc.math cimport sqrt, tanh
 from libc.string cimport memcpy, memset
 
-from ._blas cimport gemm
+from ._blas cimport gemm, gemm_into_transposed
 
 cdef extern from *:
     """
@@ -54,6 +54,23 @@ cdef extern from *:
 # Per-step products with at most this many multiply-adds (B·H·H) skip BLAS: below it
 # OpenBLAS's call and threading overhead costs more than the arithmetic.
 cdef long SMALL_STEP = 32 * 1024
+
+# Per-step products with at least this many weights (G·H·H) run with the batch as BLAS's m
+# (``gemm_into_transposed``) and a transposed add into place; below it the plain row-major
+# gemm is as fast or faster (32x128 @ 128x128: 105 against 90 GFLOP/s).
+cdef long TRANSPOSED_STEP = 48 * 1024
+
+
+def _tuning(small_step=None, transposed_step=None):
+    """Set the size thresholds that choose between code paths (for tests, which run every
+    path on small problems); returns the previous (small_step, transposed_step)."""
+    global SMALL_STEP, TRANSPOSED_STEP
+    previous = (SMALL_STEP, TRANSPOSED_STEP)
+    if small_step is not None:
+        SMALL_STEP = small_step
+    if transposed_step is not None:
+        TRANSPOSED_STEP = transposed_step
+    return previous
 
 
 # ---------------------------------------------------------------------------- element-wise
@@ -190,6 +207,61 @@ cdef inline void small_matmul_acc(const floating* a, const floating* w, floating
             k += 1
 
 
+cdef inline void add_transposed(const floating* s, floating* c, Py_ssize_t m, Py_ssize_t n,
+                                bint accumulate) noexcept nogil:
+    """c (m, n) = sᵀ, or += sᵀ when accumulate; s (n, m) row-major.
+
+    In blocks of 64 columns of c: the 64 rows of s a block reads stay in L1 while every row
+    of c takes its turn, so each line of s is fetched once.
+    """
+    cdef Py_ssize_t i, j, j0, j1
+    cdef floating* row
+    for j0 in range(0, n, 64):
+        j1 = min(j0 + 64, n)
+        for i in range(m):
+            row = c + i * n
+            if accumulate:
+                for j in range(j0, j1):
+                    row[j] += s[j * m + i]
+            else:
+                for j in range(j0, j1):
+                    row[j] = s[j * m + i]
+
+
+cdef void transpose_tiles(const floating* s, floating* c, Py_ssize_t m, Py_ssize_t n) noexcept nogil:
+    """c (m, n) = sᵀ, s (n, m) row-major, for large matrices: through 16x16 tiles on the stack,
+    each line of s read whole once and each line of c written whole once. (Walking s or c
+    with a stride instead keeps 16+ lines a power-of-two stride apart in one cache set,
+    which thrashes: 2.8 ns an element against 1 here.)"""
+    cdef floating buf[16][16]
+    cdef Py_ssize_t i0, j0, ii, jj, ni, nj
+    for j0 in range(0, n, 16):
+        nj = min(<Py_ssize_t> 16, n - j0)
+        for i0 in range(0, m, 16):
+            ni = min(<Py_ssize_t> 16, m - i0)
+            for jj in range(nj):
+                for ii in range(ni):
+                    buf[ii][jj] = s[(j0 + jj) * m + i0 + ii]
+            for ii in range(ni):
+                for jj in range(nj):
+                    c[(i0 + ii) * n + j0 + jj] = buf[ii][jj]
+
+
+cdef inline void step_product(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
+                              const floating* w, bint accumulate, floating* c,
+                              floating* scratch) noexcept nogil:
+    """c (m, n) = a (m, k) @ wᵀ, or += when accumulate: a per-step recurrent product, a and
+    w (n, k) row-major. With a scratch of n·m elements it runs in the faster orientation
+    (``gemm_into_transposed``) and is added into c transposed; with NULL, as one gemm."""
+    if scratch == NULL:
+        gemm(False, True, m, n, k, 1, a, k, w, k, 1 if accumulate else 0, c, n)
+    elif m == 1 and not accumulate:
+        gemm_into_transposed(False, True, m, n, k, a, k, w, k, c)   # a (n, 1) is a (1, n)
+    else:
+        gemm_into_transposed(False, True, m, n, k, a, k, w, k, scratch)
+        add_transposed(scratch, c, m, n, accumulate)
+
+
 cdef inline void weight_gradients(const floating* d_in, const floating* d_rec,
                                   const floating* x, const floating* h_prev,
                                   const floating* w_ih, floating* dx, floating* dw_ih,
@@ -227,6 +299,21 @@ cdef inline void column_sums(const floating* a, floating* out, Py_ssize_t M, Py_
 
 
 # ---------------------------------------------------------------------------- public kernels
+
+cdef object _transposed(const floating[:, ::1] w):
+    """w.T as a new row-major array (numpy's copy of a transposed view takes 29 ms for
+    4096x1024 floats here, this one 4.5)."""
+    out = np.empty((w.shape[1], w.shape[0]), dtype=np.float32 if floating is float else np.float64)
+    cdef floating[:, ::1] o = out
+    with nogil:
+        transpose_tiles(&w[0, 0], &o[0, 0], w.shape[1], w.shape[0])
+    return out
+
+
+cdef object _scratch(Py_ssize_t size, dtype, bint wanted):
+    """A scratch buffer for ``step_product``'s transposed orientation, or None."""
+    return np.empty(max(size, 1), dtype=dtype) if wanted else None
+
 
 def cpu_features():
     """The instruction-set levels this CPU runs, best last: a subset of ('avx2', 'avx512')."""
@@ -286,6 +373,8 @@ cdef object _elman_forward(const floating[:, :, ::1] x, const floating[:, ::1] h
     if small:
         # The small path wants W_hhᵀ row-major, so that each step is a sum of rows.
         w_hh_t = np.ascontiguousarray(np.asarray(w_hh).T)
+    cdef floating[::1] scratch = _scratch(B * H, dtype, not small and H * H >= TRANSPOSED_STEP)
+    cdef floating* scr = &scratch[0] if scratch is not None else NULL
     cdef bint packed = batch_sizes is not None
     cdef const Py_ssize_t[::1] sizes = batch_sizes if packed else None
     cdef Py_ssize_t t, n = B
@@ -306,7 +395,7 @@ cdef object _elman_forward(const floating[:, :, ::1] x, const floating[:, ::1] h
                 small_matmul_acc(&hs[t - 1, 0, 0], &w_hh_t[0, 0], cur, n, H, H)
             else:
                 # hs[t, :n] += hs[t-1, :n] @ w_hh.T
-                gemm(False, True, n, H, H, 1, &hs[t - 1, 0, 0], H, &w_hh[0, 0], H, 1, cur, H)
+                step_product(n, H, H, &hs[t - 1, 0, 0], &w_hh[0, 0], True, cur, scr)
             bias_activation(cur, &bias[0], n, H, relu)
     return hs_arr
 
@@ -351,6 +440,11 @@ cdef object _elman_backward(const floating[:, :, ::1] d_out, dh_n, const floatin
     cdef floating[:, ::1] dw_hh = dw_hh_arr
     cdef floating[::1] db = db_arr
     cdef bint small = B * H * H <= SMALL_STEP
+    cdef bint transposed = not small and H * H >= TRANSPOSED_STEP
+    cdef floating[::1] scratch = _scratch(B * H, dtype, transposed)
+    cdef floating* scr = &scratch[0] if transposed else NULL
+    # the transposed orientation wants w_hh.T row-major
+    cdef const floating[:, ::1] w_step = _transposed(w_hh) if transposed else w_hh
     cdef bint packed = batch_sizes is not None
     cdef const Py_ssize_t[::1] sizes = batch_sizes if packed else None
     cdef Py_ssize_t t, n = B
@@ -376,6 +470,9 @@ cdef object _elman_backward(const floating[:, :, ::1] d_out, dh_n, const floatin
                 # carry[:n] = delta[t, :n] @ w_hh
                 memset(&carry[0, 0], 0, n * H * sizeof(floating))
                 small_matmul_acc(d, &w_hh[0, 0], &carry[0, 0], n, H, H)
+            elif transposed:
+                # carry[:n] = delta[t, :n] @ w_hh
+                step_product(n, H, H, d, &w_step[0, 0], False, &carry[0, 0], scr)
             else:
                 # carry[:n] = delta[t, :n] @ w_hh
                 gemm(False, False, n, H, H, 1, d, H, &w_hh[0, 0], H, 0, &carry[0, 0], H)
@@ -699,6 +796,8 @@ cdef object _lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] h0
     cdef floating[:, :, ::1] cs = cs_arr
     cdef floating[:, :, ::1] gates = gates_arr
     cdef floating[::1] bias = np.add(b_ih, b_hh)
+    cdef floating[::1] scratch = _scratch(B * G, dtype, G * H >= TRANSPOSED_STEP)
+    cdef floating* scr = &scratch[0] if scratch is not None else NULL
     cdef bint packed = batch_sizes is not None
     cdef const Py_ssize_t[::1] sizes = batch_sizes if packed else None
     cdef Py_ssize_t t, n = B
@@ -718,7 +817,7 @@ cdef object _lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] h0
                 if n == 0:
                     continue
             # gates[t, :n] += hs[t, :n] @ w_hh.T
-            gemm(False, True, n, G, H, 1, &hs[t, 0, 0], H, &w_hh[0, 0], H, 1, pre, G)
+            step_product(n, G, H, &hs[t, 0, 0], &w_hh[0, 0], True, pre, scr)
             lstm_cell(pre, &bias[0], &cs[t, 0, 0], &cs[t + 1, 0, 0], &hs[t + 1, 0, 0], n, H)
     return hs_arr, cs_arr, gates_arr
 
@@ -768,6 +867,11 @@ cdef object _lstm_backward(const floating[:, :, ::1] d_out, dh_n, dc_n,
     cdef floating[:, ::1] dw_hh = dw_hh_arr
     cdef floating[::1] db = db_arr
     cdef bint small = B == 1 and G * H <= SMALL_GATED_STEP   # δ_t (1, 4H) @ W_hh (4H, H)
+    cdef bint transposed = not small and G * H >= TRANSPOSED_STEP
+    cdef floating[::1] scratch = _scratch(B * H, dtype, transposed)
+    cdef floating* scr = &scratch[0] if transposed else NULL
+    # the transposed orientation wants w_hh.T row-major
+    cdef const floating[:, ::1] w_step = _transposed(w_hh) if transposed else w_hh
     cdef bint packed = batch_sizes is not None
     cdef const Py_ssize_t[::1] sizes = batch_sizes if packed else None
     cdef Py_ssize_t t, n = B
@@ -793,6 +897,9 @@ cdef object _lstm_backward(const floating[:, :, ::1] d_out, dh_n, dc_n,
                 # carry_h[:n] = delta[t, :n] @ w_hh
                 memset(&carry_h[0, 0], 0, n * H * sizeof(floating))
                 small_matmul_acc(d, &w_hh[0, 0], &carry_h[0, 0], n, G, H)
+            elif transposed:
+                # carry_h[:n] = delta[t, :n] @ w_hh
+                step_product(n, H, G, d, &w_step[0, 0], False, &carry_h[0, 0], scr)
             else:
                 # carry_h[:n] = delta[t, :n] @ w_hh
                 gemm(False, False, n, H, G, 1, d, G, &w_hh[0, 0], H, 0, &carry_h[0, 0], H)
@@ -828,6 +935,8 @@ cdef object _gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] h0,
     # gh: one step's hidden-side products (B, 3H), kept apart because r multiplies its n block
     cdef floating[:, ::1] gh = np.empty((B, G), dtype=dtype)
     cdef floating[::1] bias = np.add(b_ih, b_hh)
+    cdef floating[::1] scratch = _scratch(B * G, dtype, G * H >= TRANSPOSED_STEP)
+    cdef floating* scr = &scratch[0] if scratch is not None else NULL
     cdef bint packed = batch_sizes is not None
     cdef const Py_ssize_t[::1] sizes = batch_sizes if packed else None
     cdef Py_ssize_t t, n = B
@@ -843,7 +952,7 @@ cdef object _gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] h0,
                 if n == 0:
                     continue
             # gh[:n] = hs[t, :n] @ w_hh.T
-            gemm(False, True, n, G, H, 1, &hs[t, 0, 0], H, &w_hh[0, 0], H, 0, &gh[0, 0], G)
+            step_product(n, G, H, &hs[t, 0, 0], &w_hh[0, 0], False, &gh[0, 0], scr)
             gru_cell(&gates[t, 0, 0], &gh[0, 0], &bias[0], &b_ih[0], &b_hh[0],
                      &hs[t, 0, 0], &hs[t + 1, 0, 0], n, H)
     return hs_arr, gates_arr
@@ -897,6 +1006,11 @@ cdef object _gru_backward(const floating[:, :, ::1] d_out, dh_n, const floating[
     cdef floating[::1] db_ih = db_ih_arr
     cdef floating[::1] db_hh = db_hh_arr
     cdef bint small = B == 1 and G * H <= SMALL_GATED_STEP   # δh_t (1, 3H) @ W_hh (3H, H)
+    cdef bint transposed = not small and G * H >= TRANSPOSED_STEP
+    cdef floating[::1] scratch = _scratch(B * H, dtype, transposed)
+    cdef floating* scr = &scratch[0] if transposed else NULL
+    # the transposed orientation wants w_hh.T row-major
+    cdef const floating[:, ::1] w_step = _transposed(w_hh) if transposed else w_hh
     cdef bint packed = batch_sizes is not None
     cdef const Py_ssize_t[::1] sizes = batch_sizes if packed else None
     cdef Py_ssize_t t, n = B
@@ -925,6 +1039,9 @@ cdef object _gru_backward(const floating[:, :, ::1] d_out, dh_n, const floating[
             if small:
                 # carry[:n] += delta_h[t, :n] @ w_hh
                 small_matmul_acc(dh, &w_hh[0, 0], &carry[0, 0], n, G, H)
+            elif transposed:
+                # carry[:n] += delta_h[t, :n] @ w_hh
+                step_product(n, H, G, dh, &w_step[0, 0], True, &carry[0, 0], scr)
             else:
                 # carry[:n] += delta_h[t, :n] @ w_hh
                 gemm(False, False, n, H, G, 1, dh, G, &w_hh[0, 0], H, 1, &carry[0, 0], H)

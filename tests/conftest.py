@@ -306,3 +306,49 @@ def random_state(rng, cell, shape):
 @pytest.fixture(name="random_state", scope="session")
 def _random_state_fixture():
     return random_state
+
+
+def run_layer(kernels, cell, a, sizes=None, clip_step=0.5):
+    """Forward and backward of one layer of ``cell`` through ``kernels`` (either backend's
+    module) on the arrays of :func:`layer_arrays`, with batch_sizes ``sizes`` and per-step
+    clipping; returns (cache, gradients, step norms): two lists of arrays and an array."""
+    T, B = a["x"].shape[:2]
+    norms = np.full((T, B), np.nan, dtype=a["x"].dtype)
+    weights = (a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"])
+    if cell == "lstm":
+        cache = kernels.lstm_forward(a["x"], a["h0"], a["c0"], *weights, sizes)
+        grads = kernels.lstm_backward(a["d_out"], a["dh_n"], a["dc_n"], a["x"], *cache,
+                                      a["w_ih"], a["w_hh"], clip_step, norms, sizes)
+    elif cell == "gru":
+        cache = kernels.gru_forward(a["x"], a["h0"], *weights, sizes)
+        grads = kernels.gru_backward(a["d_out"], a["dh_n"], a["x"], *cache, a["w_ih"], a["w_hh"],
+                                     clip_step, norms, sizes)
+    else:
+        relu = cell == "relu"
+        cache = (kernels.elman_forward(a["x"], a["h0"], *weights, relu, sizes),)
+        grads = kernels.elman_backward(a["d_out"], a["dh_n"], a["x"], cache[0], a["w_ih"],
+                                       a["w_hh"], relu, clip_step, norms, sizes)
+    return list(cache), list(grads), norms
+
+
+def layer_arrays(rng, cell, T, B, I, H, dtype):
+    """Random inputs of one layer of any cell (as :func:`make_layer`, with G·H-row weights
+    and an LSTM's c0, dc_n), a dict of C-contiguous arrays."""
+    G = {"lstm": 4, "gru": 3}.get(cell, 1)
+    a = dict(x=rng.standard_normal((T, B, I)), h0=rng.uniform(-0.9, 0.9, (B, H)),
+             c0=rng.standard_normal((B, H)), w_ih=rng.standard_normal((G * H, I)) / np.sqrt(I),
+             w_hh=rng.standard_normal((G * H, H)) * (0.9 / np.sqrt(H)),
+             b_ih=rng.standard_normal(G * H) * 0.3 + (0.2 if cell == "relu" else 0.0),
+             b_hh=rng.standard_normal(G * H) * 0.3, d_out=rng.standard_normal((T, B, H)),
+             dh_n=rng.standard_normal((B, H)), dc_n=rng.standard_normal((B, H)))
+    return {k: np.ascontiguousarray(v, dtype=dtype) for k, v in a.items()}
+
+
+@pytest.fixture(name="layer_arrays", scope="session")
+def _layer_arrays_fixture():
+    return layer_arrays
+
+
+@pytest.fixture(name="run_layer", scope="session")
+def _run_layer_fixture():
+    return run_layer

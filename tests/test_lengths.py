@@ -26,49 +26,17 @@ def _parts(state):
 # --------------------------------------------------------------------------- kernels
 
 
-def _run_layer(kernels, cell, a, sizes):
-    """Forward and backward of one layer through ``kernels`` with batch_sizes ``sizes``;
-    returns (cache, gradients, step norms) as lists of arrays."""
-    T, B = a["x"].shape[:2]
-    norms = np.full((T, B), np.nan, dtype=a["x"].dtype)
-    weights = (a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"])
-    if cell == "lstm":
-        cache = kernels.lstm_forward(a["x"], a["h0"], a["c0"], *weights, sizes)
-        grads = kernels.lstm_backward(a["d_out"], a["dh_n"], a["dc_n"], a["x"], *cache,
-                                      a["w_ih"], a["w_hh"], 0.5, norms, sizes)
-    elif cell == "gru":
-        cache = kernels.gru_forward(a["x"], a["h0"], *weights, sizes)
-        grads = kernels.gru_backward(a["d_out"], a["dh_n"], a["x"], *cache, a["w_ih"], a["w_hh"],
-                                     0.5, norms, sizes)
-    else:
-        relu = cell == "relu"
-        cache = (kernels.elman_forward(a["x"], a["h0"], *weights, relu, sizes),)
-        grads = kernels.elman_backward(a["d_out"], a["dh_n"], a["x"], cache[0], a["w_ih"],
-                                       a["w_hh"], relu, 0.5, norms, sizes)
-    return list(cache), list(grads), norms
-
-
-def _layer_arrays(rng, cell, T, B, I, H, dtype):
-    G = {"lstm": 4, "gru": 3}.get(cell, 1)
-    a = dict(x=rng.standard_normal((T, B, I)), h0=rng.uniform(-0.9, 0.9, (B, H)),
-             c0=rng.standard_normal((B, H)), w_ih=rng.standard_normal((G * H, I)) / np.sqrt(I),
-             w_hh=rng.standard_normal((G * H, H)) * (0.9 / np.sqrt(H)),
-             b_ih=rng.standard_normal(G * H) * 0.3 + (0.2 if cell == "relu" else 0.0),
-             b_hh=rng.standard_normal(G * H) * 0.3, d_out=rng.standard_normal((T, B, H)),
-             dh_n=rng.standard_normal((B, H)), dc_n=rng.standard_normal((B, H)))
-    return {k: np.ascontiguousarray(v, dtype=dtype) for k, v in a.items()}
-
-
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("sizes", [[6, 6, 5, 3, 3, 1, 1, 1], [6, 1, 1, 1, 1, 1, 1, 1],
                                    [6, 6, 6, 6, 6, 6, 6, 6], [6, 4, 2, 0, 0, 0, 0, 0]],
                          ids=["mixed", "one-long", "full", "ending-early"])
-def test_compiled_batch_sizes_match_the_oracle(compiled_kernels, cell, sizes, dtype, rng, assert_close):
+def test_compiled_batch_sizes_match_the_oracle(compiled_kernels, cell, sizes, dtype, rng, assert_close,
+                                                 layer_arrays, run_layer):
     T, B, I, H = 8, 6, 3, 5
-    a = _layer_arrays(rng, cell, T, B, I, H, dtype)
+    a = layer_arrays(rng, cell, T, B, I, H, dtype)
     sizes = np.array(sizes, dtype=np.intp)
-    expected = _run_layer(_reference, cell, a, sizes)
-    actual = _run_layer(compiled_kernels, cell, a, sizes)
+    expected = run_layer(_reference, cell, a, sizes)
+    actual = run_layer(compiled_kernels, cell, a, sizes)
     for kind, exp, act in zip(("cache", "gradients"), expected[:2], actual[:2]):
         for i, (e, g) in enumerate(zip(exp, act)):
             assert_close(g, e, dtype, f"{cell} {kind}[{i}]")
@@ -76,13 +44,13 @@ def test_compiled_batch_sizes_match_the_oracle(compiled_kernels, cell, sizes, dt
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_oracle_batch_sizes_zero_finished_rows_and_ignore_their_d_out(cell, rng):
+def test_oracle_batch_sizes_zero_finished_rows_and_ignore_their_d_out(cell, rng, layer_arrays, run_layer):
     """The semantics themselves, on the oracle: a finished row's states are zero past its end,
     its d_out there changes nothing, and its dx and step norms there are zero."""
     T, B, I, H = 5, 3, 2, 4
-    a = _layer_arrays(rng, cell, T, B, I, H, np.float64)
+    a = layer_arrays(rng, cell, T, B, I, H, np.float64)
     sizes = np.array([3, 3, 2, 1, 1], dtype=np.intp)
-    cache, grads, norms = _run_layer(_reference, cell, a, sizes)
+    cache, grads, norms = run_layer(_reference, cell, a, sizes)
     hs = cache[0]
     for t, n in enumerate(sizes):
         np.testing.assert_array_equal(hs[t + 1, n:], 0)
@@ -91,7 +59,7 @@ def test_oracle_batch_sizes_zero_finished_rows_and_ignore_their_d_out(cell, rng)
     changed = dict(a, d_out=a["d_out"].copy())
     for t, n in enumerate(sizes):
         changed["d_out"][t, n:] = 1e3
-    _, grads_changed, _ = _run_layer(_reference, cell, changed, sizes)
+    _, grads_changed, _ = run_layer(_reference, cell, changed, sizes)
     for g, g_changed in zip(grads, grads_changed):
         np.testing.assert_array_equal(g_changed, g)
 

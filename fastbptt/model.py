@@ -229,8 +229,8 @@ class RNN:
             (Chen et al. 2016): with k ≈ √T the cache holds about 2√T states instead of T,
             for one more forward pass. The gradients are those of full BPTT.
         Returns (out, h_n): out (T, B, O) with a readout, else the last layer's states
-        (T, B, D·H), directions concatenated, as a read-only view of the cache; h_n the final
-        states, shaped like h0.
+        (T, B, D·H), directions concatenated (a read-only view of the cache when neither
+        lengths nor checkpoint is given); h_n the final states, shaped like h0.
         The cache for ``backward`` is kept; x must not change before ``backward``.
         """
         params = self._check_params()
@@ -256,7 +256,6 @@ class RNN:
             final = np.empty_like(state)
         flip = None if packing is None else packing.flip
         starts = range(0, T, segment)
-        whole = len(starts) == 1 and packing is None   # out is the kernels' own output
         segments, out = [], None
         for start in starts:
             stop = min(start + segment, T)
@@ -270,9 +269,9 @@ class RNN:
                 ends = np.flatnonzero((packing.lengths > start) & (packing.lengths <= stop))
                 final[:, :, ends] = self._final_state(runs, packing.lengths[ends] - start, ends)
             seg_out = self._readout_forward(params, top)
-            if whole:
+            if len(starts) == 1:
                 out = seg_out
-                if self.output_size is None:
+                if self.output_size is None and packing is None:
                     # the cache's own states: read-only, so that writing into them cannot
                     # change what backward computes (copy out to modify it)
                     out = out.view()
@@ -399,7 +398,7 @@ class RNN:
         clip_step: clip each sequence's δ_t to this L2 norm at every step, in place, inside
             the backward sweep (so a batch gives the same result as its rows one by one).
         step_norms: when True, ``g.step_norms`` (D·L, T, B) holds ‖∂E/∂h_t‖ of every layer,
-            direction, step and sequence.
+            direction, step and sequence (0 past a sequence's end, with lengths).
         Returns :class:`Gradients`. Gradients are taken at the parameters forward ran with.
         """
         if self._cache is None:

@@ -32,10 +32,11 @@ CONFIG_KEYS = ("input_size", "hidden_size", "cell", "num_layers", "output_size",
 class _Packing(NamedTuple):
     """How forward ran a batch of variable lengths (PyTorch's PackedSequence, on padded arrays).
 
-    order: the permutation that sorts the batch longest first (the kernels' row order), and
-    inverse its inverse; lengths (B,): the sorted lengths; batch_sizes (T,): how many sequences still run at each
-    step; finished (T, B): True past each sorted sequence's end; flip (T, B): the time index
-    that reverses each sorted sequence within its own length (for the reverse direction).
+    order: the permutation that sorts the batch longest first (the kernels' row order);
+    inverse: its inverse; lengths (B,): the sorted lengths; batch_sizes (T,): how many
+    sequences still run at each step; finished (T, B): True past each sorted sequence's end;
+    flip (T, B): the time index that reverses each sorted sequence within its own length
+    (for the reverse direction).
     """
 
     order: np.ndarray

@@ -74,3 +74,16 @@ def check_positive_int(name, value):
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
     return int(value)
+
+
+def check_lengths(lengths, T, B):
+    """lengths as an int64 array (B,) with every entry in [1, T]."""
+    arr = np.asarray(lengths)
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"lengths must hold integers, got dtype {arr.dtype}")
+    if arr.shape != (B,):
+        raise ValueError(f"lengths must have shape ({B},), one length per sequence, got {arr.shape}")
+    if arr.min() < 1 or arr.max() > T:
+        raise ValueError(f"lengths must lie in [1, {T}] (T, the sequence length), got values in "
+                         f"[{arr.min()}, {arr.max()}]")
+    return arr.astype(np.int64)

@@ -16,6 +16,7 @@ from . import _backend
 from ._validation import (
     as_float_dtype,
     check_array,
+    check_lengths,
     check_positive_int,
     check_positive_number,
 )
@@ -249,7 +250,7 @@ class RNN:
             state = np.zeros((self._state_count, self._layers_and_directions, B, self.hidden_size), self.dtype)
         packing = None
         if lengths is not None:
-            packing = _Packing.of(_check_lengths(lengths, T, B), T)
+            packing = _Packing.of(check_lengths(lengths, T, B), T)
             # Longest first, so that the sequences still running at any step are a prefix of
             # the batch: the kernels shrink each step's work to that prefix.
             x = packing.sort(x)
@@ -583,19 +584,6 @@ def load(path, *, backend="auto"):
             raise ValueError(f"{path!s}: parameter {name!r} has dtype {value.dtype}, expected {model.dtype}")
     model.load_state_dict(params)
     return model
-
-
-def _check_lengths(lengths, T, B):
-    """lengths as an int64 array (B,) with every entry in [1, T]."""
-    arr = np.asarray(lengths)
-    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(f"lengths must hold integers, got dtype {arr.dtype}")
-    if arr.shape != (B,):
-        raise ValueError(f"lengths must have shape ({B},), one length per sequence, got {arr.shape}")
-    if arr.min() < 1 or arr.max() > T:
-        raise ValueError(f"lengths must lie in [1, {T}] (T = x.shape[0]), got values in "
-                         f"[{arr.min()}, {arr.max()}]")
-    return arr.astype(np.int64)
 
 
 def _reverse_time(a, flip):

@@ -54,10 +54,28 @@ def _loss_fn(loss):
     return LOSSES[loss]
 
 
-def evaluate(model, x, target, *, loss="mse", last_step=False, h0=None):
-    """The loss of ``model`` on (x, target), full sequence, no update."""
-    out, _ = model.forward(x, h0)
-    value, _ = _loss_fn(loss)(out, target, last_step=last_step)
+def _with_lengths(lengths):
+    """The keyword arguments that pass ``lengths`` on to a loss: none without lengths, so
+    that a callable loss need not take them."""
+    return {} if lengths is None else {"lengths": lengths}
+
+
+def _unpack(batch, what):
+    """(x, target, lengths) from a batch (x, target) or (x, target, lengths)."""
+    try:
+        x, target, *rest = batch
+    except (TypeError, ValueError):
+        rest = None
+    if rest is None or len(rest) > 1:
+        raise ValueError(f"{what} must be (x, target) or (x, target, lengths)")
+    return x, target, rest[0] if rest else None
+
+
+def evaluate(model, x, target, *, loss="mse", last_step=False, h0=None, lengths=None):
+    """The loss of ``model`` on (x, target), full sequence, no update; ``lengths`` as in
+    ``model.forward``."""
+    out, _ = model.forward(x, h0, lengths=lengths)
+    value, _ = _loss_fn(loss)(out, target, last_step=last_step, **_with_lengths(lengths))
     return value
 
 
@@ -66,8 +84,10 @@ def fit(model, batches, *, steps, optimizer, loss="mse", last_step=False, bptt=N
         eval_data=None, eval_every=None, progress=True, desc="train", log_every=1):
     """Train ``model`` on ``steps`` batches drawn from ``batches``.
 
-    batches: an iterable of (x (T, B, I), target); target as the loss wants it: (T, B, O)
-        for mse, int labels (T, B) for cross_entropy, or one step of them with last_step.
+    batches: an iterable of (x (T, B, I), target) or (x, target, lengths); target as the
+        loss wants it: (T, B, O) for mse, int labels (T, B) for cross_entropy, or one step of
+        them with last_step; lengths (B,) as in ``model.forward`` (each sequence scored on
+        its own steps, or its own last step; not with bptt).
     optimizer: an ``fb.optim`` optimizer over ``model.params``.
     loss: "mse", "cross_entropy" or a callable (out, target, last_step=) -> (loss, d_out).
     bptt: None for full BPTT, or (k1, k2) with 1 ≤ k1 ≤ k2: an update every k1 steps
@@ -76,7 +96,8 @@ def fit(model, batches, *, steps, optimizer, loss="mse", last_step=False, bptt=N
         per-step clipping of δ_t inside the backward sweep.
     carry_state: start each batch from the previous batch's final state (a long stream cut
         into consecutive batches, as in char-level training) instead of zeros.
-    eval_data: (x, target) scored every ``eval_every`` batches and at the end.
+    eval_data: (x, target) or (x, target, lengths), scored every ``eval_every`` batches and
+        at the end.
     Raises FloatingPointError naming the batch when the loss or a gradient is not finite.
     Returns a :class:`History`.
     """
@@ -91,14 +112,23 @@ def fit(model, batches, *, steps, optimizer, loss="mse", last_step=False, bptt=N
         bptt = (k1, k2)
     if eval_every is not None:
         eval_every = check_positive_int("eval_every", eval_every)
+    if eval_data is not None:
+        eval_x, eval_target, eval_lengths = _unpack(eval_data, "eval_data")
+
+        def score():
+            return evaluate(model, eval_x, eval_target, loss=loss, last_step=last_step,
+                            lengths=eval_lengths)
     history = History()
     bar = _progress(steps, desc) if progress else None
     state = None
     started = time.perf_counter()
     try:
-        for step, (x, target) in zip(range(steps), batches):
+        for step, batch in zip(range(steps), batches):
+            x, target, lengths = _unpack(batch, f"batch {step}")
+            if lengths is not None and bptt is not None:
+                raise ValueError("bptt (truncated BPTT) and batches with lengths cannot be combined")
             h0 = state if carry_state else None
-            value, norm, state = _train_batch(model, x, target, h0, loss_fn, last_step, bptt,
+            value, norm, state = _train_batch(model, x, target, lengths, h0, loss_fn, last_step, bptt,
                                               optimizer, clip_norm, clip_value, clip_step, history, step)
             history.batches += 1
             if step % log_every == 0 or step == steps - 1:
@@ -107,7 +137,7 @@ def fit(model, batches, *, steps, optimizer, loss="mse", last_step=False, bptt=N
                 history.grad_norm.append(norm)
             if eval_data is not None and eval_every is not None and (step + 1) % eval_every == 0:
                 history.eval_step.append(step)
-                history.eval_loss.append(evaluate(model, *eval_data, loss=loss, last_step=last_step))
+                history.eval_loss.append(score())
             if bar is not None:
                 postfix = {"loss": f"{value:.4g}"}
                 if history.eval_loss:
@@ -120,11 +150,11 @@ def fit(model, batches, *, steps, optimizer, loss="mse", last_step=False, bptt=N
     history.seconds = time.perf_counter() - started
     if eval_data is not None and (not history.eval_step or history.eval_step[-1] != len(history.step) - 1):
         history.eval_step.append(steps - 1)
-        history.eval_loss.append(evaluate(model, *eval_data, loss=loss, last_step=last_step))
+        history.eval_loss.append(score())
     return history
 
 
-def _train_batch(model, x, target, h0, loss_fn, last_step, bptt, optimizer,
+def _train_batch(model, x, target, lengths, h0, loss_fn, last_step, bptt, optimizer,
                  clip_norm, clip_value, clip_step, history, step):
     """BPTT(k1, k2) over one batch; returns (its loss, its last gradient norm, the final state)."""
     T = x.shape[0]
@@ -133,9 +163,11 @@ def _train_batch(model, x, target, h0, loss_fn, last_step, bptt, optimizer,
     start, prev_end, state = 0, 0, h0
     while prev_end < T:
         end = min(prev_end + k1, T)
-        out, h_n = model.forward(x[start:end], state)
+        out, h_n = model.forward(x[start:end], state, lengths=lengths)
         n_new = end - prev_end  # the steps no earlier update has scored
-        if last_step:
+        if lengths is not None:  # one window over the whole batch (no bptt)
+            value, d_out = loss_fn(out, target, last_step=last_step, lengths=lengths)
+        elif last_step:
             if end == T:
                 value, d_out = loss_fn(out, target, last_step=True)
             else:

@@ -226,3 +226,90 @@ def test_matches_torch_packed_sequence(cell, bidirectional, assert_close):
     for name, p in module.named_parameters():
         assert_close(g.params[name], p.grad.numpy(), F64, name)
     assert_close(g.x, x_t.grad.numpy(), F64, "g.x")
+
+
+# --------------------------------------------------------------------------- losses, training
+
+
+@pytest.mark.parametrize("last_step", [False, True], ids=["every-step", "last-step"])
+def test_mse_with_lengths_scores_each_sequence_on_its_own_steps(last_step, rng, assert_close_to_math):
+    T, B, O = 6, 4, 3
+    lengths = np.array([2, 6, 1, 4])
+    out = rng.standard_normal((T, B, O))
+    target = rng.standard_normal((B, O) if last_step else (T, B, O))
+    if not last_step:
+        for b, L in enumerate(lengths):
+            target[L:, b] = np.nan          # padding past the end is never read
+    loss, d_out = fb.losses.mse(out, target, last_step=last_step, lengths=lengths)
+    total, expected = 0.0, np.zeros_like(out)
+    for b, L in enumerate(lengths):
+        t_b = target[b:b + 1] if last_step else target[:L, b:b + 1]
+        loss_b, d_b = fb.losses.mse(out[:L, b:b + 1], t_b, last_step=last_step)
+        total += loss_b / B
+        expected[:L, b] = d_b[:, 0] / B
+    assert_close_to_math(np.array(loss), np.array(total), np.float64, "loss")
+    assert_close_to_math(d_out, expected, np.float64, "d_out")
+
+
+@pytest.mark.parametrize("last_step", [False, True], ids=["every-step", "last-step"])
+def test_cross_entropy_with_lengths_scores_each_sequence_on_its_own_steps(last_step, rng,
+                                                                        assert_close_to_math):
+    T, B, C = 5, 3, 4
+    lengths = np.array([5, 2, 3])
+    logits = rng.standard_normal((T, B, C))
+    labels = rng.integers(0, C, (B,) if last_step else (T, B))
+    if not last_step:
+        for b, L in enumerate(lengths):
+            labels[L:, b] = -100            # PyTorch's usual padding label: ignored
+    loss, d_out = fb.losses.cross_entropy(logits, labels, last_step=last_step, lengths=lengths)
+    total, expected = 0.0, np.zeros_like(logits)
+    for b, L in enumerate(lengths):
+        l_b = labels[b:b + 1] if last_step else labels[:L, b:b + 1]
+        loss_b, d_b = fb.losses.cross_entropy(logits[:L, b:b + 1], l_b, last_step=last_step)
+        total += loss_b / B
+        expected[:L, b] = d_b[:, 0] / B
+    assert_close_to_math(np.array(loss), np.array(total), np.float64, "loss")
+    assert_close_to_math(d_out, expected, np.float64, "d_out")
+
+
+def test_losses_check_lengths_and_the_scored_targets():
+    out = np.zeros((4, 2, 3))
+    with pytest.raises(ValueError, match=r"lengths must lie in \[1, 4\]"):
+        fb.losses.mse(out, np.zeros((4, 2, 3)), lengths=[0, 4])
+    with pytest.raises(ValueError, match="target contains NaN"):
+        fb.losses.mse(out, np.full((4, 2, 3), np.nan), lengths=[1, 4])
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        fb.losses.cross_entropy(out, np.full((4, 2), 3), lengths=[2, 2])
+
+
+@pytest.mark.parametrize("backend", fb.available_backends())
+@pytest.mark.parametrize("last_step", [False, True], ids=["every-step", "last-step"])
+def test_fit_with_lengths_takes_the_step_of_the_packed_gradients(backend, last_step, assert_close):
+    rng = np.random.default_rng(40)
+    T, B = 7, 4
+    lengths = np.array([3, 7, 5, 1])
+    x = rng.standard_normal((T, B, 2))
+    target = rng.standard_normal((B, 1) if last_step else (T, B, 1))
+    model = fb.RNN(2, 5, cell="gru", output_size=1, dtype="float64", seed=3, backend=backend)
+    expected = {name: value.copy() for name, value in model.params.items()}
+    out, _ = model.forward(x, lengths=lengths)
+    loss, d_out = fb.losses.mse(out, target, last_step=last_step, lengths=lengths)
+    g = model.backward(d_out)
+    for name in expected:
+        expected[name] -= 0.1 * g.params[name]
+    history = fb.train.fit(model, [(x, target, lengths)], steps=1, optimizer=fb.optim.SGD(model.params, lr=0.1),
+                           last_step=last_step, progress=False, eval_data=(x, target, lengths))
+    assert history.loss == [loss]
+    for name, value in expected.items():
+        assert_close(model.params[name], value, np.float64, name)
+    assert history.eval_loss[-1] == fb.train.evaluate(model, x, target, last_step=last_step, lengths=lengths)
+
+
+def test_fit_rejects_lengths_with_truncated_bptt_and_malformed_batches():
+    model = fb.RNN(2, 3, output_size=1, dtype="float64")
+    x, target = np.zeros((4, 2, 2)), np.zeros((4, 2, 1))
+    optimizer = fb.optim.SGD(model.params, lr=0.1)
+    with pytest.raises(ValueError, match="bptt .* lengths cannot be combined"):
+        fb.train.fit(model, [(x, target, [4, 2])], steps=1, optimizer=optimizer, bptt=(2, 2), progress=False)
+    with pytest.raises(ValueError, match=r"batch 0 must be \(x, target\) or \(x, target, lengths\)"):
+        fb.train.fit(model, [(x, target, [4, 2], None)], steps=1, optimizer=optimizer, progress=False)

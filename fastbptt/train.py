@@ -89,7 +89,8 @@ def fit(model, batches, *, steps, optimizer, loss="mse", last_step=False, bptt=N
         them with last_step; lengths (B,) as in ``model.forward`` (each sequence scored on
         its own steps, or its own last step; not with bptt).
     optimizer: an ``fb.optim`` optimizer over ``model.params``.
-    loss: "mse", "cross_entropy" or a callable (out, target, last_step=) -> (loss, d_out).
+    loss: "mse", "cross_entropy" or a callable (out, target, last_step=) -> (loss, d_out),
+        also given lengths= for batches that have lengths.
     bptt: None for full BPTT, or (k1, k2) with 1 ≤ k1 ≤ k2: an update every k1 steps
         through the last k2.
     clip_norm, clip_value: whole-gradient clipping before each update; clip_step:

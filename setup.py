@@ -4,19 +4,25 @@ The kernels are compiled once for the baseline of the architecture and, on x86-6
 more for AVX2+FMA and AVX-512 (the same source through _kernels_avx2.pyx and
 _kernels_avx512.pyx); at import time fastbptt picks the widest build the CPU runs.
 
+The float32 kernels run their own gemm (_step_gemm.h) on an OpenMP thread team; on Linux
+they are compiled with -fopenmp, elsewhere without (the same code, on one thread).
+
 Environment variables:
+  FASTBPTT_OPENMP=0  build without OpenMP (every kernel on one thread).
   FASTBPTT_NATIVE=1  compile every build for this machine's CPU (-march=native); for local
                      builds only, a wheel built this way may not run on another CPU.
   FASTBPTT_DEBUG=1   bounds and wraparound checks on, no optimisation: for chasing a crash.
 """
 import os
 import platform
+import sys
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 DEBUG = os.environ.get("FASTBPTT_DEBUG") == "1"
 NATIVE = os.environ.get("FASTBPTT_NATIVE") == "1"
+OPENMP = sys.platform.startswith("linux") and os.environ.get("FASTBPTT_OPENMP", "1") != "0"
 
 # One set of directives for the whole build.
 COMPILER_DIRECTIVES = {
@@ -42,18 +48,22 @@ if X86_64 and not NATIVE:
     KERNEL_BUILDS["_kernels_avx512"] = ["-march=x86-64-v4"]
 
 
-def extension(name, extra=()):
+def extension(name, extra=(), openmp=False):
+    omp = ["-fopenmp"] if openmp else []
     return Extension(
         f"fastbptt.{name}",
         [f"fastbptt/{name}.pyx"],
-        extra_compile_args=compile_args + list(extra),
-        depends=["fastbptt/_kernels.pyx", "fastbptt/_blas.pxd"],
+        include_dirs=["fastbptt"],
+        extra_compile_args=compile_args + list(extra) + omp,
+        extra_link_args=omp,
+        depends=["fastbptt/_kernels.pyx", "fastbptt/_blas.pxd", "fastbptt/_step_gemm.h"],
     )
 
 
 setup(
     ext_modules=cythonize(
-        [extension("_blas")] + [extension(name, flags) for name, flags in KERNEL_BUILDS.items()],
+        [extension("_blas")]
+        + [extension(name, flags, OPENMP) for name, flags in KERNEL_BUILDS.items()],
         compiler_directives=COMPILER_DIRECTIVES,
     ),
 )

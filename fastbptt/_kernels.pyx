@@ -12,10 +12,15 @@ Where the speed comes from:
 * The element-wise work of a step is one fused pass (bias + activation, or
   δ = (dy + carry) ⊙ f'(s)) that the C compiler vectorizes; float32 tanh is a clamped
   rational approximation because a libm call in that loop costs more than the gemm.
-* Per-step products too small for BLAS's call overhead (a char-RNN step is 1x100 @ 100x100)
+* float32 products run on fastbptt's own gemm (``_step_gemm.h``, register-tiled, vectorised
+  for each build, on an OpenMP team): the time loop's weights are packed once per call rather
+  than by BLAS at every step, and one thread team serves every product (OpenBLAS's idle
+  threads spin after each call and would halve any other team's speed). float64, the
+  checking dtype, runs on scipy's BLAS.
+* Per-step products too small for any gemm's overhead (a char-RNN step is 1x100 @ 100x100)
   run in a plain loop instead.
-* Larger per-step products run with the batch rows as BLAS's m and are added into place
-  transposed (``step_product``): scipy's OpenBLAS is 1.2-1.9x faster in that orientation.
+* float64's larger per-step products run with the batch rows as BLAS's m and are added into
+  place transposed (``step_product``): scipy's OpenBLAS is 1.2-1.9x faster in that orientation.
 
 Variable-length batches come in as ``batch_sizes`` (T,), as in ``_reference.py``: the batch
 sorted longest first, step t runs only its first batch_sizes[t] rows (the per-step product
@@ -30,6 +35,21 @@ from libc.math cimport sqrt, tanh
 from libc.string cimport memcpy, memset
 
 from ._blas cimport gemm, gemm_into_transposed
+
+cdef extern from "_step_gemm.h" nogil:
+    const int FB_ALIGN
+    int fb_max_threads()
+    size_t fb_packed_size(Py_ssize_t n, Py_ssize_t k)
+    void fb_pack(const float* w, Py_ssize_t n, Py_ssize_t k, Py_ssize_t ldw, float* out,
+                 int threads)
+    void fb_pack_transposed(const float* w, Py_ssize_t n, Py_ssize_t k, Py_ssize_t ldw,
+                            float* out, int threads)
+    void fb_gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a, Py_ssize_t lda,
+                 bint a_transposed, const float* packed, float* c, Py_ssize_t ldc,
+                 bint accumulate, int threads)
+    int fb_matmul(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a, Py_ssize_t lda,
+                  bint a_transposed, const float* b, Py_ssize_t ldb, bint b_transposed,
+                  float* c, Py_ssize_t ldc, bint accumulate)
 
 cdef extern from *:
     """
@@ -250,13 +270,35 @@ cdef void transpose_tiles(const floating* s, floating* c, Py_ssize_t m, Py_ssize
                     c[(i0 + ii) * n + j0 + jj] = buf[ii][jj]
 
 
+cdef inline void matmul(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                        const floating* a, Py_ssize_t lda, const floating* b, Py_ssize_t ldb,
+                        bint accumulate, floating* c, Py_ssize_t ldc) noexcept nogil:
+    """c (m, n) = op(a) @ op(b), or += when accumulate; row-major operands as in ``gemm``.
+
+    float32 runs on fastbptt's own gemm (``_step_gemm.h``), so that one thread team (OpenMP's)
+    serves the hoisted products and the time loop's: OpenBLAS's idle threads spin for a long
+    while after each call and halve the speed of any other team that runs meanwhile. float64
+    (and float32 in the unlikely case its packing buffer cannot be allocated) runs on BLAS.
+    """
+    if floating is float:
+        if fb_matmul(m, n, k, a, lda, trans_a, b, ldb, trans_b, c, ldc, accumulate) == 0:
+            return
+    gemm(trans_a, trans_b, m, n, k, 1, a, lda, b, ldb, 1 if accumulate else 0, c, ldc)
+
+
 cdef inline void step_product(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
                               const floating* w, bint accumulate, floating* c,
-                              floating* scratch) noexcept nogil:
+                              floating* scratch, const float* packed) noexcept nogil:
     """c (m, n) = a (m, k) @ wᵀ, or += when accumulate: a per-step recurrent product, a and
-    w (n, k) row-major. With a scratch of n·m elements it runs in the faster orientation
-    (``gemm_into_transposed``) and is added into c transposed; with NULL, as one gemm."""
-    if scratch == NULL:
+    w (n, k) row-major.
+
+    float32: on fastbptt's own gemm, from ``packed``, the weights packed once per kernel call
+    by ``_step_weights`` (w is not read). float64: with a scratch of n·m elements it runs in
+    the faster orientation for OpenBLAS (``gemm_into_transposed``) and is added into c
+    transposed; with NULL, as one gemm."""
+    if floating is float:
+        fb_gemm(m, n, k, a, k, False, packed, c, n, accumulate, fb_max_threads())
+    elif scratch == NULL:
         gemm(False, True, m, n, k, 1, a, k, w, k, 1 if accumulate else 0, c, n)
     elif m == 1 and not accumulate:
         gemm_into_transposed(False, True, m, n, k, a, k, w, k, c)   # c (n, 1) is c (1, n)
@@ -278,11 +320,11 @@ cdef inline void weight_gradients(const floating* d_in, const floating* d_rec,
     s_{t-1}, i.e. hs[:-1].
     """
     # dx = d_in @ w_ih                          (TB, G) @ (G, I)
-    gemm(False, False, TB, I, G, 1, d_in, G, w_ih, I, 0, dx, I)
+    matmul(False, False, TB, I, G, d_in, G, w_ih, I, False, dx, I)
     # dw_ih = d_in.T @ x                        (G, TB) @ (TB, I)
-    gemm(True, False, G, I, TB, 1, d_in, G, x, I, 0, dw_ih, I)
+    matmul(True, False, G, I, TB, d_in, G, x, I, False, dw_ih, I)
     # dw_hh = d_rec.T @ h_prev                  (G, TB) @ (TB, H)
-    gemm(True, False, G, H, TB, 1, d_rec, G, h_prev, H, 0, dw_hh, H)
+    matmul(True, False, G, H, TB, d_rec, G, h_prev, H, False, dw_hh, H)
 
 
 cdef inline Py_ssize_t gather_rows(const floating* src, floating* dst, const Py_ssize_t* sizes,
@@ -321,11 +363,11 @@ cdef inline void input_projection(const floating* x, const floating* w_ih, float
     cdef Py_ssize_t rows
     if work == NULL:
         # out = x.reshape(T*B, I) @ w_ih.T
-        gemm(False, True, T * B, G, I, 1, x, I, w_ih, I, 0, out, stride)
+        matmul(False, True, T * B, G, I, x, I, w_ih, I, False, out, stride)
         return
     rows = gather_rows(x, work, sizes, T, B, I)
     # proj = x_packed @ w_ih.T
-    gemm(False, True, rows, G, I, 1, work, I, w_ih, I, 0, work + rows * I, G)
+    matmul(False, True, rows, G, I, work, I, w_ih, I, False, work + rows * I, G)
     place_rows(work + rows * I, out, sizes, T, B, G, stride)
 
 
@@ -392,8 +434,78 @@ cdef object _packed_work(batch_sizes, Py_ssize_t T, Py_ssize_t B, Py_ssize_t per
 
 
 cdef object _scratch(Py_ssize_t size, dtype, bint wanted):
-    """A scratch buffer for ``step_product``'s transposed orientation, or None."""
-    return np.empty(max(size, 1), dtype=dtype) if wanted else None
+    """A scratch buffer for ``step_product``'s transposed orientation (float64), or None."""
+    return np.empty(max(size, 1), dtype=dtype) if wanted and dtype == np.float64 else None
+
+
+cdef object _step_weights(const floating[:, ::1] w, bint transposed, bint wanted):
+    """float32: w packed once for the per-step products of a time loop (``step_product``), as
+    ``fb_gemm``'s B operand: wᵀ when transposed (the forward's a @ W_hhᵀ), else w (the
+    backward's δ @ W_hh); an aligned float32 array. float64, or not wanted: None."""
+    cdef Py_ssize_t n = w.shape[0] if transposed else w.shape[1]
+    cdef Py_ssize_t k = w.shape[1] if transposed else w.shape[0]
+    cdef Py_ssize_t size = fb_packed_size(n, k)
+    cdef Py_ssize_t start
+    cdef float[::1] out
+    cdef int threads = fb_max_threads()
+    if floating is double or not wanted:
+        return None
+    else:
+        raw = np.empty(size + FB_ALIGN // 4, dtype=np.float32)
+        start = (-raw.ctypes.data % FB_ALIGN) // 4
+        out = raw[start:start + size]
+        with nogil:
+            if transposed:
+                fb_pack_transposed(&w[0, 0], n, k, w.shape[1], &out[0], threads)
+            else:
+                fb_pack(&w[0, 0], n, k, w.shape[1], &out[0], threads)
+        return out.base
+
+
+def _matmul(a, b, bint trans_a=False, bint trans_b=False, c=None):
+    """op(a) @ op(b), plus c when given, through ``matmul`` (float32: fastbptt's own gemm): for
+    the tests. a, b, c row-major of one dtype; op transposes when its flag is set."""
+    if a.dtype == np.float32:
+        return _matmul_typed[float](a, b, trans_a, trans_b, c)
+    return _matmul_typed[double](a, b, trans_a, trans_b, c)
+
+
+cdef object _matmul_typed(const floating[:, ::1] a, const floating[:, ::1] b, bint trans_a,
+                          bint trans_b, c):
+    cdef Py_ssize_t m = a.shape[1] if trans_a else a.shape[0]
+    cdef Py_ssize_t k = a.shape[0] if trans_a else a.shape[1]
+    cdef Py_ssize_t n = b.shape[0] if trans_b else b.shape[1]
+    if (b.shape[1] if trans_b else b.shape[0]) != k:
+        raise ValueError(f"inner dimensions differ: {k} and {b.shape[1] if trans_b else b.shape[0]}")
+    out_arr = (np.zeros((m, n), dtype=np.asarray(a).dtype) if c is None
+               else np.array(c, dtype=np.asarray(a).dtype, order="C"))
+    if out_arr.shape != (m, n):
+        raise ValueError(f"c has shape {out_arr.shape}, expected {(m, n)}")
+    cdef floating[:, ::1] out = out_arr
+    cdef bint accumulate = c is not None
+    cdef const floating* ap = &a[0, 0] if a.shape[0] and a.shape[1] else NULL
+    cdef const floating* bp = &b[0, 0] if b.shape[0] and b.shape[1] else NULL
+    if m and n:
+        with nogil:
+            matmul(trans_a, trans_b, m, n, k, ap, a.shape[1], bp, b.shape[1], accumulate,
+                   &out[0, 0], n)
+    return out_arr
+
+
+def _step_gemm(a, w, int threads):
+    """a @ w.T for float32 a (m, k), w (n, k), as a time loop's per-step product runs it
+    (weights packed once, ``fb_gemm`` on ``threads`` threads): for the tests."""
+    cdef const float[:, ::1] av = a
+    cdef const float[:, ::1] wv = w
+    cdef Py_ssize_t m = av.shape[0], k = av.shape[1], n = wv.shape[0]
+    if wv.shape[1] != k:
+        raise ValueError(f"inner dimensions differ: {k} and {wv.shape[1]}")
+    cdef float[::1] packed = _step_weights(wv, True, True)
+    out_arr = np.zeros((m, n), dtype=np.float32)
+    cdef float[:, ::1] out = out_arr
+    with nogil:
+        fb_gemm(m, n, k, &av[0, 0], k, False, &packed[0], &out[0, 0], n, False, threads)
+    return out_arr
 
 
 def cpu_features():
@@ -456,6 +568,8 @@ cdef object _elman_forward(const floating[:, :, ::1] x, const floating[:, ::1] h
         w_hh_t = np.ascontiguousarray(np.asarray(w_hh).T)
     cdef floating[::1] scratch = _scratch(B * H, dtype, not small and H * H >= TRANSPOSED_STEP)
     cdef floating* scr = &scratch[0] if scratch is not None else NULL
+    cdef float[::1] w_packed = _step_weights(w_hh, True, not small)
+    cdef const float* wp = &w_packed[0] if w_packed is not None else NULL
     cdef bint packed = batch_sizes is not None
     cdef const Py_ssize_t[::1] sizes = batch_sizes if packed else None
     cdef floating[::1] work = _packed_work(batch_sizes, T, B, I + H, dtype)
@@ -478,7 +592,7 @@ cdef object _elman_forward(const floating[:, :, ::1] x, const floating[:, ::1] h
                 small_matmul_acc(&hs[t - 1, 0, 0], &w_hh_t[0, 0], cur, n, H, H)
             else:
                 # hs[t, :n] += hs[t-1, :n] @ w_hh.T
-                step_product(n, H, H, &hs[t - 1, 0, 0], &w_hh[0, 0], True, cur, scr)
+                step_product(n, H, H, &hs[t - 1, 0, 0], &w_hh[0, 0], True, cur, scr, wp)
             bias_activation(cur, &bias[0], n, H, relu)
     return hs_arr
 
@@ -524,6 +638,10 @@ cdef object _elman_backward(const floating[:, :, ::1] d_out, dh_n, const floatin
     cdef floating[::1] db = db_arr
     cdef bint small = B * H * H <= SMALL_STEP
     cdef bint transposed = not small and H * H >= TRANSPOSED_STEP
+    if floating is float:
+        transposed = False      # float32's per-step products run on packed weights instead
+    cdef float[::1] w_packed = _step_weights(w_hh, False, not small)
+    cdef const float* wp = &w_packed[0] if w_packed is not None else NULL
     cdef floating[::1] scratch = _scratch(B * H, dtype, transposed)
     cdef floating* scr = &scratch[0] if transposed else NULL
     # the transposed orientation wants w_hh.T row-major
@@ -556,9 +674,9 @@ cdef object _elman_backward(const floating[:, :, ::1] d_out, dh_n, const floatin
                 # carry[:n] = delta[t, :n] @ w_hh
                 memset(&carry[0, 0], 0, n * H * sizeof(floating))
                 small_matmul_acc(d, &w_hh[0, 0], &carry[0, 0], n, H, H)
-            elif transposed:
+            elif transposed or wp != NULL:
                 # carry[:n] = delta[t, :n] @ w_hh
-                step_product(n, H, H, d, &w_step[0, 0], False, &carry[0, 0], scr)
+                step_product(n, H, H, d, &w_step[0, 0], False, &carry[0, 0], scr, wp)
             else:
                 # carry[:n] = delta[t, :n] @ w_hh
                 gemm(False, False, n, H, H, 1, d, H, &w_hh[0, 0], H, 0, &carry[0, 0], H)
@@ -589,7 +707,7 @@ cdef object _linear_forward(const floating[:, ::1] x, const floating[:, ::1] w, 
         for m in range(M):
             memcpy(&y[m, 0], &b[0], N * sizeof(floating))
         # y += x @ w.T
-        gemm(False, True, M, N, K, 1, &x[0, 0], K, &w[0, 0], K, 1, &y[0, 0], N)
+        matmul(False, True, M, N, K, &x[0, 0], K, &w[0, 0], K, True, &y[0, 0], N)
     return y_arr
 
 
@@ -611,9 +729,9 @@ cdef object _linear_backward(const floating[:, ::1] dy, const floating[:, ::1] x
     cdef floating[::1] db = db_arr
     with nogil:
         # dx = dy @ w
-        gemm(False, False, M, K, N, 1, &dy[0, 0], N, &w[0, 0], K, 0, &dx[0, 0], K)
+        matmul(False, False, M, K, N, &dy[0, 0], N, &w[0, 0], K, False, &dx[0, 0], K)
         # dw = dy.T @ x
-        gemm(True, False, N, K, M, 1, &dy[0, 0], N, &x[0, 0], K, 0, &dw[0, 0], K)
+        matmul(True, False, N, K, M, &dy[0, 0], N, &x[0, 0], K, False, &dw[0, 0], K)
         # db = dy.sum(axis=0)
         column_sums(&dy[0, 0], &db[0], M, N)
     return dx_arr, dw_arr, db_arr
@@ -889,6 +1007,8 @@ cdef object _lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] h0
     cdef floating[::1] bias = np.add(b_ih, b_hh)
     cdef floating[::1] scratch = _scratch(B * G, dtype, G * H >= TRANSPOSED_STEP)
     cdef floating* scr = &scratch[0] if scratch is not None else NULL
+    cdef float[::1] w_packed = _step_weights(w_hh, True, True)
+    cdef const float* wp = &w_packed[0] if w_packed is not None else NULL
     cdef bint packed = batch_sizes is not None
     cdef const Py_ssize_t[::1] sizes = batch_sizes if packed else None
     cdef floating[::1] work = _packed_work(batch_sizes, T, B, I + G, dtype)
@@ -910,7 +1030,7 @@ cdef object _lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] h0
                 if n == 0:
                     continue
             # gates[t, :n] += hs[t, :n] @ w_hh.T
-            step_product(n, G, H, &hs[t, 0, 0], &w_hh[0, 0], True, pre, scr)
+            step_product(n, G, H, &hs[t, 0, 0], &w_hh[0, 0], True, pre, scr, wp)
             lstm_cell(pre, &bias[0], &cs[t, 0, 0], &cs[t + 1, 0, 0], &hs[t + 1, 0, 0], n, H)
     return hs_arr, cs_arr, gates_arr
 
@@ -961,6 +1081,10 @@ cdef object _lstm_backward(const floating[:, :, ::1] d_out, dh_n, dc_n,
     cdef floating[::1] db = db_arr
     cdef bint small = B == 1 and G * H <= SMALL_GATED_STEP   # δ_t (1, 4H) @ W_hh (4H, H)
     cdef bint transposed = not small and G * H >= TRANSPOSED_STEP
+    if floating is float:
+        transposed = False      # float32's per-step products run on packed weights instead
+    cdef float[::1] w_packed = _step_weights(w_hh, False, not small)
+    cdef const float* wp = &w_packed[0] if w_packed is not None else NULL
     cdef floating[::1] scratch = _scratch(B * H, dtype, transposed)
     cdef floating* scr = &scratch[0] if transposed else NULL
     # the transposed orientation wants w_hh.T row-major
@@ -993,9 +1117,9 @@ cdef object _lstm_backward(const floating[:, :, ::1] d_out, dh_n, dc_n,
                 # carry_h[:n] = delta[t, :n] @ w_hh
                 memset(&carry_h[0, 0], 0, n * H * sizeof(floating))
                 small_matmul_acc(d, &w_hh[0, 0], &carry_h[0, 0], n, G, H)
-            elif transposed:
+            elif transposed or wp != NULL:
                 # carry_h[:n] = delta[t, :n] @ w_hh
-                step_product(n, H, G, d, &w_step[0, 0], False, &carry_h[0, 0], scr)
+                step_product(n, H, G, d, &w_step[0, 0], False, &carry_h[0, 0], scr, wp)
             else:
                 # carry_h[:n] = delta[t, :n] @ w_hh
                 gemm(False, False, n, H, G, 1, d, G, &w_hh[0, 0], H, 0, &carry_h[0, 0], H)
@@ -1038,6 +1162,8 @@ cdef object _gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] h0,
     cdef floating[::1] bias = np.add(b_ih, b_hh)
     cdef floating[::1] scratch = _scratch(B * G, dtype, G * H >= TRANSPOSED_STEP)
     cdef floating* scr = &scratch[0] if scratch is not None else NULL
+    cdef float[::1] w_packed = _step_weights(w_hh, True, True)
+    cdef const float* wp = &w_packed[0] if w_packed is not None else NULL
     cdef bint packed = batch_sizes is not None
     cdef const Py_ssize_t[::1] sizes = batch_sizes if packed else None
     cdef floating[::1] work = _packed_work(batch_sizes, T, B, I + G, dtype)
@@ -1055,7 +1181,7 @@ cdef object _gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] h0,
                 if n == 0:
                     continue
             # gh[:n] = hs[t, :n] @ w_hh.T
-            step_product(n, G, H, &hs[t, 0, 0], &w_hh[0, 0], False, &gh[0, 0], scr)
+            step_product(n, G, H, &hs[t, 0, 0], &w_hh[0, 0], False, &gh[0, 0], scr, wp)
             gru_cell(&gates[t, 0, 0], &gh[0, 0], &bias[0], &b_ih[0], &b_hh[0],
                      &hs[t, 0, 0], &hs[t + 1, 0, 0], n, H)
     return hs_arr, gates_arr
@@ -1110,6 +1236,10 @@ cdef object _gru_backward(const floating[:, :, ::1] d_out, dh_n, const floating[
     cdef floating[::1] db_hh = db_hh_arr
     cdef bint small = B == 1 and G * H <= SMALL_GATED_STEP   # δh_t (1, 3H) @ W_hh (3H, H)
     cdef bint transposed = not small and G * H >= TRANSPOSED_STEP
+    if floating is float:
+        transposed = False      # float32's per-step products run on packed weights instead
+    cdef float[::1] w_packed = _step_weights(w_hh, False, not small)
+    cdef const float* wp = &w_packed[0] if w_packed is not None else NULL
     cdef floating[::1] scratch = _scratch(B * H, dtype, transposed)
     cdef floating* scr = &scratch[0] if transposed else NULL
     # the transposed orientation wants w_hh.T row-major
@@ -1145,9 +1275,9 @@ cdef object _gru_backward(const floating[:, :, ::1] d_out, dh_n, const floating[
             if small:
                 # carry[:n] += delta_h[t, :n] @ w_hh
                 small_matmul_acc(dh, &w_hh[0, 0], &carry[0, 0], n, G, H)
-            elif transposed:
+            elif transposed or wp != NULL:
                 # carry[:n] += delta_h[t, :n] @ w_hh
-                step_product(n, H, G, dh, &w_step[0, 0], True, &carry[0, 0], scr)
+                step_product(n, H, G, dh, &w_step[0, 0], True, &carry[0, 0], scr, wp)
             else:
                 # carry[:n] += delta_h[t, :n] @ w_hh
                 gemm(False, False, n, H, G, 1, dh, G, &w_hh[0, 0], H, 1, &carry[0, 0], H)

@@ -1,0 +1,82 @@
+"""fastbptt's own float32 gemm (``_step_gemm.h``), in every compiled build this CPU runs.
+
+The float32 kernels run all of their products on it: the hoisted ones through ``matmul``
+(B packed FB_KB = 1024 of its rows at a time), the per-step ones through ``fb_gemm`` on
+weights packed once. Its tiles differ per build (8 rows of 2x16 floats with AVX-512, 6 rows of
+2x8 with AVX2, 2x4 in the baseline), so the shapes here cross every tile edge: rows and
+columns not a multiple of a tile, k past a packing block, enough rows to share row blocks among
+threads, and the empty cases.
+"""
+import numpy as np
+import pytest
+
+from fastbptt import _backend
+
+BUILDS = _backend.compiled_builds()
+pytestmark = pytest.mark.skipif(not BUILDS, reason="the compiled kernels are not in use (FASTBPTT_PUREPYTHON)")
+LEVELS = sorted(BUILDS, key=_backend.CPU_LEVELS.index)
+
+# (m, k, n)
+SHAPES = [(1, 1, 1), (1, 100, 100), (3, 5, 7), (7, 33, 65), (9, 64, 31), (32, 128, 512),
+          (17, 300, 100), (130, 600, 70), (200, 40, 33), (700, 70, 129), (5, 2100, 37),
+          (64, 1025, 48)]
+
+
+def _operands(rng, m, k, n, trans_a, trans_b, dtype):
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
+    return a, b
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_matmul_matches_numpy(level, trans_a, trans_b, shape, assert_close):
+    m, k, n = shape
+    rng = np.random.default_rng(m * 1000003 + k * 1009 + n + 2 * trans_a + trans_b)
+    a, b = _operands(rng, m, k, n, trans_a, trans_b, np.float32)
+    op_a = a.T if trans_a else a
+    op_b = b.T if trans_b else b
+    exact = op_a.astype(np.float64) @ op_b.astype(np.float64)
+    got = BUILDS[level]._matmul(a, b, trans_a, trans_b)
+    assert_close(got, exact.astype(np.float32), np.float32, "op(a) @ op(b)")
+    c = rng.standard_normal((m, n)).astype(np.float32)
+    c_before = c.copy()
+    got = BUILDS[level]._matmul(a, b, trans_a, trans_b, c)
+    assert_close(got, (exact + c).astype(np.float32), np.float32, "c + op(a) @ op(b)")
+    np.testing.assert_array_equal(c, c_before)   # the hook copies c; the kernels add in place
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_matmul_empty_sum(level):
+    a = np.empty((4, 0), np.float32)
+    b = np.empty((0, 6), np.float32)
+    np.testing.assert_array_equal(BUILDS[level]._matmul(a, b), np.zeros((4, 6), np.float32))
+    c = np.arange(24, dtype=np.float32).reshape(4, 6)
+    np.testing.assert_array_equal(BUILDS[level]._matmul(a, b, c=c), c)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("shape", [(32, 128, 512), (64, 96, 100), (5, 40, 3), (200, 64, 64)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_step_gemm_same_bits_on_any_thread_count(level, shape, assert_close):
+    """A per-step product is split among threads by whole panels (or row blocks), each output
+    element summed in the same order whatever the split: the result is the same to the bit on
+    one thread or several, and matches the hoisted path's."""
+    m, k, n = shape
+    rng = np.random.default_rng(sum(shape))
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    one = BUILDS[level]._step_gemm(a, w, 1)
+    for threads in (2, 3):
+        np.testing.assert_array_equal(BUILDS[level]._step_gemm(a, w, threads), one)
+    assert_close(one, (a.astype(np.float64) @ w.T.astype(np.float64)).astype(np.float32),
+                 np.float32, "a @ w.T")
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_matmul_float64_goes_to_blas(level, assert_close):
+    rng = np.random.default_rng(5)
+    a, b = _operands(rng, 9, 13, 11, True, False, np.float64)
+    assert_close(BUILDS[level]._matmul(a, b, True, False), a.T @ b, np.float64, "a.T @ b")

@@ -31,6 +31,7 @@ block (PyTorch's PackedSequence layout) and placed back after.
 import numpy as np
 
 from cython cimport floating
+from cython.parallel cimport prange
 from libc.math cimport sqrt, tanh
 from libc.string cimport memcpy, memset
 
@@ -84,15 +85,28 @@ cdef long SMALL_STEP = 32 * 1024
 cdef long TRANSPOSED_STEP = 48 * 1024
 
 
-def _tuning(small_step=None, transposed_step=None):
+# float32 time loops whose recurrent weights (G·H·H) are at most this many run in shards of
+# the batch, one per thread, each shard's whole loop on its own thread: a sequence's steps
+# never touch another row, so the shards never wait for each other, and the element-wise
+# passes are shared out too. Past it, the packed weights outgrow L2 and a step's product is
+# better shared by panels (measured per step: 32x128 @ 128x512, 20.7 against 21.9 µs;
+# 64x1024 @ 1024x4096, 3149 against 2927).
+cdef long SHARD_STEP = 256 * 1024
+# Each shard has at least this many rows (a register tile's height in the AVX-512 build).
+cdef Py_ssize_t SHARD_ROWS = 8
+
+
+def _tuning(small_step=None, transposed_step=None, shard_step=None):
     """Set the size thresholds that choose between code paths (for tests, which run every
-    path on small problems); returns the previous (small_step, transposed_step)."""
-    global SMALL_STEP, TRANSPOSED_STEP
-    previous = (SMALL_STEP, TRANSPOSED_STEP)
+    path on small problems); returns the previous (small_step, transposed_step, shard_step)."""
+    global SMALL_STEP, TRANSPOSED_STEP, SHARD_STEP
+    previous = (SMALL_STEP, TRANSPOSED_STEP, SHARD_STEP)
     if small_step is not None:
         SMALL_STEP = small_step
     if transposed_step is not None:
         TRANSPOSED_STEP = transposed_step
+    if shard_step is not None:
+        SHARD_STEP = shard_step
     return previous
 
 
@@ -288,16 +302,16 @@ cdef inline void matmul(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, 
 
 cdef inline void step_product(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
                               const floating* w, bint accumulate, floating* c,
-                              floating* scratch, const float* packed) noexcept nogil:
+                              floating* scratch, const float* packed, int threads) noexcept nogil:
     """c (m, n) = a (m, k) @ wᵀ, or += when accumulate: a per-step recurrent product, a and
     w (n, k) row-major.
 
     float32: on fastbptt's own gemm, from ``packed``, the weights packed once per kernel call
-    by ``_step_weights`` (w is not read). float64: with a scratch of n·m elements it runs in
+    by ``_step_weights`` (w is not read), on ``threads`` threads. float64: with a scratch of n·m elements it runs in
     the faster orientation for OpenBLAS (``gemm_into_transposed``) and is added into c
     transposed; with NULL, as one gemm."""
     if floating is float:
-        fb_gemm(m, n, k, a, k, False, packed, c, n, accumulate, fb_max_threads())
+        fb_gemm(m, n, k, a, k, False, packed, c, n, accumulate, threads)
     elif scratch == NULL:
         gemm(False, True, m, n, k, 1, a, k, w, k, 1 if accumulate else 0, c, n)
     elif m == 1 and not accumulate:
@@ -433,6 +447,31 @@ cdef object _packed_work(batch_sizes, Py_ssize_t T, Py_ssize_t B, Py_ssize_t per
     return None if rows == T * B else np.empty(max(rows * per_row, 1), dtype=dtype)
 
 
+cdef inline Py_ssize_t running(Py_ssize_t size, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    """How many of rows r0:r1 run at a step whose batch_sizes entry is ``size`` (a prefix)."""
+    return min(max(size - r0, 0), r1 - r0)
+
+
+cdef object _shards(bint single, Py_ssize_t B, Py_ssize_t weights, batch_sizes, int threads):
+    """The row bounds (intp, shards + 1) of a float32 time loop run in shards (SHARD_STEP),
+    or None to run it whole. single: the loop is float64 or takes the plain small path.
+
+    The shards carry equal work: equal rows, or with batch_sizes equal sums of lengths (the
+    batch is sorted longest first, so equal rows would leave the first shard the most)."""
+    cdef Py_ssize_t shards = min(<Py_ssize_t> threads, B // SHARD_ROWS)
+    if single or shards < 2 or weights > SHARD_STEP:
+        return None
+    if batch_sizes is None:
+        return (np.arange(shards + 1, dtype=np.intp) * B) // shards
+    lengths = np.count_nonzero(np.asarray(batch_sizes)[:, None] > np.arange(B), axis=0)
+    work = np.concatenate(([0], np.cumsum(lengths)))
+    bounds = np.searchsorted(work, work[B] * np.arange(shards + 1) / shards).astype(np.intp)
+    bounds[0] = 0
+    bounds[shards] = B
+    bounds = np.maximum.accumulate(bounds)
+    return bounds if np.all(np.diff(bounds) > 0) else None
+
+
 cdef object _scratch(Py_ssize_t size, dtype, bint wanted):
     """A scratch buffer for ``step_product``'s transposed orientation (float64), or None."""
     return np.empty(max(size, 1), dtype=dtype) if wanted and dtype == np.float64 else None
@@ -492,6 +531,17 @@ cdef object _matmul_typed(const floating[:, ::1] a, const floating[:, ::1] b, bi
     return out_arr
 
 
+def _shard_bounds(Py_ssize_t B, Py_ssize_t weights, batch_sizes=None):
+    """The row bounds a float32 time loop over B rows with this many recurrent weights
+    would run in (None: whole), on this many threads as OpenMP allows now: for the tests."""
+    return _shards(False, B, weights, batch_sizes, fb_max_threads())
+
+
+def threads():
+    """How many threads the float32 kernels' OpenMP team has (OMP_NUM_THREADS, threadpoolctl)."""
+    return fb_max_threads()
+
+
 def _step_gemm(a, w, int threads):
     """a @ w.T for float32 a (m, k), w (n, k), as a time loop's per-step product runs it
     (weights packed once, ``fb_gemm`` on ``threads`` threads): for the tests."""
@@ -540,6 +590,33 @@ cdef bint _all_finite(const floating[::1] a):
     return not bad
 
 
+cdef void elman_forward_rows(floating* hs, const floating* w_hh, const floating* w_hh_t,
+                             const floating* bias, floating* scr, const float* wp,
+                             const Py_ssize_t* sizes, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
+                             Py_ssize_t r0, Py_ssize_t r1, bint relu, bint small,
+                             int threads) noexcept nogil:
+    """The time loop of ``_elman_forward`` over batch rows r0:r1 (all of them, or a shard);
+    sizes: batch_sizes or NULL; threads: the team of the per-step products."""
+    cdef Py_ssize_t t, rows = r1 - r0, n = r1 - r0
+    cdef floating* cur
+    cdef const floating* prev
+    for t in range(1, T + 1):
+        cur = hs + (t * B + r0) * H
+        prev = hs + ((t - 1) * B + r0) * H
+        if sizes != NULL:
+            n = running(sizes[t - 1], r0, r1)
+            zero_rows(cur, n, rows, H)        # finished sequences
+            if n == 0:
+                continue
+        if small:
+            # hs[t, :n] += hs[t-1, :n] @ w_hh.T
+            small_matmul_acc(prev, w_hh_t, cur, n, H, H)
+        else:
+            # hs[t, :n] += hs[t-1, :n] @ w_hh.T
+            step_product(n, H, H, prev, w_hh, True, cur, scr, wp, threads)
+        bias_activation(cur, bias, n, H, relu)
+
+
 def elman_forward(x, h0, w_ih, w_hh, b_ih, b_hh, bint relu, batch_sizes=None):
     """Run an Elman layer over a sequence; see ``_reference.elman_forward``.
 
@@ -570,31 +647,69 @@ cdef object _elman_forward(const floating[:, :, ::1] x, const floating[:, ::1] h
     cdef floating* scr = &scratch[0] if scratch is not None else NULL
     cdef float[::1] w_packed = _step_weights(w_hh, True, not small)
     cdef const float* wp = &w_packed[0] if w_packed is not None else NULL
+    cdef const floating* w_t = &w_hh_t[0, 0] if small else NULL
     cdef bint packed = batch_sizes is not None
     cdef const Py_ssize_t[::1] sizes = batch_sizes if packed else None
+    cdef const Py_ssize_t* sp = &sizes[0] if packed else NULL
     cdef floating[::1] work = _packed_work(batch_sizes, T, B, I + H, dtype)
-    cdef Py_ssize_t t, n = B
-    cdef floating* cur
+    cdef int threads = fb_max_threads()
+    cdef const Py_ssize_t[::1] bounds = _shards(floating is double or small, B, H * H,
+                                                batch_sizes, threads)
+    cdef Py_ssize_t shard, shards = bounds.shape[0] - 1 if bounds is not None else 1
     with nogil:
         memcpy(&hs[0, 0, 0], &h0[0, 0], B * H * sizeof(floating))
         # hs[1:] = x @ w_ih.T       (all steps' input projections at once)
         input_projection(&x[0, 0, 0], &w_ih[0, 0], &hs[1, 0, 0], T, B, I, H, H,
-                         &sizes[0] if packed else NULL, &work[0] if work is not None else NULL)
-        for t in range(1, T + 1):
-            cur = &hs[t, 0, 0]
-            if packed:
-                n = sizes[t - 1]
-                zero_rows(cur, n, B, H)        # finished sequences
-                if n == 0:
-                    continue
-            if small:
-                # hs[t, :n] += hs[t-1, :n] @ w_hh.T
-                small_matmul_acc(&hs[t - 1, 0, 0], &w_hh_t[0, 0], cur, n, H, H)
-            else:
-                # hs[t, :n] += hs[t-1, :n] @ w_hh.T
-                step_product(n, H, H, &hs[t - 1, 0, 0], &w_hh[0, 0], True, cur, scr, wp)
-            bias_activation(cur, &bias[0], n, H, relu)
+                         sp, &work[0] if work is not None else NULL)
+        if shards > 1:
+            for shard in prange(shards, num_threads=shards, schedule="static", chunksize=1):
+                elman_forward_rows(&hs[0, 0, 0], &w_hh[0, 0], w_t, &bias[0], scr, wp, sp, T, B,
+                                   H, bounds[shard], bounds[shard + 1], relu, small, 1)
+        else:
+            elman_forward_rows(&hs[0, 0, 0], &w_hh[0, 0], w_t, &bias[0], scr, wp, sp, T, B, H,
+                               0, B, relu, small, threads)
     return hs_arr
+
+
+cdef void elman_backward_rows(const floating* d_out, floating* carry, const floating* hs,
+                              floating* delta, floating* norms, const floating* w_hh,
+                              const floating* w_step, floating* scr, const float* wp,
+                              const Py_ssize_t* sizes, Py_ssize_t T, Py_ssize_t B,
+                              Py_ssize_t H, Py_ssize_t r0, Py_ssize_t r1, bint relu, bint clip,
+                              double max_norm, bint want_norms, bint small, bint transposed,
+                              int threads) noexcept nogil:
+    """The backward sweep of ``_elman_backward`` over batch rows r0:r1 (all, or a shard)."""
+    cdef Py_ssize_t t, rows = r1 - r0, n = r1 - r0
+    cdef floating* d
+    cdef floating* c = carry + r0 * H
+    cdef const floating* dy
+    for t in range(T - 1, -1, -1):
+        d = delta + (t * B + r0) * H
+        dy = d_out + (t * B + r0) * H
+        if sizes != NULL:
+            # rows n: finished before step t: δ_t = 0, their carry passes on unchanged
+            n = running(sizes[t], r0, r1)
+            zero_rows(d, n, rows, H)
+            if want_norms:
+                zero_rows(norms + t * B + r0, n, rows, 1)
+            if n == 0:
+                continue
+        # carry holds ∂E/∂s_t arriving from step t+1 (or d_h_n at the end)
+        if want_norms:
+            row_norms(dy, c, norms + t * B + r0, n, H)
+        delta_step(dy, c, hs + ((t + 1) * B + r0) * H, d, n * H, relu)
+        if clip:
+            clip_rows(d, n, H, max_norm)
+        if small:
+            # carry[:n] = delta[t, :n] @ w_hh
+            memset(c, 0, n * H * sizeof(floating))
+            small_matmul_acc(d, w_hh, c, n, H, H)
+        elif transposed or wp != NULL:
+            # carry[:n] = delta[t, :n] @ w_hh
+            step_product(n, H, H, d, w_step, False, c, scr, wp, threads)
+        else:
+            # carry[:n] = delta[t, :n] @ w_hh
+            gemm(False, False, n, H, H, 1, d, H, w_hh, H, 0, c, H)
 
 
 def elman_backward(d_out, dh_n, x, hs, w_ih, w_hh, bint relu, clip_step=None, step_norms=None,
@@ -651,35 +766,23 @@ cdef object _elman_backward(const floating[:, :, ::1] d_out, dh_n, const floatin
     cdef floating[::1] work = _packed_work(batch_sizes, T, B, H + 2 * I + H, dtype)
     if work is not None:
         dx[...] = 0     # the packed gradients place dx's running rows only
-    cdef Py_ssize_t t, n = B
-    cdef floating* d
+    cdef const Py_ssize_t* sp = &sizes[0] if packed else NULL
+    cdef int threads = fb_max_threads()
+    cdef const Py_ssize_t[::1] bounds = _shards(floating is double or small, B, H * H,
+                                                batch_sizes, threads)
+    cdef Py_ssize_t shard, shards = bounds.shape[0] - 1 if bounds is not None else 1
     with nogil:
-        for t in range(T - 1, -1, -1):
-            d = &delta[t, 0, 0]
-            if packed:
-                # rows n: finished before step t: δ_t = 0, their carry passes on unchanged
-                n = sizes[t]
-                zero_rows(d, n, B, H)
-                if want_norms:
-                    zero_rows(&norms[t, 0], n, B, 1)
-                if n == 0:
-                    continue
-            # carry holds ∂E/∂s_t arriving from step t+1 (or d_h_n at the end)
-            if want_norms:
-                row_norms(&d_out[t, 0, 0], &carry[0, 0], &norms[t, 0], n, H)
-            delta_step(&d_out[t, 0, 0], &carry[0, 0], &hs[t + 1, 0, 0], d, n * H, relu)
-            if clip:
-                clip_rows(d, n, H, max_norm)
-            if small:
-                # carry[:n] = delta[t, :n] @ w_hh
-                memset(&carry[0, 0], 0, n * H * sizeof(floating))
-                small_matmul_acc(d, &w_hh[0, 0], &carry[0, 0], n, H, H)
-            elif transposed or wp != NULL:
-                # carry[:n] = delta[t, :n] @ w_hh
-                step_product(n, H, H, d, &w_step[0, 0], False, &carry[0, 0], scr, wp)
-            else:
-                # carry[:n] = delta[t, :n] @ w_hh
-                gemm(False, False, n, H, H, 1, d, H, &w_hh[0, 0], H, 0, &carry[0, 0], H)
+        if shards > 1:
+            for shard in prange(shards, num_threads=shards, schedule="static", chunksize=1):
+                elman_backward_rows(&d_out[0, 0, 0], &carry[0, 0], &hs[0, 0, 0], &delta[0, 0, 0],
+                                    &norms[0, 0], &w_hh[0, 0], &w_step[0, 0], scr, wp, sp, T, B,
+                                    H, bounds[shard], bounds[shard + 1], relu, clip, max_norm,
+                                    want_norms, small, transposed, 1)
+        else:
+            elman_backward_rows(&d_out[0, 0, 0], &carry[0, 0], &hs[0, 0, 0], &delta[0, 0, 0],
+                                &norms[0, 0], &w_hh[0, 0], &w_step[0, 0], scr, wp, sp, T, B, H,
+                                0, B, relu, clip, max_norm, want_norms, small, transposed,
+                                threads)
         if work is None:
             weight_gradients(&delta[0, 0, 0], &delta[0, 0, 0], &x[0, 0, 0], &hs[0, 0, 0],
                              &w_ih[0, 0], &dx[0, 0, 0], &dw_ih[0, 0], &dw_hh[0, 0], T * B, I, H, H)
@@ -979,6 +1082,28 @@ cdef inline void gru_hidden_delta(const floating* delta_i, const floating* gates
             dhn[j] = dn[j] * gr[j]
 
 
+cdef void lstm_forward_rows(floating* hs, floating* cs, floating* gates, const floating* w_hh,
+                            const floating* bias, floating* scr, const float* wp,
+                            const Py_ssize_t* sizes, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
+                            Py_ssize_t r0, Py_ssize_t r1, int threads) noexcept nogil:
+    """The time loop of ``_lstm_forward`` over batch rows r0:r1 (all, or a shard)."""
+    cdef Py_ssize_t t, G = 4 * H, rows = r1 - r0, n = r1 - r0
+    cdef floating* pre
+    for t in range(T):
+        pre = gates + (t * B + r0) * G
+        if sizes != NULL:
+            n = running(sizes[t], r0, r1)
+            zero_rows(hs + ((t + 1) * B + r0) * H, n, rows, H)      # finished sequences
+            zero_rows(cs + ((t + 1) * B + r0) * H, n, rows, H)
+            zero_rows(pre, n, rows, G)
+            if n == 0:
+                continue
+        # gates[t, :n] += hs[t, :n] @ w_hh.T
+        step_product(n, G, H, hs + (t * B + r0) * H, w_hh, True, pre, scr, wp, threads)
+        lstm_cell(pre, bias, cs + (t * B + r0) * H, cs + ((t + 1) * B + r0) * H,
+                  hs + ((t + 1) * B + r0) * H, n, H)
+
+
 def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes=None):
     """Run an LSTM layer over a sequence; see ``_reference.lstm_forward``.
 
@@ -1012,27 +1137,66 @@ cdef object _lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] h0
     cdef bint packed = batch_sizes is not None
     cdef const Py_ssize_t[::1] sizes = batch_sizes if packed else None
     cdef floating[::1] work = _packed_work(batch_sizes, T, B, I + G, dtype)
-    cdef Py_ssize_t t, n = B
-    cdef floating* pre
+    cdef const Py_ssize_t* sp = &sizes[0] if packed else NULL
+    cdef int threads = fb_max_threads()
+    cdef const Py_ssize_t[::1] bounds = _shards(floating is double, B, G * H, batch_sizes, threads)
+    cdef Py_ssize_t shard, shards = bounds.shape[0] - 1 if bounds is not None else 1
     with nogil:
         memcpy(&hs[0, 0, 0], &h0[0, 0], B * H * sizeof(floating))
         memcpy(&cs[0, 0, 0], &c0[0, 0], B * H * sizeof(floating))
         # gates = x @ w_ih.T        (all steps' input projections at once)
         input_projection(&x[0, 0, 0], &w_ih[0, 0], &gates[0, 0, 0], T, B, I, G, G,
-                         &sizes[0] if packed else NULL, &work[0] if work is not None else NULL)
-        for t in range(T):
-            pre = &gates[t, 0, 0]
-            if packed:
-                n = sizes[t]
-                zero_rows(&hs[t + 1, 0, 0], n, B, H)      # finished sequences
-                zero_rows(&cs[t + 1, 0, 0], n, B, H)
-                zero_rows(pre, n, B, G)
-                if n == 0:
-                    continue
-            # gates[t, :n] += hs[t, :n] @ w_hh.T
-            step_product(n, G, H, &hs[t, 0, 0], &w_hh[0, 0], True, pre, scr, wp)
-            lstm_cell(pre, &bias[0], &cs[t, 0, 0], &cs[t + 1, 0, 0], &hs[t + 1, 0, 0], n, H)
+                         sp, &work[0] if work is not None else NULL)
+        if shards > 1:
+            for shard in prange(shards, num_threads=shards, schedule="static", chunksize=1):
+                lstm_forward_rows(&hs[0, 0, 0], &cs[0, 0, 0], &gates[0, 0, 0], &w_hh[0, 0],
+                                  &bias[0], scr, wp, sp, T, B, H, bounds[shard],
+                                  bounds[shard + 1], 1)
+        else:
+            lstm_forward_rows(&hs[0, 0, 0], &cs[0, 0, 0], &gates[0, 0, 0], &w_hh[0, 0], &bias[0],
+                              scr, wp, sp, T, B, H, 0, B, threads)
     return hs_arr, cs_arr, gates_arr
+
+
+cdef void lstm_backward_rows(const floating* d_out, floating* carry_h, floating* carry_c,
+                             const floating* cs, const floating* gates, floating* delta,
+                             floating* norms, const floating* w_hh, const floating* w_step,
+                             floating* scr, const float* wp, const Py_ssize_t* sizes,
+                             Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t r0,
+                             Py_ssize_t r1, bint clip, double max_norm, bint want_norms,
+                             bint small, bint transposed, int threads) noexcept nogil:
+    """The backward sweep of ``_lstm_backward`` over batch rows r0:r1 (all, or a shard)."""
+    cdef Py_ssize_t t, G = 4 * H, rows = r1 - r0, n = r1 - r0
+    cdef floating* d
+    cdef floating* ch = carry_h + r0 * H
+    cdef const floating* dy
+    for t in range(T - 1, -1, -1):
+        d = delta + (t * B + r0) * G
+        dy = d_out + (t * B + r0) * H
+        if sizes != NULL:
+            # rows n: finished before step t: δ_t = 0, carry_h and carry_c pass on unchanged
+            n = running(sizes[t], r0, r1)
+            zero_rows(d, n, rows, G)
+            if want_norms:
+                zero_rows(norms + t * B + r0, n, rows, 1)
+            if n == 0:
+                continue
+        if want_norms:
+            row_norms(dy, ch, norms + t * B + r0, n, H)
+        lstm_cell_backward(dy, ch, carry_c + r0 * H, gates + (t * B + r0) * G,
+                           cs + (t * B + r0) * H, cs + ((t + 1) * B + r0) * H, d, n, H)
+        if clip:
+            clip_rows(d, n, G, max_norm)
+        if small:
+            # carry_h[:n] = delta[t, :n] @ w_hh
+            memset(ch, 0, n * H * sizeof(floating))
+            small_matmul_acc(d, w_hh, ch, n, G, H)
+        elif transposed or wp != NULL:
+            # carry_h[:n] = delta[t, :n] @ w_hh
+            step_product(n, H, G, d, w_step, False, ch, scr, wp, threads)
+        else:
+            # carry_h[:n] = delta[t, :n] @ w_hh
+            gemm(False, False, n, H, G, 1, d, G, w_hh, H, 0, ch, H)
 
 
 def lstm_backward(d_out, dh_n, dc_n, x, hs, cs, gates, w_ih, w_hh, clip_step=None,
@@ -1094,35 +1258,24 @@ cdef object _lstm_backward(const floating[:, :, ::1] d_out, dh_n, dc_n,
     cdef floating[::1] work = _packed_work(batch_sizes, T, B, G + 2 * I + H, dtype)
     if work is not None:
         dx[...] = 0     # the packed gradients place dx's running rows only
-    cdef Py_ssize_t t, n = B
-    cdef floating* d
+    cdef const Py_ssize_t* sp = &sizes[0] if packed else NULL
+    cdef int threads = fb_max_threads()
+    cdef const Py_ssize_t[::1] bounds = _shards(floating is double or small, B, G * H,
+                                                batch_sizes, threads)
+    cdef Py_ssize_t shard, shards = bounds.shape[0] - 1 if bounds is not None else 1
     with nogil:
-        for t in range(T - 1, -1, -1):
-            d = &delta[t, 0, 0]
-            if packed:
-                # rows n: finished before step t: δ_t = 0, carry_h and carry_c pass on unchanged
-                n = sizes[t]
-                zero_rows(d, n, B, G)
-                if want_norms:
-                    zero_rows(&norms[t, 0], n, B, 1)
-                if n == 0:
-                    continue
-            if want_norms:
-                row_norms(&d_out[t, 0, 0], &carry_h[0, 0], &norms[t, 0], n, H)
-            lstm_cell_backward(&d_out[t, 0, 0], &carry_h[0, 0], &carry_c[0, 0], &gates[t, 0, 0],
-                               &cs[t, 0, 0], &cs[t + 1, 0, 0], d, n, H)
-            if clip:
-                clip_rows(d, n, G, max_norm)
-            if small:
-                # carry_h[:n] = delta[t, :n] @ w_hh
-                memset(&carry_h[0, 0], 0, n * H * sizeof(floating))
-                small_matmul_acc(d, &w_hh[0, 0], &carry_h[0, 0], n, G, H)
-            elif transposed or wp != NULL:
-                # carry_h[:n] = delta[t, :n] @ w_hh
-                step_product(n, H, G, d, &w_step[0, 0], False, &carry_h[0, 0], scr, wp)
-            else:
-                # carry_h[:n] = delta[t, :n] @ w_hh
-                gemm(False, False, n, H, G, 1, d, G, &w_hh[0, 0], H, 0, &carry_h[0, 0], H)
+        if shards > 1:
+            for shard in prange(shards, num_threads=shards, schedule="static", chunksize=1):
+                lstm_backward_rows(&d_out[0, 0, 0], &carry_h[0, 0], &carry_c[0, 0], &cs[0, 0, 0],
+                                   &gates[0, 0, 0], &delta[0, 0, 0], &norms[0, 0], &w_hh[0, 0],
+                                   &w_step[0, 0], scr, wp, sp, T, B, H, bounds[shard],
+                                   bounds[shard + 1], clip, max_norm, want_norms, small,
+                                   transposed, 1)
+        else:
+            lstm_backward_rows(&d_out[0, 0, 0], &carry_h[0, 0], &carry_c[0, 0], &cs[0, 0, 0],
+                               &gates[0, 0, 0], &delta[0, 0, 0], &norms[0, 0], &w_hh[0, 0],
+                               &w_step[0, 0], scr, wp, sp, T, B, H, 0, B, clip, max_norm,
+                               want_norms, small, transposed, threads)
         if work is None:
             weight_gradients(&delta[0, 0, 0], &delta[0, 0, 0], &x[0, 0, 0], &hs[0, 0, 0],
                              &w_ih[0, 0], &dx[0, 0, 0], &dw_ih[0, 0], &dw_hh[0, 0], T * B, I, H, G)
@@ -1133,6 +1286,27 @@ cdef object _lstm_backward(const floating[:, :, ::1] d_out, dh_n, dc_n,
         # db = delta.sum(axis=(0, 1))
         column_sums(&delta[0, 0, 0], &db[0], T * B, G)
     return dx_arr, np.asarray(carry_h), np.asarray(carry_c), dw_ih_arr, dw_hh_arr, db_arr
+
+
+cdef void gru_forward_rows(floating* hs, floating* gates, floating* gh, const floating* w_hh,
+                           const floating* bias, const floating* b_ih, const floating* b_hh,
+                           floating* scr, const float* wp, const Py_ssize_t* sizes,
+                           Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t r0,
+                           Py_ssize_t r1, int threads) noexcept nogil:
+    """The time loop of ``_gru_forward`` over batch rows r0:r1 (all, or a shard)."""
+    cdef Py_ssize_t t, G = 3 * H, rows = r1 - r0, n = r1 - r0
+    cdef floating* g = gh + r0 * G
+    for t in range(T):
+        if sizes != NULL:
+            n = running(sizes[t], r0, r1)
+            zero_rows(hs + ((t + 1) * B + r0) * H, n, rows, H)      # finished sequences
+            zero_rows(gates + (t * B + r0) * 4 * H, n, rows, 4 * H)
+            if n == 0:
+                continue
+        # gh[:n] = hs[t, :n] @ w_hh.T
+        step_product(n, G, H, hs + (t * B + r0) * H, w_hh, False, g, scr, wp, threads)
+        gru_cell(gates + (t * B + r0) * 4 * H, g, bias, b_ih, b_hh, hs + (t * B + r0) * H,
+                 hs + ((t + 1) * B + r0) * H, n, H)
 
 
 def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes=None):
@@ -1167,24 +1341,69 @@ cdef object _gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] h0,
     cdef bint packed = batch_sizes is not None
     cdef const Py_ssize_t[::1] sizes = batch_sizes if packed else None
     cdef floating[::1] work = _packed_work(batch_sizes, T, B, I + G, dtype)
-    cdef Py_ssize_t t, n = B
+    cdef const Py_ssize_t* sp = &sizes[0] if packed else NULL
+    cdef int threads = fb_max_threads()
+    cdef const Py_ssize_t[::1] bounds = _shards(floating is double, B, G * H, batch_sizes, threads)
+    cdef Py_ssize_t shard, shards = bounds.shape[0] - 1 if bounds is not None else 1
     with nogil:
         memcpy(&hs[0, 0, 0], &h0[0, 0], B * H * sizeof(floating))
         # gates[:, :, :3H] = x @ w_ih.T     (all steps' input projections at once)
         input_projection(&x[0, 0, 0], &w_ih[0, 0], &gates[0, 0, 0], T, B, I, G, 4 * H,
-                         &sizes[0] if packed else NULL, &work[0] if work is not None else NULL)
-        for t in range(T):
-            if packed:
-                n = sizes[t]
-                zero_rows(&hs[t + 1, 0, 0], n, B, H)      # finished sequences
-                zero_rows(&gates[t, 0, 0], n, B, 4 * H)
-                if n == 0:
-                    continue
-            # gh[:n] = hs[t, :n] @ w_hh.T
-            step_product(n, G, H, &hs[t, 0, 0], &w_hh[0, 0], False, &gh[0, 0], scr, wp)
-            gru_cell(&gates[t, 0, 0], &gh[0, 0], &bias[0], &b_ih[0], &b_hh[0],
-                     &hs[t, 0, 0], &hs[t + 1, 0, 0], n, H)
+                         sp, &work[0] if work is not None else NULL)
+        if shards > 1:
+            for shard in prange(shards, num_threads=shards, schedule="static", chunksize=1):
+                gru_forward_rows(&hs[0, 0, 0], &gates[0, 0, 0], &gh[0, 0], &w_hh[0, 0], &bias[0],
+                                 &b_ih[0], &b_hh[0], scr, wp, sp, T, B, H, bounds[shard],
+                                 bounds[shard + 1], 1)
+        else:
+            gru_forward_rows(&hs[0, 0, 0], &gates[0, 0, 0], &gh[0, 0], &w_hh[0, 0], &bias[0],
+                             &b_ih[0], &b_hh[0], scr, wp, sp, T, B, H, 0, B, threads)
     return hs_arr, gates_arr
+
+
+cdef void gru_backward_rows(const floating* d_out, floating* carry, const floating* hs,
+                            const floating* gates, floating* delta_i, floating* delta_h,
+                            floating* norms, const floating* w_hh, const floating* w_step,
+                            floating* scr, const float* wp, const Py_ssize_t* sizes,
+                            Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t r0,
+                            Py_ssize_t r1, bint clip, double max_norm, bint want_norms,
+                            bint small, bint transposed, int threads) noexcept nogil:
+    """The backward sweep of ``_gru_backward`` over batch rows r0:r1 (all, or a shard)."""
+    cdef Py_ssize_t t, G = 3 * H, rows = r1 - r0, n = r1 - r0
+    cdef floating* di
+    cdef floating* dh
+    cdef floating* c = carry + r0 * H
+    cdef const floating* dy
+    cdef const floating* gt
+    for t in range(T - 1, -1, -1):
+        di = delta_i + (t * B + r0) * G
+        dh = delta_h + (t * B + r0) * G
+        dy = d_out + (t * B + r0) * H
+        gt = gates + (t * B + r0) * 4 * H
+        if sizes != NULL:
+            # rows n: finished before step t: δ_t = 0, their carry passes on unchanged
+            n = running(sizes[t], r0, r1)
+            zero_rows(di, n, rows, G)
+            zero_rows(dh, n, rows, G)
+            if want_norms:
+                zero_rows(norms + t * B + r0, n, rows, 1)
+            if n == 0:
+                continue
+        if want_norms:
+            row_norms(dy, c, norms + t * B + r0, n, H)
+        gru_cell_backward(dy, c, gt, hs + (t * B + r0) * H, di, n, H)
+        if clip:
+            clip_rows(di, n, G, max_norm)
+        gru_hidden_delta(di, gt, dh, n, H)
+        if small:
+            # carry[:n] += delta_h[t, :n] @ w_hh
+            small_matmul_acc(dh, w_hh, c, n, G, H)
+        elif transposed or wp != NULL:
+            # carry[:n] += delta_h[t, :n] @ w_hh
+            step_product(n, H, G, dh, w_step, True, c, scr, wp, threads)
+        else:
+            # carry[:n] += delta_h[t, :n] @ w_hh
+            gemm(False, False, n, H, G, 1, dh, G, w_hh, H, 1, c, H)
 
 
 def gru_backward(d_out, dh_n, x, hs, gates, w_ih, w_hh, clip_step=None, step_norms=None,
@@ -1249,38 +1468,24 @@ cdef object _gru_backward(const floating[:, :, ::1] d_out, dh_n, const floating[
     cdef floating[::1] work = _packed_work(batch_sizes, T, B, 2 * G + 2 * I + H, dtype)
     if work is not None:
         dx[...] = 0     # the packed gradients place dx's running rows only
-    cdef Py_ssize_t t, n = B
-    cdef floating* di
-    cdef floating* dh
+    cdef const Py_ssize_t* sp = &sizes[0] if packed else NULL
+    cdef int threads = fb_max_threads()
+    cdef const Py_ssize_t[::1] bounds = _shards(floating is double or small, B, G * H,
+                                                batch_sizes, threads)
+    cdef Py_ssize_t shard, shards = bounds.shape[0] - 1 if bounds is not None else 1
     with nogil:
-        for t in range(T - 1, -1, -1):
-            di = &delta_i[t, 0, 0]
-            dh = &delta_h[t, 0, 0]
-            if packed:
-                # rows n: finished before step t: δ_t = 0, their carry passes on unchanged
-                n = sizes[t]
-                zero_rows(di, n, B, G)
-                zero_rows(dh, n, B, G)
-                if want_norms:
-                    zero_rows(&norms[t, 0], n, B, 1)
-                if n == 0:
-                    continue
-            if want_norms:
-                row_norms(&d_out[t, 0, 0], &carry[0, 0], &norms[t, 0], n, H)
-            gru_cell_backward(&d_out[t, 0, 0], &carry[0, 0], &gates[t, 0, 0], &hs[t, 0, 0],
-                              di, n, H)
-            if clip:
-                clip_rows(di, n, G, max_norm)
-            gru_hidden_delta(di, &gates[t, 0, 0], dh, n, H)
-            if small:
-                # carry[:n] += delta_h[t, :n] @ w_hh
-                small_matmul_acc(dh, &w_hh[0, 0], &carry[0, 0], n, G, H)
-            elif transposed or wp != NULL:
-                # carry[:n] += delta_h[t, :n] @ w_hh
-                step_product(n, H, G, dh, &w_step[0, 0], True, &carry[0, 0], scr, wp)
-            else:
-                # carry[:n] += delta_h[t, :n] @ w_hh
-                gemm(False, False, n, H, G, 1, dh, G, &w_hh[0, 0], H, 1, &carry[0, 0], H)
+        if shards > 1:
+            for shard in prange(shards, num_threads=shards, schedule="static", chunksize=1):
+                gru_backward_rows(&d_out[0, 0, 0], &carry[0, 0], &hs[0, 0, 0], &gates[0, 0, 0],
+                                  &delta_i[0, 0, 0], &delta_h[0, 0, 0], &norms[0, 0],
+                                  &w_hh[0, 0], &w_step[0, 0], scr, wp, sp, T, B, H,
+                                  bounds[shard], bounds[shard + 1], clip, max_norm, want_norms,
+                                  small, transposed, 1)
+        else:
+            gru_backward_rows(&d_out[0, 0, 0], &carry[0, 0], &hs[0, 0, 0], &gates[0, 0, 0],
+                              &delta_i[0, 0, 0], &delta_h[0, 0, 0], &norms[0, 0], &w_hh[0, 0],
+                              &w_step[0, 0], scr, wp, sp, T, B, H, 0, B, clip, max_norm,
+                              want_norms, small, transposed, threads)
         if work is None:
             weight_gradients(&delta_i[0, 0, 0], &delta_h[0, 0, 0], &x[0, 0, 0], &hs[0, 0, 0],
                              &w_ih[0, 0], &dx[0, 0, 0], &dw_ih[0, 0], &dw_hh[0, 0], T * B, I, H, G)

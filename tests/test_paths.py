@@ -1,11 +1,13 @@
 """Every code path of the compiled time loops against the NumPy oracle.
 
 The kernels choose how to run a step's recurrent product by its size (``_kernels._tuning``):
-a plain loop for tiny products, a row-major gemm, or a gemm with the batch as BLAS's m and
-a transposed add into place. The test problems elsewhere are small, so most of them take
-the first two; here each path is forced on the same small problems, with and without
-variable lengths (steps down to one running row) and for a single sequence (B = 1, where
-the transposed product is written in place).
+a plain loop for tiny products, a gemm (float32: fastbptt's own on packed weights; float64:
+BLAS row-major, or with the batch as BLAS's m and a transposed add into place), and float32
+time loops with few weights run in shards of the batch, one per thread. The test problems
+elsewhere are small, so most of them take the first paths; here each path is forced on the
+same small problems, with and without variable lengths (steps down to one running row), for
+a single sequence (B = 1, where the transposed product is written in place) and for a batch
+large enough to shard (B = 19).
 """
 import numpy as np
 import pytest
@@ -13,12 +15,14 @@ import pytest
 from fastbptt import _reference
 
 CELLS = ["tanh", "relu", "lstm", "gru"]
-# (small_step, transposed_step): which thresholds force which path
+# (small_step, transposed_step, shard_step): which thresholds force which path
 PATHS = {
-    "loop": (1 << 60, 1 << 60),        # every Elman product in the plain loop (B = 1 gated too)
-    "gemm": (0, 1 << 60),              # row-major gemm everywhere
-    "transposed": (0, 1),              # batch-as-m gemm and transposed add everywhere
+    "loop": (1 << 60, 1 << 60, 0),     # every Elman product in the plain loop (B = 1 gated too)
+    "gemm": (0, 1 << 60, 0),           # one gemm per step everywhere, never sharded
+    "transposed": (0, 1, 0),           # float64: batch-as-m gemm and transposed add everywhere
+    "sharded": (0, 1 << 60, 1 << 60),  # float32, B >= 16: the time loop in shards of rows
 }
+RAGGED_19 = [19, 19, 17, 12, 12, 3]
 
 
 @pytest.fixture(params=list(PATHS))
@@ -29,8 +33,9 @@ def path(request, compiled_kernels):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("B, sizes", [(5, None), (5, [5, 5, 4, 2, 1, 1]), (1, None), (1, [1, 1, 1, 0, 0, 0])],
-                         ids=["B5", "B5-lengths", "B1", "B1-lengths"])
+@pytest.mark.parametrize("B, sizes", [(5, None), (5, [5, 5, 4, 2, 1, 1]), (1, None), (1, [1, 1, 1, 0, 0, 0]),
+                                      (19, None), (19, RAGGED_19)],
+                         ids=["B5", "B5-lengths", "B1", "B1-lengths", "B19", "B19-lengths"])
 def test_every_path_matches_the_oracle(compiled_kernels, path, cell, B, sizes, dtype, rng, assert_close,
                                        layer_arrays, run_layer):
     a = layer_arrays(rng, cell, 6, B, 3, 7, dtype)
@@ -46,6 +51,30 @@ def test_every_path_matches_the_oracle(compiled_kernels, path, cell, B, sizes, d
 
 def test_tuning_returns_and_restores_the_thresholds(compiled_kernels):
     before = compiled_kernels._tuning()
-    assert compiled_kernels._tuning(small_step=7, transposed_step=9) == before
-    assert compiled_kernels._tuning(*before) == (7, 9)
+    assert compiled_kernels._tuning(small_step=7, transposed_step=9, shard_step=11) == before
+    assert compiled_kernels._tuning(*before) == (7, 9, 11)
     assert compiled_kernels._tuning() == before
+
+
+@pytest.mark.parametrize("sizes", [None, RAGGED_19], ids=["padded", "lengths"])
+def test_sharded_path_really_shards(compiled_kernels, sizes):
+    """The "sharded" path above runs B = 19 in shards (else it would test nothing new), each
+    shard carrying about the same work: equal rows, or equal sums of lengths."""
+    if compiled_kernels.threads() < 2:
+        pytest.skip("OpenMP allows one thread here: the time loops never shard")
+    previous = compiled_kernels._tuning(*PATHS["sharded"])
+    try:
+        sizes = None if sizes is None else np.array(sizes, dtype=np.intp)
+        bounds = compiled_kernels._shard_bounds(19, 7 * 7, sizes)
+    finally:
+        compiled_kernels._tuning(*previous)
+    assert bounds is not None and bounds[0] == 0 and bounds[-1] == 19 and len(bounds) >= 3
+    assert np.all(np.diff(bounds) > 0)
+    lengths = (np.full(19, 6) if sizes is None
+               else np.count_nonzero(sizes[:, None] > np.arange(19), axis=0))
+    work = [lengths[a:b].sum() for a, b in zip(bounds[:-1], bounds[1:])]
+    assert max(work) - min(work) <= lengths.max()     # balanced to within one row
+
+
+def test_large_weights_do_not_shard(compiled_kernels):
+    assert compiled_kernels._shard_bounds(64, 1 << 40) is None

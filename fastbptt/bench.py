@@ -11,7 +11,8 @@ scipy and torch each carry their own BLAS/OpenMP pool whose threads spin after a
 on a machine with few cores a spinning pool steals them from the next implementation.
 
 Each rate is also put against the machine's: an sgemm of the large shape's size,
-``(T·B, I+H) @ (I+H, H)``, through scipy's OpenBLAS (the BLAS the compiled kernels call),
+``(T·B, I+H) @ (I+H, H)``, through scipy's OpenBLAS (the compiled float32 kernels run their
+own gemm, which beats it by a few percent at that size: above 100 % is possible),
 timed again before each shape because this shared machine's speed drifts from one minute to
 the next. The medians' IQR shows the noise within a run, not that drift: compare ratios
 taken in one run rather than times taken in two.
@@ -349,7 +350,8 @@ def main(argv=None):
     print(f"threads: {threads} per BLAS pool (numpy's and scipy's OpenBLAS)"
           + ("; torch.set_num_threads(%d)" % threads if "torch" in runnable else ""), file=out)
     if "cython" in runnable:
-        print(f"compiled kernels: the {_backend.compiled_level} build", file=out)
+        print(f"compiled kernels: the {_backend.compiled_level} build, float32 products on its "
+              f"own gemm, OpenMP team of {_backend._compiled.threads()}", file=out)
     for impl in impls:
         if unavailable[impl]:
             print(f"{LABELS[impl]}: not timed, {unavailable[impl]}", file=out)

@@ -68,3 +68,43 @@ def test_parallel_training_equals_sequential(backend, dtype, n_threads, hidden):
             np.testing.assert_array_equal(params[name], want_params[name], err_msg=name)
     # the runs differ from each other, so a mix-up between threads would show
     assert not np.array_equal(results[0][0]["weight_hh_l0"], results[1][0]["weight_hh_l0"])
+
+
+_ONE_STEP = """
+import hashlib, sys
+import numpy as np
+import fastbptt as fb
+from fastbptt import _backend
+cell = sys.argv[1]
+rng = np.random.default_rng(3)
+x = rng.standard_normal((20, 24, 40)).astype(np.float32)
+lengths = rng.integers(1, 21, size=24)
+model = fb.RNN(40, 64, cell=cell, num_layers=2, output_size=5, seed=1, backend="cython")
+digest = hashlib.sha256()
+for lens in (None, lengths):
+    out, h_n = model.forward(x, lengths=lens)
+    g = model.backward(np.ones_like(out), clip_step=3.0)
+    for a in [out, g.x] + [g.params[k] for k in sorted(g.params)]:
+        digest.update(np.ascontiguousarray(a).tobytes())
+print(_backend._compiled.threads(), digest.hexdigest())
+"""
+
+
+@pytest.mark.parametrize("cell", ["tanh", "lstm", "gru"])
+def test_results_do_not_depend_on_the_thread_count(compiled_backend, cell):
+    """One OpenMP thread or several, the float32 step gives the same bits (README: every
+    product sums each element in the same order however its work is split; B = 24 runs the
+    time loops in shards on two threads and whole on one)."""
+    import os
+    import subprocess
+    import sys
+
+    results = {}
+    for threads in (1, 2):
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        run = subprocess.run([sys.executable, "-c", _ONE_STEP, cell], env=env, capture_output=True,
+                             text=True, check=True)
+        team, digest = run.stdout.split()
+        assert int(team) == threads
+        results[threads] = digest
+    assert results[1] == results[2]

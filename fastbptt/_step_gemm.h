@@ -1,19 +1,24 @@
-/* fastbptt's own float32 gemm for the per-step recurrent products of the time loops.
+/* fastbptt's own float32 gemm: every product of the float32 kernels.
  *
- *     C (m x n, row-major, ldc)  =  or  +=  A (m x k, row-major, lda) . B (k x n)
+ *     C (m x n, row-major, ldc)  =  or  +=  op(A) (m x k) . B (k x n)
  *
  * A time loop multiplies by the same B (W_hhᵀ forward, W_hh backward) at every step. BLAS
  * repacks B at each of those calls and meets its thread team for ~1 MFLOP of work; here B
  * is packed once per kernel call into panels of FB_NR columns (panel p: k rows of FB_NR
- * floats, contiguous, zero-padded past n), and each step runs a register-tiled micro-kernel
- * straight from A's rows. The panels of a step are shared among an OpenMP team.
+ * floats, contiguous, zero-padded past n) and each step runs a register-tiled micro-kernel
+ * straight from A's rows (fb_gemm). The hoisted products (input projection, dx, dW) pack
+ * their B as they go, FB_KB rows at a time (fb_matmul); dW's A is δᵀ, read in place.
+ * One OpenMP team serves them all: blocks of rows are shared among its threads when there
+ * are enough of them, else the panels (a time step's few batch rows).
  *
- * Measured on this project's 2-core AVX-512 machines, per-step products of the benchmark
- * shapes (2 threads): 32x128 @ 128x512 at 207 GFLOP/s against OpenBLAS's 137, 32x128 @
- * 128x128 at 212 against 104, 64x1024 @ 1024x4096 at 215 against 165.
+ * Measured on this project's 2-core AVX-512 machines, 2 threads, against scipy's OpenBLAS
+ * on the same products: per step, 32x128 @ 128x512 at 191-207 GFLOP/s against 137, 32x128 @
+ * 128x128 at 172-212 against 104, 64x1024 @ 1024x4096 at 201-215 against 165; hoisted,
+ * 3200x256 @ 256x2048 at 199 against 158, 4096x1600 @ 1600x1024 (a dW) at 196 against 189.
  *
  * Written with GCC/Clang vector extensions, so one source serves every build of
  * _kernels.pyx (setup.py): the vector width and tile follow the instruction set compiled for.
+ * Each element of C is summed in the same order however the work is split among threads.
  */
 #ifndef FASTBPTT_STEP_GEMM_H
 #define FASTBPTT_STEP_GEMM_H

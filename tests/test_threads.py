@@ -91,19 +91,23 @@ print(_backend._compiled.threads(), digest.hexdigest())
 
 
 @pytest.mark.parametrize("cell", ["tanh", "lstm", "gru"])
-def test_results_do_not_depend_on_the_thread_count(compiled_backend, cell):
+def test_results_do_not_depend_on_the_thread_count(compiled_backend, cell, tmp_path):
     """One OpenMP thread or several, the float32 step gives the same bits (README: every
     product sums each element in the same order however its work is split; B = 24 runs the
-    time loops in shards on two threads and whole on one)."""
+    time loops in shards on two threads and whole on one). The team is sized when OpenMP
+    starts, so each count runs in a fresh process, importing this very fastbptt."""
     import os
     import subprocess
     import sys
 
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(fb.__file__)))
     results = {}
     for threads in (1, 2):
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads),
+                   PYTHONPATH=os.pathsep.join([package_parent, os.environ.get("PYTHONPATH", "")]))
         run = subprocess.run([sys.executable, "-c", _ONE_STEP, cell], env=env, capture_output=True,
-                             text=True, check=True)
+                             text=True, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr
         team, digest = run.stdout.split()
         assert int(team) == threads
         results[threads] = digest

@@ -85,6 +85,11 @@ cdef long SMALL_STEP = 32 * 1024
 cdef long TRANSPOSED_STEP = 48 * 1024
 
 
+# OpenBLAS runs a gemm of at most this many multiply-adds on the calling thread alone
+# (SMP_THRESHOLD_MIN · GEMM_MULTITHREAD_THRESHOLD in its interface/gemm.c), never waking its
+# pool; the float32 kernels leave such products to it (``matmul``).
+cdef double BLAS_ONE_THREAD = 65536 * 4
+
 # float32 time loops whose recurrent weights (G·H·H) are at most this many run in shards of
 # the batch, one per thread, each shard's whole loop on its own thread: a sequence's steps
 # never touch another row, so the shards never wait for each other, and the element-wise
@@ -291,11 +296,15 @@ cdef inline void matmul(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, 
 
     float32 runs on fastbptt's own gemm (``_step_gemm.h``), so that one thread team (OpenMP's)
     serves the hoisted products and the time loop's: OpenBLAS's idle threads spin for a long
-    while after each call and halve the speed of any other team that runs meanwhile. float64
-    (and float32 in the unlikely case its packing buffer cannot be allocated) runs on BLAS.
+    while after each call and halve the speed of any other team that runs meanwhile. Except
+    products of at most BLAS_ONE_THREAD multiply-adds: OpenBLAS runs those in the calling
+    thread, its pool left asleep, and sooner than the own gemm can pack its operand (the
+    char-RNN backward's three: 27.6 µs against 37.1). float64 (and float32 in the unlikely
+    case its packing buffer cannot be allocated) runs on BLAS.
     """
     if floating is float:
-        if fb_matmul(m, n, k, a, lda, trans_a, b, ldb, trans_b, c, ldc, accumulate) == 0:
+        if <double> m * n * k > BLAS_ONE_THREAD and fb_matmul(m, n, k, a, lda, trans_a, b, ldb,
+                                                              trans_b, c, ldc, accumulate) == 0:
             return
     gemm(trans_a, trans_b, m, n, k, 1, a, lda, b, ldb, 1 if accumulate else 0, c, ldc)
 
@@ -501,9 +510,21 @@ cdef object _step_weights(const floating[:, ::1] w, bint transposed, bint wanted
         return out.base
 
 
+cdef inline void own_or_blas(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n,
+                             Py_ssize_t k, const floating* a, Py_ssize_t lda, const floating* b,
+                             Py_ssize_t ldb, bint accumulate, floating* c,
+                             Py_ssize_t ldc) noexcept nogil:
+    """``matmul`` with float32 on the own gemm at every size (for the tests of the gemm)."""
+    if floating is float:
+        if fb_matmul(m, n, k, a, lda, trans_a, b, ldb, trans_b, c, ldc, accumulate) == 0:
+            return
+    gemm(trans_a, trans_b, m, n, k, 1, a, lda, b, ldb, 1 if accumulate else 0, c, ldc)
+
+
 def _matmul(a, b, bint trans_a=False, bint trans_b=False, c=None):
-    """op(a) @ op(b), plus c when given, through ``matmul`` (float32: fastbptt's own gemm): for
-    the tests. a, b, c row-major of one dtype; op transposes when its flag is set."""
+    """op(a) @ op(b), plus c when given, through fastbptt's own gemm at every size (float32;
+    float64: BLAS): for the tests. a, b, c row-major of one dtype; op transposes when its flag
+    is set."""
     if a.dtype == np.float32:
         return _matmul_typed[float](a, b, trans_a, trans_b, c)
     return _matmul_typed[double](a, b, trans_a, trans_b, c)
@@ -526,8 +547,8 @@ cdef object _matmul_typed(const floating[:, ::1] a, const floating[:, ::1] b, bi
     cdef const floating* bp = &b[0, 0] if b.shape[0] and b.shape[1] else NULL
     if m and n:
         with nogil:
-            matmul(trans_a, trans_b, m, n, k, ap, a.shape[1], bp, b.shape[1], accumulate,
-                   &out[0, 0], n)
+            own_or_blas(trans_a, trans_b, m, n, k, ap, a.shape[1], bp, b.shape[1], accumulate,
+                        &out[0, 0], n)
     return out_arr
 
 

@@ -293,6 +293,18 @@ cdef void transpose_tiles(const floating* s, floating* c, Py_ssize_t m, Py_ssize
                     c[(i0 + ii) * n + j0 + jj] = buf[ii][jj]
 
 
+cdef inline void own_or_blas(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n,
+                             Py_ssize_t k, const floating* a, Py_ssize_t lda, const floating* b,
+                             Py_ssize_t ldb, bint accumulate, floating* c,
+                             Py_ssize_t ldc) noexcept nogil:
+    """``matmul`` with float32 on the own gemm at every size (``matmul`` calls it above
+    BLAS_ONE_THREAD, the tests of the gemm at any size); float64 on BLAS."""
+    if floating is float:
+        if fb_matmul(m, n, k, a, lda, trans_a, b, ldb, trans_b, c, ldc, accumulate) == 0:
+            return
+    gemm(trans_a, trans_b, m, n, k, 1, a, lda, b, ldb, 1 if accumulate else 0, c, ldc)
+
+
 cdef inline void matmul(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                         const floating* a, Py_ssize_t lda, const floating* b, Py_ssize_t ldb,
                         bint accumulate, floating* c, Py_ssize_t ldc) noexcept nogil:
@@ -306,11 +318,10 @@ cdef inline void matmul(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, 
     char-RNN backward's three: 27.6 µs against 37.1). float64 (and float32 in the unlikely
     case its packing buffer cannot be allocated) runs on BLAS.
     """
-    if floating is float:
-        if <double> m * n * k > BLAS_ONE_THREAD and fb_matmul(m, n, k, a, lda, trans_a, b, ldb,
-                                                              trans_b, c, ldc, accumulate) == 0:
-            return
-    gemm(trans_a, trans_b, m, n, k, 1, a, lda, b, ldb, 1 if accumulate else 0, c, ldc)
+    if <double> m * n * k <= BLAS_ONE_THREAD:
+        gemm(trans_a, trans_b, m, n, k, 1, a, lda, b, ldb, 1 if accumulate else 0, c, ldc)
+    else:
+        own_or_blas(trans_a, trans_b, m, n, k, a, lda, b, ldb, accumulate, c, ldc)
 
 
 cdef inline void step_product(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
@@ -320,9 +331,9 @@ cdef inline void step_product(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const fl
     w (n, k) row-major.
 
     float32: on fastbptt's own gemm, from ``packed``, the weights packed once per kernel call
-    by ``_step_weights`` (w is not read), on ``threads`` threads. float64: with a scratch of n·m elements it runs in
-    the faster orientation for OpenBLAS (``gemm_into_transposed``) and is added into c
-    transposed; with NULL, as one gemm."""
+    by ``_step_weights`` (w is not read), on ``threads`` threads. float64: with a scratch of
+    n·m elements it runs in the faster orientation for OpenBLAS (``gemm_into_transposed``)
+    and is added into c transposed; with NULL, as one gemm."""
     if floating is float:
         fb_gemm(m, n, k, a, k, False, packed, c, n, accumulate, threads)
     elif scratch == NULL:
@@ -512,17 +523,6 @@ cdef object _step_weights(const floating[:, ::1] w, bint transposed, bint wanted
             else:
                 fb_pack(&w[0, 0], n, k, w.shape[1], &out[0], threads)
         return out.base
-
-
-cdef inline void own_or_blas(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n,
-                             Py_ssize_t k, const floating* a, Py_ssize_t lda, const floating* b,
-                             Py_ssize_t ldb, bint accumulate, floating* c,
-                             Py_ssize_t ldc) noexcept nogil:
-    """``matmul`` with float32 on the own gemm at every size (for the tests of the gemm)."""
-    if floating is float:
-        if fb_matmul(m, n, k, a, lda, trans_a, b, ldb, trans_b, c, ldc, accumulate) == 0:
-            return
-    gemm(trans_a, trans_b, m, n, k, 1, a, lda, b, ldb, 1 if accumulate else 0, c, ldc)
 
 
 def _matmul(a, b, bint trans_a=False, bint trans_b=False, c=None):

@@ -777,9 +777,8 @@ cdef object _elman_backward(const floating[:, :, ::1] d_out, dh_n, const floatin
     cdef floating[:, ::1] dw_hh = dw_hh_arr
     cdef floating[::1] db = db_arr
     cdef bint small = B * H * H <= SMALL_STEP
-    cdef bint transposed = not small and H * H >= TRANSPOSED_STEP
-    if floating is float:
-        transposed = False      # float32's per-step products run on packed weights instead
+    # float32's per-step products run on packed weights instead
+    cdef bint transposed = floating is double and not small and H * H >= TRANSPOSED_STEP
     cdef float[::1] w_packed = _step_weights(w_hh, False, not small)
     cdef const float* wp = &w_packed[0] if w_packed is not None else NULL
     cdef floating[::1] scratch = _scratch(B * H, dtype, transposed)
@@ -1269,9 +1268,8 @@ cdef object _lstm_backward(const floating[:, :, ::1] d_out, dh_n, dc_n,
     cdef floating[:, ::1] dw_hh = dw_hh_arr
     cdef floating[::1] db = db_arr
     cdef bint small = B == 1 and G * H <= SMALL_GATED_STEP   # δ_t (1, 4H) @ W_hh (4H, H)
-    cdef bint transposed = not small and G * H >= TRANSPOSED_STEP
-    if floating is float:
-        transposed = False      # float32's per-step products run on packed weights instead
+    # float32's per-step products run on packed weights instead
+    cdef bint transposed = floating is double and not small and G * H >= TRANSPOSED_STEP
     cdef float[::1] w_packed = _step_weights(w_hh, False, not small)
     cdef const float* wp = &w_packed[0] if w_packed is not None else NULL
     cdef floating[::1] scratch = _scratch(B * H, dtype, transposed)
@@ -1479,9 +1477,8 @@ cdef object _gru_backward(const floating[:, :, ::1] d_out, dh_n, const floating[
     cdef floating[::1] db_ih = db_ih_arr
     cdef floating[::1] db_hh = db_hh_arr
     cdef bint small = B == 1 and G * H <= SMALL_GATED_STEP   # δh_t (1, 3H) @ W_hh (3H, H)
-    cdef bint transposed = not small and G * H >= TRANSPOSED_STEP
-    if floating is float:
-        transposed = False      # float32's per-step products run on packed weights instead
+    # float32's per-step products run on packed weights instead
+    cdef bint transposed = floating is double and not small and G * H >= TRANSPOSED_STEP
     cdef float[::1] w_packed = _step_weights(w_hh, False, not small)
     cdef const float* wp = &w_packed[0] if w_packed is not None else NULL
     cdef floating[::1] scratch = _scratch(B * H, dtype, transposed)

@@ -52,11 +52,11 @@ def extension(name, extra=(), openmp=False):
     omp = ["-fopenmp"] if openmp else []
     return Extension(
         f"fastbptt.{name}",
-        [f"fastbptt/{name}.pyx"],
-        include_dirs=["fastbptt"],
+        [f"src/fastbptt/{name}.pyx"],
+        include_dirs=["src/fastbptt"],
         extra_compile_args=compile_args + list(extra) + omp,
         extra_link_args=omp,
-        depends=["fastbptt/_kernels.pyx", "fastbptt/_blas.pxd", "fastbptt/_step_gemm.h"],
+        depends=[f"src/fastbptt/{dep}" for dep in ("_kernels.pyx", "_blas.pxd", "_step_gemm.h")],
     )
 
 
@@ -65,5 +65,8 @@ setup(
         [extension("_blas")]
         + [extension(name, flags, OPENMP) for name, flags in KERNEL_BUILDS.items()],
         compiler_directives=COMPILER_DIRECTIVES,
+        nthreads=os.cpu_count() or 1,
     ),
+    # The three kernel builds compile side by side.
+    options={"build_ext": {"parallel": os.cpu_count() or 1}},
 )

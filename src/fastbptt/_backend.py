@@ -68,6 +68,20 @@ def available_backends():
     return ("cython", "numpy") if _compiled is not None else ("numpy",)
 
 
+def describe():
+    """One line for a person: which backend and build runs, on how many threads, and when it
+    is the NumPy fallback, why and what to do about it."""
+    if _compiled is not None:
+        return (f"backend: cython ({compiled_level} build), {_compiled.threads()} "
+                f"thread{'s' if _compiled.threads() != 1 else ''}")
+    if PUREPYTHON:
+        return "backend: numpy, because FASTBPTT_PUREPYTHON is set (unset it for the compiled kernels)"
+    return (f"backend: numpy -- the compiled kernels did not import ({_import_error}), so this "
+            "runs the NumPy fallback, several times slower. Fix: reinstall with a C compiler "
+            "(pip install --force-reinstall .) and run Python from outside a source tree that "
+            "lacks the built extension")
+
+
 def resolve(backend):
     """Map a backend name to (name, module); 'auto' prefers the compiled kernels."""
     global _warned

@@ -3,7 +3,7 @@ import time
 
 import numpy as np
 
-from . import losses, optim, tasks
+from . import _backend, losses, optim, tasks
 from .model import RNN
 from .train import fit
 
@@ -44,6 +44,7 @@ def run_demo(args):
         names = wanted
     baseline = tasks.ADDING_BASELINE_MSE
     x_test, y_test = tasks.adding_problem(T, 1000, seed=args.seed + 10_000)
+    print(_backend.describe())
     print(f"The adding problem, T={T}: the target is the sum of the two marked values among {T}.")
     print(f"Always answering 1 scores MSE {baseline:.4f}; a model that has learned it scores near 0.")
     print(f"Each model: H={H}, {steps} batches of {B}, Adam, clip_norm=1.0; test set of 1000.\n")
@@ -104,6 +105,7 @@ def run_char(args):
     model = RNN(V, args.hidden, cell=args.cell, output_size=V, seed=args.seed)
     opt = optim.Adagrad(model.params, lr=args.lr)
     source = args.file or "the bundled corpus"
+    print(_backend.describe())
     print(f"char-level {args.cell} RNN on {source}: {len(corpus.text)} characters, vocabulary {V}, "
           f"H={args.hidden}, {args.seq_length}-step chunks, Adagrad lr {args.lr}")
     rng = np.random.default_rng(args.seed)

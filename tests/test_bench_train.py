@@ -1,0 +1,43 @@
+"""The whole-update benchmark on a tiny setting: it runs each peer in a process and prints a row."""
+import numpy as np
+import pytest
+
+from fastbptt import bench_train
+
+
+def test_every_case_trains_on_data_of_its_own_shapes():
+    for name, case in bench_train.CASES.items():
+        x, target = bench_train.case_data(case)
+        assert x.shape == (case.T, case.B, case.I) and x.dtype == np.float32, name
+        scored = (case.B,) if case.last_step else (case.T, case.B)
+        if case.loss == "cross_entropy":
+            assert target.shape == scored and target.min() >= 0 and target.max() < case.O, name
+        else:
+            assert target.shape == scored + (case.O,), name
+
+
+def test_the_fastbptt_update_changes_the_parameters_each_round():
+    import fastbptt as fb
+
+    case = bench_train.CASES["adding-irnn"]
+    update = bench_train.fastbptt_update(case, threads=1)
+    cell = update.__closure__  # the model lives in the closure; compare a fresh one instead
+    assert cell is not None
+    fresh = fb.RNN(case.I, case.H, cell=case.cell, output_size=case.O, init=case.init, seed=0)
+    model = next(c.cell_contents for c in cell if isinstance(c.cell_contents, fb.RNN))
+    update()
+    moved = [name for name in fresh.params
+             if not np.array_equal(fresh.params[name], model.params[name])]
+    assert moved, "one update left every parameter where it was"
+
+
+def test_quick_run_prints_a_row_per_case(capsys):
+    assert bench_train.main(["--quick", "--cases", "charrnn-tanh", "--peers", "fastbptt"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.strip().startswith("charrnn-tanh"))
+    assert float(row.split()[1]) > 0
+
+
+def test_unknown_cases_are_refused():
+    with pytest.raises(SystemExit):
+        bench_train.main(["--cases", "charrnn-transformer"])

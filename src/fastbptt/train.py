@@ -182,7 +182,7 @@ def _train_batch(model, x, target, lengths, h0, loss_fn, last_step, bptt, optimi
         total += value
         g = model.backward(d_out, clip_step=clip_step)
         for name, grad in g.params.items():
-            if not model._kernels.all_finite(grad):
+            if not model.all_finite(grad):
                 raise FloatingPointError(f"the gradient of {name!r} is not finite at batch {step}")
         if clip_value is not None:
             clip_grad_value(g.params, clip_value)
@@ -193,7 +193,7 @@ def _train_batch(model, x, target, lengths, h0, loss_fn, last_step, bptt, optimi
             # The next window reaches k2 steps back from its end; it starts inside this one,
             # whose forward cache holds the state there.
             next_start = max(0, min(end + k1, T) - k2)
-            state = model._state_at(next_start - start)
+            state = model.state_at(next_start - start)
             start = next_start
         else:
             state = h_n

@@ -214,9 +214,11 @@ def test_reference_matches_torch(rng, cell, shape, assert_close):
 
 # --------------------------------------------------------------------------- compiled builds
 
-# (T, B, I, H): one step of one sequence; B = 1 on the small per-step path of the backward;
-# B = 1 past the small path (G·H·H above it) with H not a multiple of the fused passes'
-# chunk of 128; small B > 1 (per-step BLAS); B > 1 with H over one chunk; a larger batch.
+# (T, B, I, H), chosen to fall on either side of the kernels' size thresholds (these tests
+# compare results only; test_paths.py forces each product path and checks it): one step of
+# one sequence; B = 1 with small products; B = 1 with G·H·H past the small-product threshold
+# and H not a multiple of the fused passes' chunk of 128; small B > 1; B > 1 with H over one
+# chunk; a larger batch.
 SHAPES = [(1, 1, 3, 5), (6, 1, 65, 100), (3, 1, 7, 300), (5, 3, 4, 9), (3, 2, 7, 130),
           (3, 32, 17, 128)]
 # plain: d_h_n (and d_c_n) given; clip: clip_step that clips, and step_norms; bare: no final

@@ -38,7 +38,8 @@ def train(backend, dtype, hidden, seed, start=None):
     return model.state_dict(), losses
 
 
-# H = 48: per-step products in the compiled small-product loop; H = 80: through BLAS.
+# H = 48 and H = 80: B·H·H below and above the kernels' small-product threshold (which path
+# each takes is checked in test_paths.py; here only that threads do not mix).
 @pytest.mark.parametrize("hidden", [48, 80])
 @pytest.mark.parametrize("n_threads", [2, 4])
 def test_parallel_training_equals_sequential(backend, dtype, n_threads, hidden):

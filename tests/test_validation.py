@@ -346,3 +346,41 @@ def test_callers_arrays_are_never_modified(backend, dtype, num_layers, output_si
 def test_error_messages_name_the_expected_dtype_conversion(backend):
     with pytest.raises(TypeError, match=re.escape(".astype(np.float32)")):
         _model(backend).forward(X_GOOD.astype(np.float64))
+
+
+# --------------------------------------------------------------------------- state_dict, state_at
+
+
+@pytest.mark.parametrize("value", [[("weight_ih_l0", np.zeros((4, 3)))], "weights", None])
+def test_load_state_dict_needs_a_mapping(value):
+    model = fb.RNN(3, 4, seed=0)
+    with pytest.raises(TypeError, match=r"state_dict must be a dict of arrays"):
+        model.load_state_dict(value)
+
+
+def test_params_and_state_dict_key_errors_are_worded_alike():
+    model = fb.RNN(3, 4, seed=0)
+    sd = model.state_dict()
+    del sd["bias_hh_l0"]
+    with pytest.raises(ValueError, match=r"^state_dict keys do not match the model: missing \['bias_hh_l0'\], unexpected \[\]$"):
+        model.load_state_dict(sd)
+    del model.params["bias_hh_l0"]
+    with pytest.raises(ValueError, match=r"^model.params keys do not match the model: missing \['bias_hh_l0'\], unexpected \[\]$"):
+        model.forward(np.zeros((2, 1, 3), np.float32))
+
+
+def test_state_at_checks_its_step_and_the_cache():
+    model = fb.RNN(3, 4, seed=0, dtype="float64")
+    with pytest.raises(RuntimeError, match="no full, unidirectional, unpacked forward cache"):
+        model.state_at(0)
+    x = np.random.default_rng(0).standard_normal((5, 2, 3))
+    out, h_n = model.forward(x)
+    np.testing.assert_array_equal(model.state_at(5), h_n)
+    np.testing.assert_array_equal(model.state_at(0), np.zeros_like(h_n))
+    np.testing.assert_array_equal(model.state_at(2)[0], out[1])
+    for t in (-1, 6, 2.0, True):
+        with pytest.raises(ValueError, match=r"t must be an int in \[0, 5\]"):
+            model.state_at(t)
+    model.forward(x, checkpoint=2)
+    with pytest.raises(RuntimeError, match="no full"):
+        model.state_at(1)

@@ -85,12 +85,15 @@ class Stack:
             layer_in = outs[0] if D == 1 else np.concatenate(outs, axis=2)
         return StackRun(inputs, reversed_inputs, runs, layer_in)
 
-    def backward(self, params, run, d_top, carry, sizes, flip, clip_step, norms, accumulate):
+    def backward(self, params, run, d_top, carry, sizes, flip, clip_step, norms, accumulate,
+                 input_grad=True):
         """Backpropagate d_top (T, B, D·H), ∂E/∂top, through every layer of ``run``.
 
         carry (S, D·L, B, H): ∂E/∂(final states) on entry, ∂E/∂(initial states) on return
         (updated in place). norms: None, or (D·L, T, B) to fill with ‖∂E/∂h_t‖.
-        accumulate(name, value) receives every parameter gradient. Returns ∂E/∂x (T, B, I).
+        accumulate(name, value) receives every parameter gradient. Returns ∂E/∂x (T, B, I),
+        or None when not ``input_grad`` (the first layer's dx is then neither reversed nor
+        summed over directions; the kernels still compute it).
         """
         D, H, backward = self.num_directions, self.hidden_size, self.cell.backward
         T, B = d_top.shape[:2]
@@ -109,10 +112,11 @@ class Stack:
                              layer_in, run.runs[index], params[names[0]], params[names[1]],
                              clip_step, dir_norms, sizes)
                 carry[:, index] = g.d_state0
-                dx = reverse_time(g.dx, flip) if d else g.dx
                 if norms is not None:
                     norms[index] = reverse_time(dir_norms, flip) if d else dir_norms
-                d_in = dx if d_in is None else d_in + dx
+                if k > 0 or input_grad:
+                    dx = reverse_time(g.dx, flip) if d else g.dx
+                    d_in = dx if d_in is None else d_in + dx
                 for name, value in zip(names, (g.dw_ih, g.dw_hh, g.db_ih, g.db_hh)):
                     accumulate(name, value)
             d_top = d_in

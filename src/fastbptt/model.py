@@ -6,12 +6,14 @@ the table in ``_cells``), the optional linear readout itself, and keeps the forw
 for ``backward``. Variable lengths and time reversal live in ``_packing``, files in
 ``serialization``. It never knows which backend it runs on.
 """
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
 
 import numpy as np
 
 from . import _backend, _cells, serialization
+from ._flat import FlatArrays, Layout
 from ._packing import Packing
 from ._stacking import Stack, StackRun
 from ._validation import (
@@ -40,8 +42,12 @@ load = serialization.load
 class Gradients:
     """What :meth:`RNN.backward` returns. D = 2 when bidirectional, else 1; L the layers.
 
-    params: dict with the same keys and shapes as ``model.params``.
-    x: (T, B, I), the gradient with respect to the input sequence.
+    params: dict with the same keys, order and shapes as ``model.params``; its arrays are
+        the consecutive views of ``flat`` (a ``FlatArrays``, like ``model.params``).
+    flat: (P,) every parameter's gradient in one array, in ``model.param_shapes()`` order,
+        laid out as ``model.flat_params``.
+    x: (T, B, I), the gradient with respect to the input sequence; None when backward was
+        called with ``input_grad=False``.
     h0: (D·L, B, H), the gradient with respect to the initial state; for an LSTM a pair
         (h, c) of such arrays, like ``h0``.
     step_norms: (D·L, T, B) ‖∂E/∂h_t‖ of each layer and direction, step and sequence, when
@@ -49,9 +55,10 @@ class Gradients:
     """
 
     params: dict
-    x: np.ndarray
+    x: Optional[np.ndarray]
     h0: object
     step_norms: np.ndarray = field(default=None, repr=False)
+    flat: np.ndarray = field(default=None, repr=False)
 
 
 class _Segment(NamedTuple):
@@ -100,6 +107,18 @@ class RNN:
     seed : int or None
         Seed of the initialisation; the same seed gives the same parameters.
     backend : {"auto", "cython", "numpy"}
+
+    Attributes
+    ----------
+    params : dict of arrays
+        PyTorch's names and shapes (see :meth:`param_shapes`), in that order; the arrays are
+        the consecutive views of ``flat_params``. Write into them in place to change the
+        parameters (an optimizer does). Assigning a key, ``params[name] = a``, copies ``a``
+        (an ndarray of that key's shape and the model's dtype) into the key's view, and
+        assigning ``model.params = d`` copies every array of ``d`` in: the arrays stay views
+        of the one buffer. Keys cannot be removed.
+    flat_params : (P,) array
+        Every parameter in one contiguous array, in ``param_shapes()`` order.
     """
 
     def __init__(self, input_size, hidden_size, *, cell="tanh", num_layers=1, output_size=None,
@@ -118,7 +137,14 @@ class RNN:
         self._stack = Stack(self._cell, self._kernels, self.num_layers, self.num_directions,
                             self.hidden_size)
         self._cache = None
-        self.params = self._initial_params(np.random.default_rng(self.seed))
+        self._layout = Layout(self._param_layout())
+        self._shapes = self._layout.shapes
+        size = self._layout.size
+        self._params = FlatArrays(np.empty(size, self.dtype), self._layout, "model.params")
+        # What forward runs on and backward takes the gradients at: a copy of the parameters
+        # made by every forward, into this buffer allocated once (see _params_for_cache).
+        self._snapshot = FlatArrays(np.empty(size, self.dtype), self._layout, "the forward's parameters")
+        self._params.update(self._initial_params(np.random.default_rng(self.seed)))
 
     # ----------------------------------------------------------------- configuration
 
@@ -131,12 +157,46 @@ class RNN:
         """The constructor's arguments, enough to rebuild the model (``backend`` aside)."""
         return {key: self.dtype.name if key == "dtype" else getattr(self, key) for key in CONFIG_KEYS}
 
+    def __getstate__(self):
+        # copy.deepcopy and pickle: the backend's module is named, not copied, and the cache
+        # is left behind (it holds views of the snapshot buffer, which a copy would detach)
+        state = dict(self.__dict__, _cache=None)
+        del state["_kernels"], state["_stack"], state["_cell"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._cell = _cells.CELLS[self.cell]
+        self._kernels = _backend.resolve(self.backend)[1]
+        self._stack = Stack(self._cell, self._kernels, self.num_layers, self.num_directions,
+                            self.hidden_size)
+
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
         return f"RNN({args}, backend={self.backend!r})"
 
+    @property
+    def params(self):
+        return self._params
+
+    @params.setter
+    def params(self, value):
+        if not isinstance(value, Mapping):
+            raise TypeError(f"model.params must be a dict of arrays, got {type(value).__name__}")
+        check_keys("model.params", value, self._shapes, "the model")
+        if value is not self._params:
+            self._params.update(value)
+
+    @property
+    def flat_params(self):
+        """(P,): every parameter in one contiguous array (``params`` are views into it)."""
+        return self._params.flat
+
     def param_shapes(self):
-        """{name: shape} of every parameter, in PyTorch's order."""
+        """{name: shape} of every parameter, in PyTorch's order (that of ``flat_params``)."""
+        return dict(self._shapes)
+
+    def _param_layout(self):
         G, H = self._cell.gates, self.hidden_size
         shapes = {}
         for k in range(self.num_layers):
@@ -183,29 +243,24 @@ class RNN:
         return self._kernels.all_finite(a)
 
     def _checked_params(self):
-        """model.params, checked; a wrong array raises naming its key."""
-        shapes = self.param_shapes()
-        params = self.params
-        if not isinstance(params, dict):
-            raise TypeError(f"model.params must be a dict, got {type(params).__name__}")
-        check_keys("model.params", params, shapes, "the model")
+        """model.params after one finiteness scan of the whole buffer (their keys, shapes,
+        dtype and layout cannot change); a non-finite value raises naming its key."""
         all_finite = self._kernels.all_finite
-        for name, shape in shapes.items():
-            a = params[name]
-            # The common case in a few attribute reads; check_array words the error otherwise.
-            if not (type(a) is np.ndarray and a.dtype == self.dtype and a.shape == shape
-                    and a.flags.c_contiguous and all_finite(a)):
-                check_array(f"params[{name!r}]", a, shape, self.dtype,
-                            finite_check=all_finite, copy_strided=False)
+        params = self._params
+        if not all_finite(params.flat):
+            bad = next(name for name, a in params.items() if not all_finite(a))
+            raise ValueError(f"model.params[{bad!r}] contains NaN or infinite values")
         return params
 
     def _params_for_cache(self):
-        """The parameters, checked, as forward runs them and backward takes the gradients at.
-
-        A copy: an optimizer may update model.params in place before backward, whose
-        gradients belong to the parameters forward ran with.
-        """
-        return {name: a.copy() for name, a in self._checked_params().items()}
+        """The parameters as forward runs them and backward takes the gradients at: a copy
+        into the snapshot buffer (one memcpy, no allocation), since anything may write
+        model.params in place between forward and backward (an optimizer step, a user's
+        ``params[k] -= ...``) and the gradients belong to the parameters forward ran with.
+        The previous forward's cache, which held the snapshot, is dropped first."""
+        self._cache = None
+        np.copyto(self._snapshot.flat, self._params.flat)
+        return self._snapshot
 
     def _check(self, name, a, shape):
         return check_array(name, a, shape, self.dtype, finite_check=self._kernels.all_finite)
@@ -256,7 +311,7 @@ class RNN:
         lengths nor checkpoint is given); h_n the final states, shaped like h0.
         The cache for ``backward`` is kept; x must not change before ``backward``.
         """
-        params = self._params_for_cache()
+        self._checked_params()
         x = self._check("x", x, (None, None, self.input_size))
         T, B, _ = x.shape
         if checkpoint is None:
@@ -276,6 +331,7 @@ class RNN:
             state = packing.sort(state, axis=2)
             final = np.empty_like(state)
             flip = packing.flip
+        params = self._params_for_cache()  # the inputs are all checked: the run starts here
         starts = range(0, T, segment)
         segments, out = [], None
         for start in starts:
@@ -323,7 +379,7 @@ class RNN:
         return self._kernels.linear_forward(
             top.reshape(T * B, F), params["weight_out"], params["bias_out"]).reshape(T, B, self.output_size)
 
-    def backward(self, d_out, d_h_n=None, clip_step=None, step_norms=False):
+    def backward(self, d_out, d_h_n=None, clip_step=None, step_norms=False, input_grad=True):
         """Backpropagate through the last forward call.
 
         d_out: ∂E/∂out, the shape of forward's ``out``; d_h_n: ∂E/∂h_n shaped like h_n, or None.
@@ -331,7 +387,9 @@ class RNN:
             the backward sweep (so a batch gives the same result as its rows one by one).
         step_norms: when True, ``g.step_norms`` (D·L, T, B) holds ‖∂E/∂h_t‖ of every layer,
             direction, step and sequence (0 past a sequence's end, with lengths).
-        Returns :class:`Gradients`. Gradients are taken at the parameters forward ran with.
+        input_grad: False leaves out ∂E/∂x (``g.x`` is None), which training never needs.
+        Returns :class:`Gradients`. Gradients are taken at the parameters forward ran with,
+        whatever was written into ``model.params`` since.
         """
         cache = self._cache
         if cache is None:
@@ -340,6 +398,7 @@ class RNN:
         T, B, _ = x.shape
         D, H = self.num_directions, self.hidden_size
         clip_step = check_positive_number("clip_step", clip_step)
+        input_grad = check_bool("input_grad", input_grad)
         out_size = D * H if self.output_size is None else self.output_size
         d_out = self._check("d_out", d_out, (T, B, out_size))
         carry = self._state_in("d_h_n", d_h_n, B)
@@ -360,12 +419,16 @@ class RNN:
         grads = {}
 
         def accumulate(name, value):
+            # the kernels' arrays are their own (never one array for two names): summing into
+            # the first is safe, and the sums run in the same order however they are laid out
             if name in grads:
                 grads[name] += value
             else:
                 grads[name] = value
 
-        d_x = None if len(cache.segments) == 1 else np.empty(x.shape, dtype=self.dtype)
+        d_x = None
+        if input_grad and len(cache.segments) > 1:
+            d_x = np.empty(x.shape, dtype=self.dtype)
         for seg in reversed(cache.segments):
             start, stop = seg.start, seg.stop
             run = seg.run
@@ -380,19 +443,24 @@ class RNN:
                 accumulate("weight_out", dw)
                 accumulate("bias_out", db)
             d_top = self._stack.backward(params, run, d_top, carry, seg.batch_sizes, flip, clip_step,
-                                         None if norms is None else norms[:, start:stop], accumulate)
-            if d_x is None:
+                                         None if norms is None else norms[:, start:stop], accumulate,
+                                         input_grad)
+            if input_grad and d_x is None:
                 d_x = d_top
-            else:
+            elif input_grad:
                 d_x[start:stop] = d_top
-        d_x = np.ascontiguousarray(d_x)
+        if input_grad:
+            d_x = np.ascontiguousarray(d_x)
         if packing is not None:
-            d_x = packing.unsort(d_x)
+            if input_grad:
+                d_x = packing.unsort(d_x)
             carry = packing.unsort(carry, axis=2)
             if norms is not None:
                 norms = packing.unsort(norms, axis=2)
-        ordered = {name: grads[name] for name in self.param_shapes()}
-        return Gradients(params=ordered, x=d_x, h0=self._state_out(carry), step_norms=norms)
+        # one buffer, laid out as flat_params, in one copy
+        flat = np.concatenate([grads[name].reshape(-1) for name in self._shapes])
+        params = FlatArrays(flat, self._layout, "g.params")
+        return Gradients(params=params, x=d_x, h0=self._state_out(carry), step_norms=norms, flat=flat)
 
     def cache_nbytes(self):
         """Bytes the forward cache holds for ``backward`` (the input x aside)."""
@@ -439,17 +507,12 @@ class RNN:
         model's dtype and copied into the model's own arrays. Nothing changes when any entry
         is wrong.
         """
-        shapes = self.param_shapes()
+        shapes = self._shapes
         check_keys("state_dict", state_dict, shapes, "the model")
         new = {name: check_float_values(f"state_dict[{name!r}]", _to_numpy(state_dict[name]), shape)
                for name, shape in shapes.items()}
         for name, value in new.items():
-            target = self.params.get(name)
-            if isinstance(target, np.ndarray) and target.shape == value.shape and target.dtype == self.dtype \
-                    and target.flags.c_contiguous and target.flags.writeable:
-                target[...] = value
-            else:
-                self.params[name] = np.ascontiguousarray(value, dtype=self.dtype)
+            dict.__getitem__(self._params, name)[...] = value  # converted to the model's dtype
         self._cache = None
 
     def save(self, path):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import fastbptt as fb
-from fastbptt import _backend, _reference
+from fastbptt import _backend
 
 
 def central_difference(loss, array, eps):

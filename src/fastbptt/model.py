@@ -4,7 +4,8 @@ The model holds its parameters under PyTorch's names and shapes, checks every ar
 kernel sees it, runs the recurrent layers through ``_stacking`` (on the cell's kernels from
 the table in ``_cells``), the optional linear readout itself, and keeps the forward cache
 for ``backward``. Variable lengths and time reversal live in ``_packing``, files in
-``serialization``. It never knows which backend it runs on.
+``serialization``, the flat buffers that ``params`` and ``g.params`` are views of in
+``_flat``. It never knows which backend it runs on.
 """
 from collections.abc import Mapping
 from dataclasses import dataclass, field

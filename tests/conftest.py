@@ -10,14 +10,18 @@ The suite runs in two modes (see .ci/run):
   skipped, saying why.
 
 Test modules are imported with ``--import-mode=importlib`` (pyproject.toml), so they cannot
-import this file: what they share comes as fixtures (``assert_close``, ``assert_close_to_math``, ``tol``,
-``math_tol``, ``fd``, ``estimate_tol``, ``make_layer``, ``backend``, ``compiled_backend``,
-``compiled_kernels``, ``dtype``, ``rng``).
+import this file: the tolerances come as fixtures (``assert_close``, ``assert_close_to_math``,
+``tol``, ``math_tol``, ``fd``, ``estimate_tol``), as do the parametrisations (``backend``,
+``compiled_backend``, ``compiled_kernels``, ``dtype``, ``rng``). Everything else they share is
+in ``_support.py`` beside this file, which they import (this file puts the folder on
+``sys.path``); its layer builders are fixtures too (``layer_arrays``, ``run_layer``,
+``random_state``).
 
 A comparison takes its tolerance by kind -- ``tol(dtype, kind)`` or ``assert_close(..., kind=)``,
 with ``kind`` a key of TOLERANCES below -- and never states a number of its own.
 """
 import os
+import sys
 import zlib
 from types import MappingProxyType
 
@@ -26,6 +30,11 @@ import pytest
 
 import fastbptt as fb
 from fastbptt import _backend
+
+# The test-support module beside this file, importable from every test module in pytest's
+# importlib import mode (which does not put this folder on sys.path) as in the prepend mode.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _support  # noqa: E402
 
 PUREPYTHON = os.environ.get("FASTBPTT_PUREPYTHON", "") not in ("", "0")
 PURE_REASON = "FASTBPTT_PUREPYTHON is set: only the NumPy backend is under test"
@@ -270,85 +279,17 @@ def estimate_tol():
     return MappingProxyType(ESTIMATE_TOL)
 
 
-def make_layer(rng, T, B, I, H, dtype, *, relu=False):
-    """Random, non-trivial inputs of one Elman layer, as a dict of C-contiguous arrays.
-
-    x, h0, w_ih (H, I), w_hh (H, H), b_ih, b_hh, d_out (T, B, H), dh_n (B, H). The weights are
-    scaled so that states neither saturate nor vanish over tens of steps; for relu the biases
-    lean positive so that most units are active.
-    """
-    x = rng.standard_normal((T, B, I))
-    h0 = rng.uniform(-0.9, 0.9, (B, H))
-    w_ih = rng.standard_normal((H, I)) / np.sqrt(I)
-    w_hh = rng.standard_normal((H, H)) * (0.9 / np.sqrt(H))
-    b_ih = rng.standard_normal(H) * 0.3 + (0.2 if relu else 0.0)
-    b_hh = rng.standard_normal(H) * 0.3
-    if relu:
-        h0 = np.abs(h0)
-    d_out = rng.standard_normal((T, B, H))
-    dh_n = rng.standard_normal((B, H))
-    arrays = dict(x=x, h0=h0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, d_out=d_out, dh_n=dh_n)
-    return {k: np.ascontiguousarray(v, dtype=dtype) for k, v in arrays.items()}
-
-
-@pytest.fixture(name="make_layer", scope="session")
-def _make_layer_fixture():
-    return make_layer
-
-
-def random_state(rng, cell, shape):
-    """A random recurrent state of ``shape``: an array, or for an LSTM an (h, c) pair."""
-    if cell == "lstm":
-        return rng.standard_normal(shape), rng.standard_normal(shape)
-    return rng.standard_normal(shape)
-
-
-@pytest.fixture(name="random_state", scope="session")
-def _random_state_fixture():
-    return random_state
-
-
-def run_layer(kernels, cell, a, sizes=None, clip_step=0.5):
-    """Forward and backward of one layer of ``cell`` through ``kernels`` (either backend's
-    module) on the arrays of :func:`layer_arrays`, with batch_sizes ``sizes`` and per-step
-    clipping; returns (cache, gradients, step norms): two lists of arrays and an array."""
-    T, B = a["x"].shape[:2]
-    norms = np.full((T, B), np.nan, dtype=a["x"].dtype)
-    weights = (a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"])
-    if cell == "lstm":
-        cache = kernels.lstm_forward(a["x"], a["h0"], a["c0"], *weights, sizes)
-        grads = kernels.lstm_backward(a["d_out"], a["dh_n"], a["dc_n"], a["x"], *cache,
-                                      a["w_ih"], a["w_hh"], clip_step, norms, sizes)
-    elif cell == "gru":
-        cache = kernels.gru_forward(a["x"], a["h0"], *weights, sizes)
-        grads = kernels.gru_backward(a["d_out"], a["dh_n"], a["x"], *cache, a["w_ih"], a["w_hh"],
-                                     clip_step, norms, sizes)
-    else:
-        relu = cell == "relu"
-        cache = (kernels.elman_forward(a["x"], a["h0"], *weights, relu, sizes),)
-        grads = kernels.elman_backward(a["d_out"], a["dh_n"], a["x"], cache[0], a["w_ih"],
-                                       a["w_hh"], relu, clip_step, norms, sizes)
-    return list(cache), list(grads), norms
-
-
-def layer_arrays(rng, cell, T, B, I, H, dtype):
-    """Random inputs of one layer of any cell (as :func:`make_layer`, with G·H-row weights
-    and an LSTM's c0, dc_n), a dict of C-contiguous arrays."""
-    G = {"lstm": 4, "gru": 3}.get(cell, 1)
-    a = dict(x=rng.standard_normal((T, B, I)), h0=rng.uniform(-0.9, 0.9, (B, H)),
-             c0=rng.standard_normal((B, H)), w_ih=rng.standard_normal((G * H, I)) / np.sqrt(I),
-             w_hh=rng.standard_normal((G * H, H)) * (0.9 / np.sqrt(H)),
-             b_ih=rng.standard_normal(G * H) * 0.3 + (0.2 if cell == "relu" else 0.0),
-             b_hh=rng.standard_normal(G * H) * 0.3, d_out=rng.standard_normal((T, B, H)),
-             dh_n=rng.standard_normal((B, H)), dc_n=rng.standard_normal((B, H)))
-    return {k: np.ascontiguousarray(v, dtype=dtype) for k, v in a.items()}
-
-
 @pytest.fixture(name="layer_arrays", scope="session")
 def _layer_arrays_fixture():
-    return layer_arrays
+    """The suite's one builder of random layers (``_support.layer_arrays``)."""
+    return _support.layer_arrays
 
 
 @pytest.fixture(name="run_layer", scope="session")
 def _run_layer_fixture():
-    return run_layer
+    return _support.run_layer
+
+
+@pytest.fixture(name="random_state", scope="session")
+def _random_state_fixture():
+    return _support.random_state

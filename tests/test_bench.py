@@ -59,3 +59,14 @@ def test_bench_rejects_bad_options(argv, capsys):
         bench.main(argv)
     assert exc.value.code == 2
     assert "usage: python -m fastbptt bench" in capsys.readouterr().err
+
+
+def test_inputs_take_the_seed_as_their_second_argument():
+    """bench.inputs(shape, seed): no unused ``cell`` before the seed to swallow it."""
+    shape = bench.SHAPES["charrnn"]
+    x0, d0 = bench.inputs(shape, 0)
+    x1, d1 = bench.inputs(shape, 1)
+    assert not (x0 == x1).all() and not (d0 == d1).all()
+    x, d_out = bench.inputs(shape, seed=1)
+    assert (x == x1).all() and (d_out == d1).all()
+    assert x.shape == (shape.T, shape.B, shape.I) and d_out.shape == (shape.T, shape.B, shape.H)

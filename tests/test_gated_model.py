@@ -2,10 +2,10 @@
 and PyTorch's modules as the reference where torch is installed."""
 import numpy as np
 import pytest
+from _support import GATED_CELLS as GATED
+from _support import as_state, state_parts, torch_module
 
 import fastbptt as fb
-
-GATED = ["lstm", "gru"]
 
 
 @pytest.mark.parametrize("backend", fb.available_backends())
@@ -32,7 +32,7 @@ def test_compiled_model_matches_the_numpy_model(cell, dtype, tol, random_state):
                      dtype=dtype, seed=3, backend=b) for b in ("cython", "numpy")]
     x = rng.standard_normal((7, 3, 5)).astype(dtype)
     h0 = random_state(rng, cell, (4, 3, 6))
-    h0 = tuple(a.astype(dtype) for a in h0) if cell == "lstm" else h0.astype(dtype)
+    h0 = as_state(cell, [a.astype(dtype) for a in state_parts(h0)])
     results = []
     for model in models:
         out, h_n = model.forward(x, h0)
@@ -80,28 +80,41 @@ def test_lstm_state_must_be_a_pair():
 def test_matches_torch(cell, bidirectional, random_state, tol):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(5)
-    module = getattr(torch.nn, cell.upper())(4, 6, num_layers=2, bidirectional=bidirectional).double()
+    module = torch_module(torch, cell, 4, 6, num_layers=2, bidirectional=bidirectional)
     model = fb.RNN(4, 6, cell=cell, num_layers=2, bidirectional=bidirectional, dtype="float64")
     model.load_state_dict(module.state_dict())
     D = 2 if bidirectional else 1
     x = rng.standard_normal((6, 3, 4))
     h0 = random_state(rng, cell, (2 * D, 3, 6))
     x_t = torch.from_numpy(x).requires_grad_()
-    h0_t = tuple(torch.from_numpy(a).requires_grad_() for a in h0) if cell == "lstm" \
-        else torch.from_numpy(h0).requires_grad_()
+    h0_t = as_state(cell, [torch.from_numpy(a).requires_grad_() for a in state_parts(h0)])
     out_t, h_n_t = module(x_t, h0_t)
     out, h_n = model.forward(x, h0)
     np.testing.assert_allclose(out, out_t.detach().numpy(), **tol(np.float64, "torch_states"))
     d_out = rng.standard_normal(out.shape)
-    parts = list(h_n_t) if cell == "lstm" else [h_n_t]
+    parts = state_parts(h_n_t)
     d_h = [rng.standard_normal(tuple(p.shape)) for p in parts]
-    for ours, theirs in zip(list(h_n) if cell == "lstm" else [h_n], parts):
+    for ours, theirs in zip(state_parts(h_n), parts):
         np.testing.assert_allclose(ours, theirs.detach().numpy(), **tol(np.float64, "torch_states"))
     torch.autograd.backward([out_t] + parts, [torch.from_numpy(d_out)] + [torch.from_numpy(d) for d in d_h])
-    g = model.backward(d_out, tuple(d_h) if cell == "lstm" else d_h[0])
+    g = model.backward(d_out, as_state(cell, d_h))
     for name, p in module.named_parameters():
         np.testing.assert_allclose(g.params[name], p.grad.numpy(), err_msg=name, **tol(np.float64, "torch"))
     np.testing.assert_allclose(g.x, x_t.grad.numpy(), **tol(np.float64, "torch"))
-    h0_grads = [a.grad.numpy() for a in h0_t] if cell == "lstm" else [h0_t.grad.numpy()]
-    for ours, theirs in zip(list(g.h0) if cell == "lstm" else [g.h0], h0_grads):
+    h0_grads = [a.grad.numpy() for a in state_parts(h0_t)]
+    for ours, theirs in zip(state_parts(g.h0), h0_grads):
         np.testing.assert_allclose(ours, theirs, **tol(np.float64, "torch"))
+
+
+def test_gradients_docstring_gives_the_shapes_a_bidirectional_lstm_returns():
+    """g.h0 is (D·L, B, H) -- a pair (h, c) of them for an LSTM -- and g.step_norms
+    (D·L, T, B), as the docstring of fb.Gradients says."""
+    doc = " ".join(fb.Gradients.__doc__.split())
+    assert "h0: (D·L, B, H)" in doc and "(h, c)" in doc
+    assert "step_norms: (D·L, T, B)" in doc
+    T, B, I, H, L = 4, 3, 2, 5, 2
+    model = fb.RNN(I, H, cell="lstm", num_layers=L, bidirectional=True, dtype="float64", seed=0)
+    out, _ = model.forward(np.random.default_rng(0).standard_normal((T, B, I)))
+    g = model.backward(np.ones_like(out), step_norms=True)
+    assert isinstance(g.h0, tuple) and [a.shape for a in g.h0] == [(2 * L, B, H)] * 2
+    assert g.step_norms.shape == (2 * L, T, B)

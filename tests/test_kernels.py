@@ -1,7 +1,8 @@
 """The compiled layer kernels against the NumPy oracle (``_reference.py``), function by function.
 
 Both dtypes, tanh and relu, seeded random shapes including T=1, B=1, I=1 and I != H, on both
-sides of the compiled kernels' small-product threshold (B·H·H <= 32768 skips BLAS).
+sides of the compiled kernels' small-product threshold (B·H·H = 32768). These tests compare
+results only; which product path a shape takes is forced and checked in ``test_paths.py``.
 """
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ EDGE_SHAPES = [
     (9, 1, 1, 7),      # B = 1, I = 1
     (5, 3, 8, 3),      # I > H
     (40, 2, 3, 12),    # tens of steps
-    (6, 9, 5, 64),     # B·H·H = 36864: the per-step products go through BLAS
+    (6, 9, 5, 64),     # B·H·H = 36864: above the small-product threshold
     (4, 1, 65, 100),   # a char-RNN step: B = 1, H = 100, small-product loop
 ]
 _draw = np.random.default_rng(20240611)
@@ -44,6 +45,10 @@ def relu(request):
     return request.param
 
 
+def _cell(relu):
+    return "relu" if relu else "tanh"
+
+
 def _delta_last_step_norms(p, hs, relu):
     """‖δ_T‖ of each row, computed from the equations: (d_out[T-1] + dh_n) ⊙ f'(s_T)."""
     s = hs[-1].astype(np.float64)
@@ -56,8 +61,8 @@ def _delta_last_step_norms(p, hs, relu):
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-def test_forward_matches_oracle(compiled_kernels, make_layer, assert_close, shape, dtype, relu):
-    p = make_layer(_seed(shape, relu), *shape, dtype, relu=relu)
+def test_forward_matches_oracle(compiled_kernels, layer_arrays, assert_close, shape, dtype, relu):
+    p = layer_arrays(_seed(shape, relu), _cell(relu), *shape, dtype)
     args = (p["x"], p["h0"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], relu)
     expected = _reference.elman_forward(*args)
     hs = compiled_kernels.elman_forward(*args)
@@ -72,9 +77,9 @@ def test_forward_matches_oracle(compiled_kernels, make_layer, assert_close, shap
         assert (np.abs(hs[1:]) <= 1).all()
 
 
-def test_forward_oracle_follows_the_equations(make_layer, assert_close_to_math, dtype, relu):
+def test_forward_oracle_follows_the_equations(layer_arrays, assert_close_to_math, dtype, relu):
     # The oracle itself against the cell equation written out step by step in float64.
-    p = make_layer(np.random.default_rng(3), 7, 4, 5, 6, dtype, relu=relu)
+    p = layer_arrays(np.random.default_rng(3), _cell(relu), 7, 4, 5, 6, dtype)
     hs = _reference.elman_forward(p["x"], p["h0"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], relu)
     q = {k: v.astype(np.float64) for k, v in p.items()}
     s = q["h0"]
@@ -89,8 +94,8 @@ def test_forward_oracle_follows_the_equations(make_layer, assert_close_to_math, 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 @pytest.mark.parametrize("with_dh_n", [False, True], ids=["no_dh_n", "dh_n"])
-def test_backward_matches_oracle(compiled_kernels, make_layer, assert_close, shape, dtype, relu, with_dh_n):
-    p = make_layer(_seed(shape, relu, with_dh_n, 1), *shape, dtype, relu=relu)
+def test_backward_matches_oracle(compiled_kernels, layer_arrays, assert_close, shape, dtype, relu, with_dh_n):
+    p = layer_arrays(_seed(shape, relu, with_dh_n, 1), _cell(relu), *shape, dtype)
     hs = _reference.elman_forward(p["x"], p["h0"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], relu)
     dh_n = p["dh_n"] if with_dh_n else None
     args = (p["d_out"], dh_n, p["x"], hs, p["w_ih"], p["w_hh"], relu)
@@ -104,9 +109,9 @@ def test_backward_matches_oracle(compiled_kernels, make_layer, assert_close, sha
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-def test_backward_with_clip_step_matches_oracle(compiled_kernels, make_layer, assert_close, tol, shape, dtype,
+def test_backward_with_clip_step_matches_oracle(compiled_kernels, layer_arrays, assert_close, tol, shape, dtype,
                                                 relu):
-    p = make_layer(_seed(shape, relu, 2), *shape, dtype, relu=relu)
+    p = layer_arrays(_seed(shape, relu, 2), _cell(relu), *shape, dtype)
     hs = _reference.elman_forward(p["x"], p["h0"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], relu)
     # Half the rows' δ_T (at least one) are above the clip: the clip does act.
     norms = _delta_last_step_norms(p, hs, relu)
@@ -122,10 +127,10 @@ def test_backward_with_clip_step_matches_oracle(compiled_kernels, make_layer, as
     assert not np.allclose(expected[4], unclipped[4], **tol(dtype, "effect"))
 
 
-def test_clip_step_bounds_every_delta(kernels, make_layer, assert_close_to_math, dtype):
+def test_clip_step_bounds_every_delta(kernels, layer_arrays, assert_close_to_math, dtype):
     # With T = 1 and B = 1, db is δ_1 itself: its norm is exactly the clip, and the
     # direction is that of the unclipped δ.
-    p = make_layer(np.random.default_rng(11), 1, 1, 4, 9, dtype)
+    p = layer_arrays(np.random.default_rng(11), "tanh", 1, 1, 4, 9, dtype)
     hs = _reference.elman_forward(p["x"], p["h0"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], False)
     args = (p["d_out"], p["dh_n"], p["x"], hs, p["w_ih"], p["w_hh"], False)
     free = _reference.elman_backward(*args)[4].astype(np.float64)
@@ -137,10 +142,10 @@ def test_clip_step_bounds_every_delta(kernels, make_layer, assert_close_to_math,
 
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 @pytest.mark.parametrize("clip", [None, 0.3], ids=["noclip", "clip"])
-def test_step_norms_match_oracle(compiled_kernels, make_layer, assert_close, assert_close_to_math, shape, dtype,
+def test_step_norms_match_oracle(compiled_kernels, layer_arrays, assert_close, assert_close_to_math, shape, dtype,
                                 relu, clip):
     T, B, _, _ = shape
-    p = make_layer(_seed(shape, relu, 3), *shape, dtype, relu=relu)
+    p = layer_arrays(_seed(shape, relu, 3), _cell(relu), *shape, dtype)
     hs = _reference.elman_forward(p["x"], p["h0"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], relu)
     args = (p["d_out"], p["dh_n"], p["x"], hs, p["w_ih"], p["w_hh"], relu, clip)
     expected = np.full((T, B), np.nan, dtype)
@@ -156,8 +161,8 @@ def test_step_norms_match_oracle(compiled_kernels, make_layer, assert_close, ass
         assert_close(a, e, dtype, name)
 
 
-def test_kernels_do_not_modify_their_inputs(kernels, make_layer, dtype, relu):
-    p = make_layer(np.random.default_rng(5), 6, 3, 4, 5, dtype, relu=relu)
+def test_kernels_do_not_modify_their_inputs(kernels, layer_arrays, dtype, relu):
+    p = layer_arrays(np.random.default_rng(5), _cell(relu), 6, 3, 4, 5, dtype)
     before = {k: v.copy() for k, v in p.items()}
     hs = kernels.elman_forward(p["x"], p["h0"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], relu)
     hs_before = hs.copy()

@@ -4,11 +4,13 @@ its sequences run one by one at their own lengths, against finite differences an
 is installed, against ``pack_padded_sequence``."""
 import numpy as np
 import pytest
+from _support import ALL_CELLS as CELLS
+from _support import as_state, torch_module
+from _support import state_parts as _parts
 
 import fastbptt as fb
 from fastbptt import _reference
 
-CELLS = ["tanh", "relu", "lstm", "gru"]
 F64 = np.dtype(np.float64)
 
 
@@ -17,10 +19,6 @@ def _pick(state, b):
     if isinstance(state, tuple):
         return tuple(a[:, b:b + 1] for a in state)
     return state[:, b:b + 1]
-
-
-def _parts(state):
-    return list(state) if isinstance(state, tuple) else [state]
 
 
 # --------------------------------------------------------------------------- kernels
@@ -200,11 +198,7 @@ def test_matches_torch_packed_sequence(cell, bidirectional, assert_close):
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
     rng = np.random.default_rng(9)
-    if cell in ("tanh", "relu"):
-        module = torch.nn.RNN(3, 4, num_layers=2, nonlinearity=cell, bidirectional=bidirectional)
-    else:
-        module = getattr(torch.nn, cell.upper())(3, 4, num_layers=2, bidirectional=bidirectional)
-    module = module.double()
+    module = torch_module(torch, cell, 3, 4, num_layers=2, bidirectional=bidirectional)
     model = fb.RNN(3, 4, cell=cell, num_layers=2, bidirectional=bidirectional, dtype="float64")
     model.load_state_dict(module.state_dict())
     lengths = np.array([2, 6, 4])
@@ -222,7 +216,7 @@ def test_matches_torch_packed_sequence(cell, bidirectional, assert_close):
     loss = (out_t * torch.from_numpy(d_out)).sum()
     loss = loss + sum((s_t * torch.from_numpy(d)).sum() for s_t, d in zip(_parts(h_n_t), d_h_n))
     loss.backward()
-    g = model.backward(d_out, tuple(d_h_n) if cell == "lstm" else d_h_n[0])
+    g = model.backward(d_out, as_state(cell, d_h_n))
     for name, p in module.named_parameters():
         assert_close(g.params[name], p.grad.numpy(), F64, name)
     assert_close(g.x, x_t.grad.numpy(), F64, "g.x")

@@ -127,9 +127,9 @@ def test_compiled_equals_the_oracle(compiled_backend, dtype, assert_close, p, cl
 @given(T=st.integers(1, 6), B=st.integers(1, 5), I=st.integers(1, 6), H=st.integers(1, 9),
        relu=st.booleans(), clip=st.sampled_from([None, 0.2, 3.0]), with_dh_n=st.booleans(),
        seed=st.integers(0, 2**32 - 1))
-def test_compiled_layer_kernels_equal_the_oracle(compiled_kernels, make_layer, assert_close, dtype,
+def test_compiled_layer_kernels_equal_the_oracle(compiled_kernels, layer_arrays, assert_close, dtype,
                                                  T, B, I, H, relu, clip, with_dh_n, seed):
-    p = make_layer(np.random.default_rng(seed), T, B, I, H, dtype, relu=relu)
+    p = layer_arrays(np.random.default_rng(seed), "relu" if relu else "tanh", T, B, I, H, dtype)
     args = (p["x"], p["h0"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], relu)
     expected = _reference.elman_forward(*args)
     if relu:  # both backends must agree on which side of the kink each unit is

@@ -38,7 +38,8 @@ def train(backend, dtype, hidden, seed, start=None):
     return model.state_dict(), losses
 
 
-# H = 48: per-step products in the compiled small-product loop; H = 80: through BLAS.
+# H = 48 and H = 80: B·H·H below and above the kernels' small-product threshold (which path
+# each takes is checked in test_paths.py; here only that threads do not mix).
 @pytest.mark.parametrize("hidden", [48, 80])
 @pytest.mark.parametrize("n_threads", [2, 4])
 def test_parallel_training_equals_sequential(backend, dtype, n_threads, hidden):
@@ -90,16 +91,26 @@ print(_backend._compiled.threads(), digest.hexdigest())
 """
 
 
+def _built_with_openmp(kernels):
+    """Whether a compiled build runs on an OpenMP team: a ``FASTBPTT_OPENMP=0`` build
+    (setup.py) calls no OpenMP function, so their names are absent from its binary."""
+    with open(kernels.__file__, "rb") as f:
+        return b"omp_get_max_threads" in f.read()
+
+
 @pytest.mark.parametrize("cell", ["tanh", "lstm", "gru"])
-def test_results_do_not_depend_on_the_thread_count(compiled_backend, cell, tmp_path):
+def test_results_do_not_depend_on_the_thread_count(compiled_kernels, cell, tmp_path):
     """One OpenMP thread or several, the float32 step gives the same bits (README: every
     product sums each element in the same order however its work is split; B = 24 runs the
     time loops in shards on two threads and whole on one). The team is sized when OpenMP
-    starts, so each count runs in a fresh process, importing this very fastbptt."""
+    starts, so each count runs in a fresh process, importing this very fastbptt. A build
+    without OpenMP (FASTBPTT_OPENMP=0) promises one thread whatever OMP_NUM_THREADS asks
+    for, and the same bits."""
     import os
     import subprocess
     import sys
 
+    openmp = _built_with_openmp(compiled_kernels)
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(fb.__file__)))
     results = {}
     for threads in (1, 2):
@@ -109,6 +120,13 @@ def test_results_do_not_depend_on_the_thread_count(compiled_backend, cell, tmp_p
                              text=True, cwd=tmp_path)
         assert run.returncode == 0, run.stderr
         team, digest = run.stdout.split()
-        assert int(team) == threads
+        assert int(team) == (threads if openmp else 1)
         results[threads] = digest
     assert results[1] == results[2]
+
+
+def test_openmp_detection_sees_this_builds_team(compiled_kernels):
+    """The premise of the test above: a build whose team has more than one thread is an
+    OpenMP build."""
+    if compiled_kernels.threads() > 1:
+        assert _built_with_openmp(compiled_kernels)

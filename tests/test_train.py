@@ -137,3 +137,55 @@ def test_history_counts_every_batch_when_logging_few(backend, tol):
     assert len(history.loss) == len(history.grad_norm) == 3
     assert history.batches == 7
     assert history.steps_per_second == pytest.approx(7 / history.seconds, rel=tol(np.float64, "ulp")["rtol"])
+
+
+class CountingLoss:
+    """mse, counting the calls that score the held-out data (its batch size tells them apart)."""
+
+    def __init__(self, eval_batch):
+        self.eval_batch = eval_batch
+        self.eval_calls = 0
+
+    def __call__(self, out, target, last_step=False):
+        if out.shape[1] == self.eval_batch:
+            self.eval_calls += 1
+        return fb.losses.mse(out, target, last_step=last_step)
+
+
+@pytest.mark.parametrize("steps, eval_every, log_every, expected", [
+    (6, 2, 3, [1, 3, 5]),      # the last batch is an eval batch and a log batch
+    (6, 2, 4, [1, 3, 5]),      # ... an eval batch, logged only because it is the last
+    (5, 2, 3, [1, 3, 4]),      # not an eval batch: one final evaluation
+    (5, None, 2, [4]),         # no periodic evaluation: the final one alone
+])
+def test_fit_evaluates_each_batch_once_whatever_log_every(backend, steps, eval_every, log_every, expected):
+    """The final evaluation runs only when the last batch has none yet: eval_step holds each
+    batch index once, and the held-out data is scored once per entry."""
+    model = _model(backend)
+    batches = [_data(5, 2, seed=s) for s in range(steps)]
+    eval_x, eval_y = _data(5, 3, seed=99)
+    loss = CountingLoss(eval_batch=3)
+    history = fit(model, batches, steps=steps, optimizer=Recorder(), loss=loss,
+                  eval_data=(eval_x, eval_y), eval_every=eval_every, log_every=log_every,
+                  progress=False)
+    assert history.eval_step == expected
+    assert len(history.eval_loss) == len(expected) == loss.eval_calls
+
+
+def test_fit_logs_the_last_batch_when_the_batches_run_out_early(backend):
+    """steps=10 with 5 batches: the last batch trained (4) is logged, and evaluated once."""
+    model = _model(backend)
+    batches = [_data(5, 2, seed=s) for s in range(5)]
+    history = fit(model, batches, steps=10, optimizer=Recorder(), eval_data=batches[0],
+                  eval_every=2, log_every=3, progress=False)
+    assert history.batches == 5
+    assert history.step == [0, 3, 4]
+    assert history.eval_step == [1, 3, 4]
+
+
+def test_fit_checks_log_every():
+    model = _model("numpy")
+    with pytest.raises(ValueError, match="log_every"):
+        fit(model, [_data(5, 2)], steps=1, optimizer=Recorder(), log_every=0, progress=False)
+    with pytest.raises(TypeError, match="log_every"):
+        fit(model, [_data(5, 2)], steps=1, optimizer=Recorder(), log_every=1.5, progress=False)

@@ -179,7 +179,9 @@ def _strided(a):
     return big[..., 0]
 
 
-BAD_PARAMS = [
+# Assigning into model.params copies into the one buffer: a wrong array is refused at once,
+# naming its key, and nothing changes.
+BAD_ASSIGNMENTS = [
     ("shape", lambda p: p.update(weight_hh_l0=np.zeros((H, H + 1), np.float32)), ValueError,
      r"weight_hh_l0.*shape.*\(6, 6\).*\(6, 7\)"),
     ("transposed-ih", lambda p: p.update(weight_ih_l0=np.zeros((I, H), np.float32)), ValueError,
@@ -188,37 +190,81 @@ BAD_PARAMS = [
      r"bias_ih_l1.*shape.*\(6,?\).*\(1, 6\)"),
     ("dtype", lambda p: p.update(weight_ih_l1=p["weight_ih_l1"].astype(np.float64)), TypeError,
      r"weight_ih_l1.*dtype float32.*float64"),
-    ("int", lambda p: p.update(bias_hh_l0=np.zeros(H, np.int32)), TypeError,
+    ("int", lambda p: p.__setitem__("bias_hh_l0", np.zeros(H, np.int32)), TypeError,
      r"bias_hh_l0.*dtype float32"),
-    ("list", lambda p: p.update(bias_hh_l1=[0.0] * H), TypeError,
+    ("list", lambda p: p.__setitem__("bias_hh_l1", [0.0] * H), TypeError,
      r"bias_hh_l1.*numpy.ndarray"),
-    ("fortran", lambda p: p.update(weight_hh_l1=np.asfortranarray(p["weight_hh_l1"])), ValueError,
-     r"weight_hh_l1.*contiguous"),
-    ("strided", lambda p: p.update(bias_ih_l0=_strided(p["bias_ih_l0"])), ValueError,
-     r"bias_ih_l0.*contiguous"),
-    ("nan", lambda p: p["weight_hh_l1"].__setitem__((2, 3), np.nan), ValueError,
-     r"weight_hh_l1.*(NaN|finite)"),
-    ("inf", lambda p: p["bias_hh_l0"].__setitem__(5, -np.inf), ValueError,
-     r"bias_hh_l0.*(NaN|finite)"),
-    ("missing", lambda p: p.pop("bias_hh_l1"), ValueError, r"missing.*bias_hh_l1"),
+    ("one-good-one-bad", lambda p: p.update(bias_hh_l1=np.zeros(H, np.float32),
+                                            bias_hh_l0=np.zeros(H + 1, np.float32)), ValueError,
+     r"bias_hh_l0.*shape"),
+    ("pop", lambda p: p.pop("bias_hh_l1"), TypeError, r"model.params has fixed keys"),
+    ("del", lambda p: p.__delitem__("bias_hh_l1"), TypeError, r"model.params has fixed keys"),
+    ("clear", lambda p: p.clear(), TypeError, r"model.params has fixed keys"),
     ("extra", lambda p: p.update(weight_out=np.zeros((1, H), np.float32)), ValueError,
-     r"unexpected.*weight_out"),
+     r"no array 'weight_out' \(unexpected key\)"),
 ]
 
 
-@pytest.mark.parametrize("case,corrupt,error,match", BAD_PARAMS, ids=[c[0] for c in BAD_PARAMS])
-def test_bad_parameter_is_rejected_not_crashed_on(backend, case, corrupt, error, match):
+@pytest.mark.parametrize("case,corrupt,error,match", BAD_ASSIGNMENTS, ids=[c[0] for c in BAD_ASSIGNMENTS])
+def test_bad_assignment_into_params_is_refused_and_changes_nothing(backend, case, corrupt, error, match):
+    model, twin = _model(backend), _model(backend)
+    before = model.flat_params.copy()
+    with pytest.raises(error, match=match):
+        corrupt(model.params)
+    np.testing.assert_array_equal(model.flat_params, before)
+    assert list(model.params) == list(twin.params)
+    for name, view in model.params.items():
+        assert view.base is model.flat_params, name
+    out, _ = model.forward(X_GOOD)
+    np.testing.assert_array_equal(out, twin.forward(X_GOOD)[0])
+
+
+# Values written in place are checked by forward, once over the whole buffer.
+BAD_VALUES = [
+    ("nan", lambda p: p["weight_hh_l1"].__setitem__((2, 3), np.nan), r"weight_hh_l1.*(NaN|finite)"),
+    ("inf", lambda p: p["bias_hh_l0"].__setitem__(5, -np.inf), r"bias_hh_l0.*(NaN|finite)"),
+    ("flat", lambda p: p.flat.__setitem__(-1, np.nan), r"bias_hh_l1.*(NaN|finite)"),  # the last
+]
+
+
+@pytest.mark.parametrize("case,corrupt,match", BAD_VALUES, ids=[c[0] for c in BAD_VALUES])
+def test_non_finite_parameter_is_rejected_not_crashed_on(backend, case, corrupt, match):
     model = _model(backend)
     corrupt(model.params)
-    with pytest.raises(error, match=match):
+    with pytest.raises(ValueError, match=match):
         model.forward(X_GOOD)
+
+
+@pytest.mark.parametrize("layout", ["fortran", "strided"])
+def test_assigning_a_strided_array_copies_its_values_into_the_buffer(backend, layout):
+    model, twin = _model(backend), _model(backend)
+    view = model.params["weight_hh_l1"]
+    new = np.asarray(np.random.default_rng(1).uniform(-0.3, 0.3, view.shape), np.float32)
+    given = np.asfortranarray(new) if layout == "fortran" else _strided(new)
+    model.params["weight_hh_l1"] = given
+    assert model.params["weight_hh_l1"] is view and view.base is model.flat_params
+    np.testing.assert_array_equal(view, new)
+    given[0, 0] = 7  # a copy: the caller's array stays the caller's
+    assert view[0, 0] == new[0, 0]
+    twin.params["weight_hh_l1"][...] = new
+    np.testing.assert_array_equal(model.forward(X_GOOD)[0], twin.forward(X_GOOD)[0])
 
 
 def test_params_must_stay_a_dict(backend):
     model = _model(backend)
-    model.params = list(model.params.values())
-    with pytest.raises(TypeError, match=r"params.*dict"):
-        model.forward(X_GOOD)
+    with pytest.raises(TypeError, match=r"model.params must be a dict of arrays, got list"):
+        model.params = list(model.params.values())
+    model.forward(X_GOOD)
+
+
+def test_assigning_model_params_copies_a_whole_dict_in(backend):
+    model, other = _model(backend), fb.RNN(I, H, num_layers=L, seed=5, backend=backend)
+    params = model.params
+    model.params = other.state_dict()
+    assert model.params is params
+    np.testing.assert_array_equal(model.flat_params, other.flat_params)
+    with pytest.raises(ValueError, match=r"model.params keys do not match the model: missing \['bias_hh_l1'\]"):
+        model.params = {k: v for k, v in other.state_dict().items() if k != "bias_hh_l1"}
 
 
 def test_a_failed_call_leaves_the_model_usable(backend):
@@ -346,3 +392,40 @@ def test_callers_arrays_are_never_modified(backend, dtype, num_layers, output_si
 def test_error_messages_name_the_expected_dtype_conversion(backend):
     with pytest.raises(TypeError, match=re.escape(".astype(np.float32)")):
         _model(backend).forward(X_GOOD.astype(np.float64))
+
+
+# --------------------------------------------------------------------------- state_dict, state_at
+
+
+@pytest.mark.parametrize("value", [[("weight_ih_l0", np.zeros((4, 3)))], "weights", None])
+def test_load_state_dict_needs_a_mapping(value):
+    model = fb.RNN(3, 4, seed=0)
+    with pytest.raises(TypeError, match=r"state_dict must be a dict of arrays"):
+        model.load_state_dict(value)
+
+
+def test_params_and_state_dict_key_errors_are_worded_alike():
+    model = fb.RNN(3, 4, seed=0)
+    sd = model.state_dict()
+    del sd["bias_hh_l0"]
+    with pytest.raises(ValueError, match=r"^state_dict keys do not match the model: missing \['bias_hh_l0'\], unexpected \[\]$"):
+        model.load_state_dict(sd)
+    with pytest.raises(ValueError, match=r"^model.params keys do not match the model: missing \['bias_hh_l0'\], unexpected \[\]$"):
+        model.params = sd
+
+
+def test_state_at_checks_its_step_and_the_cache():
+    model = fb.RNN(3, 4, seed=0, dtype="float64")
+    with pytest.raises(RuntimeError, match="no full, unidirectional, unpacked forward cache"):
+        model.state_at(0)
+    x = np.random.default_rng(0).standard_normal((5, 2, 3))
+    out, h_n = model.forward(x)
+    np.testing.assert_array_equal(model.state_at(5), h_n)
+    np.testing.assert_array_equal(model.state_at(0), np.zeros_like(h_n))
+    np.testing.assert_array_equal(model.state_at(2)[0], out[1])
+    for t in (-1, 6, 2.0, True):
+        with pytest.raises(ValueError, match=r"t must be an int in \[0, 5\]"):
+            model.state_at(t)
+    model.forward(x, checkpoint=2)
+    with pytest.raises(RuntimeError, match="no full"):
+        model.state_at(1)

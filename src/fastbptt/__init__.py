@@ -10,7 +10,8 @@ from . import losses, optim, tasks, train
 from ._backend import available_backends
 from .clip import clip_grad_norm, clip_grad_value
 from .gradcheck import GradcheckError, gradcheck
-from .model import RNN, Gradients, load
+from .model import RNN, Gradients
+from .serialization import load
 
 __version__ = "0.1.0"
 

@@ -2,6 +2,8 @@
 import argparse
 import sys
 
+from ._cells import CELLS
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
@@ -34,7 +36,7 @@ def main(argv=None):
     char.add_argument("--seq-length", type=int, default=25)
     char.add_argument("--lr", type=float, default=0.1)
     char.add_argument("--steps", type=int, default=20000)
-    char.add_argument("--cell", default="tanh", help="tanh, relu, lstm or gru")
+    char.add_argument("--cell", default="tanh", choices=list(CELLS), help="the recurrent cell (default: tanh)")
     char.add_argument("--sample-every", type=int, default=2000)
     char.add_argument("--seed", type=int, default=0)
     char.add_argument("--no-progress", action="store_true")

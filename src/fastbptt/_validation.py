@@ -3,6 +3,8 @@
 The compiled kernels run without bounds checks, so everything they receive is checked here
 first: type, dtype, shape, finiteness. Errors name the argument and say what was expected.
 """
+from collections.abc import Mapping
+
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -87,3 +89,51 @@ def check_lengths(lengths, T, B):
         raise ValueError(f"lengths must lie in [1, {T}] (T, the sequence length), got values in "
                          f"[{arr.min()}, {arr.max()}]")
     return arr.astype(np.int64)
+
+
+def check_choice(name, value, choices):
+    """``value`` when it is one of ``choices``; a ValueError listing them otherwise."""
+    if not any(isinstance(value, type(c)) and value == c for c in choices):
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+def check_bool(name, value):
+    """``value`` as a bool; only True/False (Python's or NumPy's) are accepted."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
+
+
+def check_seed(name, value):
+    """None, or a non-negative int (a bool is not one)."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be a non-negative int or None, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be a non-negative int or None, got {value}")
+    return int(value)
+
+
+def check_keys(name, mapping, expected, owner):
+    """The keys of ``mapping`` must be exactly ``expected``; the error lists what is missing
+    and what is unexpected, both in order."""
+    if not isinstance(mapping, Mapping):
+        raise TypeError(f"{name} must be a dict of arrays, got {type(mapping).__name__}")
+    if mapping.keys() != set(expected):
+        missing = [k for k in expected if k not in mapping]
+        extra = [k for k in mapping if k not in expected]
+        raise ValueError(f"{name} keys do not match {owner}: missing {missing}, unexpected {extra}")
+
+
+def check_float_values(name, value, shape):
+    """An array of finite floating-point values of ``shape`` (any float dtype: the caller
+    converts), e.g. one entry of a state_dict; never modifies ``value``."""
+    if value.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {shape_str(shape)}, got {shape_str(value.shape)}")
+    if not np.issubdtype(value.dtype, np.floating):
+        raise TypeError(f"{name} must hold floating-point values, got dtype {value.dtype}")
+    if not _all_finite(value):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return value

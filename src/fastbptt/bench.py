@@ -34,8 +34,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _backend
-from .model import GATES, RNN
+from . import _backend, _cells
+from .model import RNN
 
 DTYPE = np.float32
 
@@ -66,20 +66,6 @@ SHAPES = {
 QUICK_ROUNDS, QUICK_WARMUP = 3, 1
 
 
-def _torch_elman(nonlinearity):
-    def build(torch, I, H):
-        return torch.nn.RNN(I, H, nonlinearity=nonlinearity)
-    return build
-
-
-# Cells to benchmark: the torch module that computes the same step.
-CELLS = {
-    "tanh": _torch_elman("tanh"),
-    "relu": _torch_elman("relu"),
-    "lstm": lambda torch, I, H: torch.nn.LSTM(I, H),
-    "gru": lambda torch, I, H: torch.nn.GRU(I, H),
-}
-
 # Implementation name -> the label the tables print.
 IMPLEMENTATIONS = {"cython": "compiled", "numpy": "numpy", "torch": "torch"}
 # The same for ``--lengths``: each implementation padded, then with lengths (packed).
@@ -94,12 +80,13 @@ SGEMM_ROUNDS = 10
 
 def step_flops(shape, cell="tanh"):
     """Multiply-adds ×2 of one step: forward 2·T·B·G·H·(I+H), backward twice that."""
-    G = GATES[cell]
+    G = _cells.CELLS[cell].gates
     return 3 * 2 * shape.T * shape.B * G * shape.H * (shape.I + shape.H)
 
 
-def inputs(shape, cell="tanh", seed=0):
-    """The fixed x (T, B, I) and d_out (T, B, H) every implementation is timed on."""
+def inputs(shape, seed=0):
+    """The fixed x (T, B, I) and d_out (T, B, H) every implementation is timed on (the same
+    for every cell: each cell's layer outputs (T, B, H))."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((shape.T, shape.B, shape.I)).astype(DTYPE)
     d_out = rng.standard_normal((shape.T, shape.B, shape.H)).astype(DTYPE)
@@ -136,7 +123,7 @@ def make_step(impl, shape, cell="tanh", seed=0):
     into torch under the same names) and the same x and d_out, so that they run in the same
     numeric regime.
     """
-    x, d_out = inputs(shape, cell, seed)
+    x, d_out = inputs(shape, seed)
     impl, _, packed = impl.partition("+")
     lengths = mixed_lengths(shape, seed) if packed else None
     if impl == "torch":
@@ -156,12 +143,14 @@ def _torch_step(cell, params, x, d_out, lengths=None):
 
     B = x.shape[1]
     I, H = params["weight_ih_l0"].shape[1], params["weight_hh_l0"].shape[1]
-    module = CELLS[cell](torch, I, H)
+    spec = _cells.CELLS[cell]
+    module = spec.torch_module(torch, I, H)
     module.load_state_dict({name: torch.from_numpy(value.copy()) for name, value in params.items()})
     # fastbptt's backward always returns dx and dh0: ask torch for them too.
     x_t = torch.from_numpy(x).requires_grad_(True)
-    h0 = torch.zeros((1, B, H), dtype=torch.float32, requires_grad=True)
-    state = (h0, torch.zeros_like(h0, requires_grad=True)) if cell == "lstm" else h0
+    states = tuple(torch.zeros((1, B, H), dtype=torch.float32, requires_grad=True)
+                   for _ in spec.states)
+    state = states[0] if len(states) == 1 else states
     d_out_t = torch.from_numpy(d_out)
     if lengths is not None:
         from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -170,7 +159,7 @@ def _torch_step(cell, params, x, d_out, lengths=None):
     def step():
         module.zero_grad(set_to_none=True)
         x_t.grad = None
-        for s in (state if cell == "lstm" else (state,)):
+        for s in states:
             s.grad = None
         if lengths is None:
             out, _ = module(x_t, state)
@@ -308,7 +297,7 @@ def _parse(argv):
     )
     parser.add_argument("--shapes", default=",".join(SHAPES),
                         help=f"comma-separated, from {', '.join(SHAPES)} (default: all)")
-    parser.add_argument("--cell", choices=list(CELLS), default="tanh",
+    parser.add_argument("--cell", choices=list(_cells.CELLS), default="tanh",
                         help="the recurrent cell (default: tanh)")
     parser.add_argument("--lengths", action="store_true",
                         help="variable-length batches (lengths spread over 1..T) against the "

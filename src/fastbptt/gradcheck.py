@@ -1,6 +1,7 @@
 """Checking a model's backward pass against central finite differences, in float64."""
 import numpy as np
 
+from . import _cells
 from ._validation import check_positive_int
 
 __all__ = ["GradcheckError", "gradcheck"]
@@ -29,23 +30,25 @@ def gradcheck(model, x, h0=None, *, lengths=None, eps=1e-6, rtol=1e-5, atol=1e-8
     twin.load_state_dict(model.params)
     x = np.asarray(x, dtype=np.float64).copy()
     L, H = twin.num_layers * twin.num_directions, twin.hidden_size
-    # The state as a list of arrays: [h] or, for an LSTM, [h, c].
-    parts = 2 if twin.cell == "lstm" else 1
+    # The state as a list of arrays: [h] or, for an LSTM, [h, c]; the public API's form is
+    # the array itself for a state of one array, else a tuple.
+    names = _cells.CELLS[twin.cell].states
+    single = len(names) == 1
     if h0 is None:
-        state = [np.zeros((L, x.shape[1], H)) for _ in range(parts)]
+        state = [np.zeros((L, x.shape[1], H)) for _ in names]
     else:
-        state = [np.asarray(a, dtype=np.float64).copy() for a in (h0 if parts == 2 else [h0])]
+        state = [np.asarray(a, dtype=np.float64).copy() for a in ([h0] if single else h0)]
 
-    def as_h0():
-        return tuple(state) if parts == 2 else state[0]
+    def as_h0(parts=state):
+        return parts[0] if single else tuple(parts)
 
     def as_list(h):
-        return list(h) if parts == 2 else [h]
+        return [h] if single else list(h)
 
     out, h_n = twin.forward(x, as_h0(), lengths=lengths)
     r_out = rng.standard_normal(out.shape)
     r_h = [rng.standard_normal(a.shape) for a in as_list(h_n)]
-    g = twin.backward(r_out, tuple(r_h) if parts == 2 else r_h[0])
+    g = twin.backward(r_out, as_h0(r_h))
 
     def loss():
         o, h = twin.forward(x, as_h0(), lengths=lengths)
@@ -53,7 +56,7 @@ def gradcheck(model, x, h0=None, *, lengths=None, eps=1e-6, rtol=1e-5, atol=1e-8
 
     targets = [(f"params[{name!r}]", twin.params[name], g.params[name]) for name in twin.params]
     targets.append(("x", x, g.x))
-    labels = ["h0"] if parts == 1 else ["h0[0]", "h0[1]"]
+    labels = ["h0"] if single else [f"h0[{i}]" for i in range(len(names))]
     targets += [(label, a, da) for label, a, da in zip(labels, state, as_list(g.h0))]
     failures, worst = [], 0.0
     for label, array, analytic in targets:

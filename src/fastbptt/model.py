@@ -1,85 +1,92 @@
-"""The ``RNN`` class: parameters, validation and layer stacking around the backend kernels.
+"""The ``RNN`` class: parameters, validation and the forward/backward of the whole network.
 
 The model holds its parameters under PyTorch's names and shapes, checks every array before a
-kernel sees it, stacks layers on the backend's one-layer functions and keeps the forward cache
-for ``backward``. It never knows which backend it runs on.
+kernel sees it, runs the recurrent layers through ``_stacking`` (on the cell's kernels from
+the table in ``_cells``), the optional linear readout itself, and keeps the forward cache
+for ``backward``. Variable lengths and time reversal live in ``_packing``, files in
+``serialization``, the flat buffers that ``params`` and ``g.params`` are views of in
+``_flat``. It never knows which backend it runs on.
 """
-import json
-import zipfile
-import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 
-from . import _backend
+from . import _backend, _cells, serialization
+from ._flat import FlatArrays, Layout
+from ._packing import Packing
+from ._stacking import Stack, StackRun
 from ._validation import (
     as_float_dtype,
     check_array,
+    check_bool,
+    check_choice,
+    check_float_values,
+    check_keys,
     check_lengths,
     check_positive_int,
     check_positive_number,
+    check_seed,
 )
 
-CELLS = ("tanh", "relu", "lstm", "gru")
+CELLS = tuple(_cells.CELLS)
 INITS = ("default", "identity", "orthogonal")
-GATES = {"tanh": 1, "relu": 1, "lstm": 4, "gru": 3}
 
-FORMAT_VERSION = 1
 CONFIG_KEYS = ("input_size", "hidden_size", "cell", "num_layers", "output_size",
                "bidirectional", "init", "dtype", "seed")
-
-
-class _Packing(NamedTuple):
-    """How forward ran a batch of variable lengths (PyTorch's PackedSequence, on padded arrays).
-
-    order: the permutation that sorts the batch longest first (the kernels' row order);
-    inverse: its inverse; lengths (B,): the sorted lengths; batch_sizes (T,): how many
-    sequences still run at each step; finished (T, B): True past each sorted sequence's end;
-    flip (T, B): the time index that reverses each sorted sequence within its own length
-    (for the reverse direction).
-    """
-
-    order: np.ndarray
-    inverse: np.ndarray
-    lengths: np.ndarray
-    batch_sizes: np.ndarray
-    finished: np.ndarray
-    flip: np.ndarray
-
-    @classmethod
-    def of(cls, lengths, T):
-        order = np.argsort(-lengths, kind="stable")
-        sorted_lengths = lengths[order]
-        steps = np.arange(T)[:, None]
-        finished = steps >= sorted_lengths
-        batch_sizes = np.ascontiguousarray(np.count_nonzero(~finished, axis=1), dtype=np.intp)
-        flip = np.where(finished, steps, sorted_lengths - 1 - steps)
-        return cls(order, np.argsort(order), sorted_lengths, batch_sizes, finished, flip)
-
-    def sort(self, a, axis=1):
-        """a's batch axis in the kernels' order (longest first): a new contiguous array."""
-        return np.take(a, self.order, axis=axis)
-
-    def unsort(self, a, axis=1):
-        """The inverse of :meth:`sort`: the batch back in the caller's order."""
-        return np.take(a, self.inverse, axis=axis)
+FORMAT_VERSION = serialization.FORMAT_VERSION
+load = serialization.load
 
 
 @dataclass
 class Gradients:
-    """What :meth:`RNN.backward` returns.
+    """What :meth:`RNN.backward` returns. D = 2 when bidirectional, else 1; L the layers.
 
-    params: dict with the same keys and shapes as ``model.params``.
-    x: (T, B, I), the gradient with respect to the input sequence.
-    h0: (L, B, H), the gradient with respect to the initial state.
-    step_norms: (L, T, B) ‖∂E/∂s_t‖ of each layer, step and sequence, when asked for.
+    params: dict with the same keys, order and shapes as ``model.params``; its arrays are
+        the consecutive views of ``flat`` (a ``FlatArrays``, like ``model.params``).
+    flat: (P,) every parameter's gradient in one array, in ``model.param_shapes()`` order,
+        laid out as ``model.flat_params``.
+    x: (T, B, I), the gradient with respect to the input sequence; None when backward was
+        called with ``input_grad=False``.
+    h0: (D·L, B, H), the gradient with respect to the initial state; for an LSTM a pair
+        (h, c) of such arrays, like ``h0``.
+    step_norms: (D·L, T, B) ‖∂E/∂h_t‖ of each layer and direction, step and sequence, when
+        asked for (else None).
     """
 
     params: dict
-    x: np.ndarray
-    h0: np.ndarray
+    x: Optional[np.ndarray]
+    h0: object
     step_norms: np.ndarray = field(default=None, repr=False)
+    flat: np.ndarray = field(default=None, repr=False)
+
+
+class _Segment(NamedTuple):
+    """One stretch [start, stop) of time of a forward. batch_sizes: the kernels' (or None);
+    run: the stack's :class:`StackRun` when every state is kept, else None; initial: the
+    states (S, D·L, B, H) at ``start`` when checkpointed (backward reruns it), else None."""
+
+    start: int
+    stop: int
+    batch_sizes: Optional[np.ndarray]
+    run: Optional[StackRun]
+    initial: Optional[np.ndarray]
+
+
+class _ForwardCache(NamedTuple):
+    """What forward keeps for backward: x (T, B, I), sorted longest first when ``packing``
+    is given; the segments; the parameters forward ran with; the packing (None without
+    lengths)."""
+
+    x: np.ndarray
+    segments: list
+    params: dict
+    packing: Optional[Packing]
+
+    @property
+    def checkpointed(self):
+        return self.segments[0].run is None
 
 
 class RNN:
@@ -101,6 +108,18 @@ class RNN:
     seed : int or None
         Seed of the initialisation; the same seed gives the same parameters.
     backend : {"auto", "cython", "numpy"}
+
+    Attributes
+    ----------
+    params : dict of arrays
+        PyTorch's names and shapes (see :meth:`param_shapes`), in that order; the arrays are
+        the consecutive views of ``flat_params``. Write into them in place to change the
+        parameters (an optimizer does). Assigning a key, ``params[name] = a``, copies ``a``
+        (an ndarray of that key's shape and the model's dtype) into the key's view, and
+        assigning ``model.params = d`` copies every array of ``d`` in: the arrays stay views
+        of the one buffer. Keys cannot be removed.
+    flat_params : (P,) array
+        Every parameter in one contiguous array, in ``param_shapes()`` order.
     """
 
     def __init__(self, input_size, hidden_size, *, cell="tanh", num_layers=1, output_size=None,
@@ -109,24 +128,24 @@ class RNN:
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.num_layers = check_positive_int("num_layers", num_layers)
         self.output_size = None if output_size is None else check_positive_int("output_size", output_size)
-        if cell not in CELLS:
-            raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
-        if init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {init!r}")
-        if not isinstance(bidirectional, (bool, np.bool_)):
-            raise TypeError(f"bidirectional must be a bool, got {bidirectional!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-            raise TypeError(f"seed must be an int or None, got {seed!r}")
-        if seed is not None and seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed}")
-        self.cell = cell
-        self.bidirectional = bool(bidirectional)
-        self.init = init
+        self.cell = check_choice("cell", cell, CELLS)
+        self.init = check_choice("init", init, INITS)
+        self.bidirectional = check_bool("bidirectional", bidirectional)
         self.dtype = as_float_dtype(dtype)
-        self.seed = None if seed is None else int(seed)
+        self.seed = check_seed("seed", seed)
         self.backend, self._kernels = _backend.resolve(backend)
+        self._cell = _cells.CELLS[self.cell]
+        self._stack = Stack(self._cell, self._kernels, self.num_layers, self.num_directions,
+                            self.hidden_size)
         self._cache = None
-        self.params = self._initial_params(np.random.default_rng(seed))
+        self._layout = Layout(self._param_layout())
+        self._shapes = self._layout.shapes
+        size = self._layout.size
+        self._params = FlatArrays(np.empty(size, self.dtype), self._layout, "model.params")
+        # What forward runs on and backward takes the gradients at: a copy of the parameters
+        # made by every forward, into this buffer allocated once (see _params_for_cache).
+        self._snapshot = FlatArrays(np.empty(size, self.dtype), self._layout, "the forward's parameters")
+        self._params.update(self._initial_params(np.random.default_rng(self.seed)))
 
     # ----------------------------------------------------------------- configuration
 
@@ -139,13 +158,47 @@ class RNN:
         """The constructor's arguments, enough to rebuild the model (``backend`` aside)."""
         return {key: self.dtype.name if key == "dtype" else getattr(self, key) for key in CONFIG_KEYS}
 
+    def __getstate__(self):
+        # copy.deepcopy and pickle: the backend's module is named, not copied, and the cache
+        # is left behind (it holds views of the snapshot buffer, which a copy would detach)
+        state = dict(self.__dict__, _cache=None)
+        del state["_kernels"], state["_stack"], state["_cell"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._cell = _cells.CELLS[self.cell]
+        self._kernels = _backend.resolve(self.backend)[1]
+        self._stack = Stack(self._cell, self._kernels, self.num_layers, self.num_directions,
+                            self.hidden_size)
+
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
         return f"RNN({args}, backend={self.backend!r})"
 
+    @property
+    def params(self):
+        return self._params
+
+    @params.setter
+    def params(self, value):
+        if not isinstance(value, Mapping):
+            raise TypeError(f"model.params must be a dict of arrays, got {type(value).__name__}")
+        check_keys("model.params", value, self._shapes, "the model")
+        if value is not self._params:
+            self._params.update(value)
+
+    @property
+    def flat_params(self):
+        """(P,): every parameter in one contiguous array (``params`` are views into it)."""
+        return self._params.flat
+
     def param_shapes(self):
-        """{name: shape} of every parameter, in PyTorch's order."""
-        G, H = GATES[self.cell], self.hidden_size
+        """{name: shape} of every parameter, in PyTorch's order (that of ``flat_params``)."""
+        return dict(self._shapes)
+
+    def _param_layout(self):
+        G, H = self._cell.gates, self.hidden_size
         shapes = {}
         for k in range(self.num_layers):
             I_k = self.input_size if k == 0 else H * self.num_directions
@@ -185,32 +238,56 @@ class RNN:
 
     # ----------------------------------------------------------------- validation
 
-    def _check_params(self):
-        """The parameter arrays, checked; a wrong one raises naming its key."""
-        shapes = self.param_shapes()
-        params = self.params
-        if not isinstance(params, dict):
-            raise TypeError(f"model.params must be a dict, got {type(params).__name__}")
-        if params.keys() != shapes.keys():
-            missing = [k for k in shapes if k not in params]
-            extra = [k for k in params if k not in shapes]
-            raise ValueError(f"model.params keys do not match the model: missing {missing}, unexpected {extra}")
+    def all_finite(self, a):
+        """True when no element of the array ``a`` is NaN or infinite (a compiled scan on the
+        compiled backend)."""
+        return self._kernels.all_finite(a)
+
+    def _checked_params(self):
+        """model.params after one finiteness scan of the whole buffer (their keys, shapes,
+        dtype and layout cannot change); a non-finite value raises naming its key."""
         all_finite = self._kernels.all_finite
-        checked = {}
-        for name, shape in shapes.items():
-            a = params[name]
-            # The common case in a few attribute reads; check_array words the error otherwise.
-            if not (type(a) is np.ndarray and a.dtype == self.dtype and a.shape == shape
-                    and a.flags.c_contiguous and all_finite(a)):
-                check_array(f"params[{name!r}]", a, shape, self.dtype,
-                            finite_check=all_finite, copy_strided=False)
-            # A copy for the cache: an optimizer may update model.params in place before
-            # backward, whose gradients belong to the parameters forward ran with.
-            checked[name] = a.copy()
-        return checked
+        params = self._params
+        if not all_finite(params.flat):
+            bad = next(name for name, a in params.items() if not all_finite(a))
+            raise ValueError(f"model.params[{bad!r}] contains NaN or infinite values")
+        return params
+
+    def _params_for_cache(self):
+        """The parameters as forward runs them and backward takes the gradients at: a copy
+        into the snapshot buffer (one memcpy, no allocation), since anything may write
+        model.params in place between forward and backward (an optimizer step, a user's
+        ``params[k] -= ...``) and the gradients belong to the parameters forward ran with.
+        The previous forward's cache, which held the snapshot, is dropped first."""
+        self._cache = None
+        np.copyto(self._snapshot.flat, self._params.flat)
+        return self._snapshot
 
     def _check(self, name, a, shape):
         return check_array(name, a, shape, self.dtype, finite_check=self._kernels.all_finite)
+
+    # ----------------------------------------------------------------- states
+
+    def _state_in(self, name, value, B):
+        """A public state (h, or (h, c) for an LSTM) as one (S, D·L, B, H) array, or None."""
+        if value is None:
+            return None
+        shape = (self._stack.size, B, self.hidden_size)
+        count = self._cell.state_count
+        if count == 1:
+            return self._check(name, value, shape)[None].copy()
+        if not isinstance(value, (tuple, list)) or len(value) != count:
+            pair = ", ".join(self._cell.states)
+            raise TypeError(f"{name} of an {self.cell.upper()} must be a pair ({pair}) of arrays "
+                            f"{shape}, got {type(value).__name__}")
+        return np.stack([self._check(f"{name}[{i}]", v, shape) for i, v in enumerate(value)])
+
+    def _state_out(self, state):
+        """The (S, D·L, B, H) state as the public API gives it: an array, or a tuple of S."""
+        return state[0] if self._cell.state_count == 1 else tuple(state)
+
+    def _zero_state(self, B):
+        return np.zeros((self._cell.state_count, self._stack.size, B, self.hidden_size), self.dtype)
 
     # ----------------------------------------------------------------- forward / backward
 
@@ -235,7 +312,7 @@ class RNN:
         lengths nor checkpoint is given); h_n the final states, shaped like h0.
         The cache for ``backward`` is kept; x must not change before ``backward``.
         """
-        params = self._check_params()
+        self._checked_params()
         x = self._check("x", x, (None, None, self.input_size))
         T, B, _ = x.shape
         if checkpoint is None:
@@ -247,30 +324,29 @@ class RNN:
                                  "reverse direction needs the whole sequence at once")
         state = self._state_in("h0", h0, B)
         if state is None:
-            state = np.zeros((self._state_count, self._layers_and_directions, B, self.hidden_size), self.dtype)
-        packing = None
+            state = self._zero_state(B)
+        packing = flip = None
         if lengths is not None:
-            packing = _Packing.of(check_lengths(lengths, T, B), T)
-            # Longest first, so that the sequences still running at any step are a prefix of
-            # the batch: the kernels shrink each step's work to that prefix.
+            packing = Packing.of(check_lengths(lengths, T, B), T)
             x = packing.sort(x)
             state = packing.sort(state, axis=2)
             final = np.empty_like(state)
-        flip = None if packing is None else packing.flip
+            flip = packing.flip
+        params = self._params_for_cache()  # the inputs are all checked: the run starts here
         starts = range(0, T, segment)
         segments, out = [], None
         for start in starts:
             stop = min(start + segment, T)
             sizes = None if packing is None else packing.batch_sizes[start:stop]
             initial = state
-            inputs, runs, top = self._layers_forward(params, x[start:stop], state, sizes, flip)
-            state = self._final_state(runs)
+            run = self._stack.forward(params, x[start:stop], state, sizes, flip)
+            state = self._stack.final_state(run.runs)
             if packing is not None:
                 # The kernels zero a finished sequence's states: its h_n is its state at its
                 # own last step, taken in the segment where it ends.
-                ends = np.flatnonzero((packing.lengths > start) & (packing.lengths <= stop))
-                final[:, :, ends] = self._final_state(runs, packing.lengths[ends] - start, ends)
-            seg_out = self._readout_forward(params, top)
+                ends = packing.ending_in(start, stop)
+                final[:, :, ends] = self._stack.final_state(run.runs, packing.lengths[ends] - start, ends)
+            seg_out = self._readout_forward(params, run.top)
             if len(starts) == 1:
                 out = seg_out
                 if self.output_size is None and packing is None:
@@ -283,108 +359,19 @@ class RNN:
                     out = np.empty((T, B) + seg_out.shape[2:], dtype=self.dtype)
                 out[start:stop] = seg_out
             # A checkpointed segment keeps only its initial states; backward recomputes it.
-            segments.append((start, stop, sizes, (inputs, runs, top) if checkpoint is None else initial))
+            if checkpoint is None:
+                segments.append(_Segment(start, stop, sizes, run, None))
+            else:
+                segments.append(_Segment(start, stop, sizes, None, initial))
         if packing is not None:
             if self.output_size is not None:
                 out[packing.finished] = 0   # the states are zero there; the readout's bias is not
             out = packing.unsort(out)
             state = packing.unsort(final, axis=2)
-        self._cache = (x, segments, params, checkpoint is not None, packing)
+        self._cache = _ForwardCache(x, segments, params, packing)
         return out, self._state_out(state)
 
     __call__ = forward
-
-    @property
-    def _state_count(self):
-        """Arrays in a layer's state: (h, c) for an LSTM, h otherwise."""
-        return 2 if self.cell == "lstm" else 1
-
-    @property
-    def _layers_and_directions(self):
-        return self.num_layers * self.num_directions
-
-    def _state_in(self, name, value, B):
-        """A public state (h, or (h, c) for an LSTM) as one (S, D·L, B, H) array, or None."""
-        if value is None:
-            return None
-        shape = (self._layers_and_directions, B, self.hidden_size)
-        if self.cell == "lstm":
-            if not isinstance(value, (tuple, list)) or len(value) != 2:
-                raise TypeError(f"{name} of an LSTM must be a pair (h, c) of arrays {shape}, "
-                                f"got {type(value).__name__}")
-            return np.stack([self._check(f"{name}[{i}]", v, shape) for i, v in enumerate(value)])
-        return self._check(name, value, shape)[None].copy()
-
-    def _state_out(self, state):
-        return (state[0], state[1]) if self.cell == "lstm" else state[0]
-
-    def _final_state(self, runs, steps=-1, rows=slice(None)):
-        """The state (S, D·L, B, H) after every direction's last step; or rows ``rows`` of it
-        after steps ``steps`` (one per row), counted from the run's start."""
-        return np.stack([np.stack([run[s][steps, rows] for run in runs])
-                         for s in range(self._state_count)])
-
-    def _weights(self, params, index):
-        k, suffix = divmod(index, self.num_directions)
-        suffix = "_reverse" if suffix else ""
-        return tuple(params[f"{kind}_l{k}{suffix}"] for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
-
-    def _direction_forward(self, params, index, x, state, sizes):
-        """One layer, one direction over x (T, B, I) from state (S, B, H), ``sizes`` the
-        kernels' batch_sizes; returns its cache, whose first entry holds the states
-        (T+1, B, H), h0 first."""
-        w_ih, w_hh, b_ih, b_hh = self._weights(params, index)
-        kernels = self._kernels
-        if self.cell == "lstm":
-            return kernels.lstm_forward(x, state[0], state[1], w_ih, w_hh, b_ih, b_hh, sizes)
-        if self.cell == "gru":
-            return kernels.gru_forward(x, state[0], w_ih, w_hh, b_ih, b_hh, sizes)
-        return (kernels.elman_forward(x, state[0], w_ih, w_hh, b_ih, b_hh, self.cell == "relu", sizes),)
-
-    def _direction_backward(self, params, index, d_out, d_state, x, run, clip_step, norms, sizes):
-        """Backpropagate one layer, one direction; returns (dx, d_state0 (S, B, H), grads)."""
-        w_ih, w_hh, _, _ = self._weights(params, index)
-        k, reverse = divmod(index, self.num_directions)
-        suffix = f"_l{k}_reverse" if reverse else f"_l{k}"
-        kernels = self._kernels
-        if self.cell == "lstm":
-            dx, dh0, dc0, dw_ih, dw_hh, db = kernels.lstm_backward(
-                d_out, d_state[0], d_state[1], x, *run, w_ih, w_hh, clip_step, norms, sizes)
-            d_state0, db_ih, db_hh = (dh0, dc0), db, db
-        elif self.cell == "gru":
-            dx, dh0, dw_ih, dw_hh, db_ih, db_hh = kernels.gru_backward(
-                d_out, d_state[0], x, *run, w_ih, w_hh, clip_step, norms, sizes)
-            d_state0 = (dh0,)
-        else:
-            dx, dh0, dw_ih, dw_hh, db = kernels.elman_backward(
-                d_out, d_state[0], x, run[0], w_ih, w_hh, self.cell == "relu", clip_step, norms,
-                sizes)
-            d_state0, db_ih, db_hh = (dh0,), db, db
-        grads = {f"weight_ih{suffix}": dw_ih, f"weight_hh{suffix}": dw_hh,
-                 f"bias_ih{suffix}": db_ih, f"bias_hh{suffix}": db_hh}
-        return dx, d_state0, grads
-
-    def _layers_forward(self, params, x, state, sizes, flip):
-        """Run every layer and direction over x (T, B, I) from state (S, D·L, B, H).
-
-        sizes: the kernels' batch_sizes, or None; flip: see :class:`_Packing`, or None.
-        Returns (inputs, runs, top): inputs[k] the input of layer k (inputs[0] = x), runs
-        each direction's cache in PyTorch's order, top the last layer's output (T, B, D·H).
-        """
-        D = self.num_directions
-        inputs, runs, layer_in = [], [], x
-        for k in range(self.num_layers):
-            inputs.append(layer_in)
-            outs = []
-            for d in range(D):
-                run = self._direction_forward(
-                    params, k * D + d,
-                    layer_in if d == 0 else np.ascontiguousarray(_reverse_time(layer_in, flip)),
-                    state[:, k * D + d], sizes)
-                runs.append(run)
-                outs.append(run[0][1:] if d == 0 else _reverse_time(run[0][1:], flip))
-            layer_in = outs[0] if D == 1 else np.concatenate(outs, axis=2)
-        return inputs, runs, layer_in
 
     def _readout_forward(self, params, top):
         if self.output_size is None:
@@ -393,7 +380,7 @@ class RNN:
         return self._kernels.linear_forward(
             top.reshape(T * B, F), params["weight_out"], params["bias_out"]).reshape(T, B, self.output_size)
 
-    def backward(self, d_out, d_h_n=None, clip_step=None, step_norms=False):
+    def backward(self, d_out, d_h_n=None, clip_step=None, step_norms=False, input_grad=True):
         """Backpropagate through the last forward call.
 
         d_out: ∂E/∂out, the shape of forward's ``out``; d_h_n: ∂E/∂h_n shaped like h_n, or None.
@@ -401,19 +388,23 @@ class RNN:
             the backward sweep (so a batch gives the same result as its rows one by one).
         step_norms: when True, ``g.step_norms`` (D·L, T, B) holds ‖∂E/∂h_t‖ of every layer,
             direction, step and sequence (0 past a sequence's end, with lengths).
-        Returns :class:`Gradients`. Gradients are taken at the parameters forward ran with.
+        input_grad: False leaves out ∂E/∂x (``g.x`` is None), which training never needs.
+        Returns :class:`Gradients`. Gradients are taken at the parameters forward ran with,
+        whatever was written into ``model.params`` since.
         """
-        if self._cache is None:
+        cache = self._cache
+        if cache is None:
             raise RuntimeError("backward() was called before forward(): there is no cache to backpropagate through")
-        x, segments, params, checkpointed, packing = self._cache
+        x, params, packing = cache.x, cache.params, cache.packing
         T, B, _ = x.shape
         D, H = self.num_directions, self.hidden_size
         clip_step = check_positive_number("clip_step", clip_step)
+        input_grad = check_bool("input_grad", input_grad)
         out_size = D * H if self.output_size is None else self.output_size
         d_out = self._check("d_out", d_out, (T, B, out_size))
         carry = self._state_in("d_h_n", d_h_n, B)
         if carry is None:
-            carry = np.zeros((self._state_count, self._layers_and_directions, B, H), self.dtype)
+            carry = self._zero_state(B)
         flip = None
         if packing is not None:  # forward sorted the batch by length
             d_out = packing.sort(d_out)         # a copy: the caller's d_out is not written
@@ -425,80 +416,84 @@ class RNN:
             flip = packing.flip
         norms = None
         if step_norms:
-            norms = np.zeros((self._layers_and_directions, T, B), dtype=self.dtype)
+            norms = np.zeros((self._stack.size, T, B), dtype=self.dtype)
         grads = {}
-        d_x = None if len(segments) == 1 else np.empty(x.shape, dtype=self.dtype)
-        for start, stop, sizes, saved in reversed(segments):
-            if checkpointed:
-                inputs, runs, top = self._layers_forward(params, x[start:stop], saved, sizes, flip)
+
+        def accumulate(name, value):
+            # the kernels' arrays are their own (never one array for two names): summing into
+            # the first is safe, and the sums run in the same order however they are laid out
+            if name in grads:
+                grads[name] += value
             else:
-                inputs, runs, top = saved
+                grads[name] = value
+
+        d_x = None
+        if input_grad and len(cache.segments) > 1:
+            d_x = np.empty(x.shape, dtype=self.dtype)
+        for seg in reversed(cache.segments):
+            start, stop = seg.start, seg.stop
+            run = seg.run
+            if run is None:
+                run = self._stack.forward(params, x[start:stop], seg.initial, seg.batch_sizes, flip)
             d_top = d_out[start:stop]
             if self.output_size is not None:
                 n = (stop - start) * B
                 d_top, dw, db = self._kernels.linear_backward(
-                    d_top.reshape(n, out_size), top.reshape(n, D * H), params["weight_out"])
+                    d_top.reshape(n, out_size), run.top.reshape(n, D * H), params["weight_out"])
                 d_top = d_top.reshape(stop - start, B, D * H)
-                _accumulate(grads, "weight_out", dw)
-                _accumulate(grads, "bias_out", db)
-            for k in reversed(range(self.num_layers)):
-                d_in = None
-                for d in range(D):
-                    index = k * D + d
-                    d_dir = d_top if D == 1 else d_top[:, :, d * H:(d + 1) * H]
-                    layer_in = inputs[k]
-                    if d:
-                        d_dir = _reverse_time(d_dir, flip)
-                        layer_in = np.ascontiguousarray(_reverse_time(layer_in, flip))
-                    dir_norms = None
-                    if norms is not None:
-                        dir_norms = np.empty((stop - start, B), self.dtype)
-                    dx, carry[:, index], dir_grads = self._direction_backward(
-                        params, index, np.ascontiguousarray(d_dir), carry[:, index], layer_in,
-                        runs[index], clip_step, dir_norms, sizes)
-                    if d:
-                        dx = _reverse_time(dx, flip)
-                    if norms is not None:
-                        norms[index, start:stop] = _reverse_time(dir_norms, flip) if d else dir_norms
-                    d_in = dx if d_in is None else d_in + dx
-                    for name, value in dir_grads.items():
-                        _accumulate(grads, name, value)
-                d_top = d_in
-            if d_x is None:
+                accumulate("weight_out", dw)
+                accumulate("bias_out", db)
+            d_top = self._stack.backward(params, run, d_top, carry, seg.batch_sizes, flip, clip_step,
+                                         None if norms is None else norms[:, start:stop], accumulate,
+                                         input_grad)
+            if input_grad and d_x is None:
                 d_x = d_top
-            else:
+            elif input_grad:
                 d_x[start:stop] = d_top
-        d_x = np.ascontiguousarray(d_x)
+        if input_grad:
+            d_x = np.ascontiguousarray(d_x)
         if packing is not None:
-            d_x = packing.unsort(d_x)
+            if input_grad:
+                d_x = packing.unsort(d_x)
             carry = packing.unsort(carry, axis=2)
             if norms is not None:
                 norms = packing.unsort(norms, axis=2)
-        ordered = {name: grads[name] for name in self.param_shapes()}
-        return Gradients(params=ordered, x=d_x, h0=self._state_out(carry), step_norms=norms)
+        # one buffer, laid out as flat_params, in one copy
+        flat = np.concatenate([grads[name].reshape(-1) for name in self._shapes])
+        params = FlatArrays(flat, self._layout, "g.params")
+        return Gradients(params=params, x=d_x, h0=self._state_out(carry), step_norms=norms, flat=flat)
 
     def cache_nbytes(self):
         """Bytes the forward cache holds for ``backward`` (the input x aside)."""
-        if self._cache is None:
+        cache = self._cache
+        if cache is None:
             return 0
-        _, segments, _, checkpointed, _ = self._cache
-        if checkpointed:
-            return sum(starts.nbytes for _, _, _, starts in segments)
+        if cache.checkpointed:
+            return sum(seg.initial.nbytes for seg in cache.segments)
         owned = []
-        for _, _, _, (inputs, runs, top) in segments:
-            owned += [a for run in runs for a in run] + [a for a in inputs[1:] if a.base is None]
-            if top.base is None and self.num_directions > 1:
-                owned.append(top)
+        for seg in cache.segments:
+            run = seg.run
+            owned += [a for r in run.runs for a in r] + [a for a in run.inputs[1:] if a.base is None]
+            owned += run.reversed_inputs or []
+            if run.top.base is None and self.num_directions > 1:
+                owned.append(run.top)
         return sum(a.nbytes for a in owned)
 
-    def _state_at(self, t):
-        """The state after step t of the last forward (t = 0 is its h0), shaped like h0."""
+    def state_at(self, t):
+        """The state after step t of the last forward (t = 0 is its h0), shaped like h0.
+
+        Only from a forward that kept every state (no ``checkpoint``), without ``lengths``,
+        of a unidirectional model: the truncated-BPTT loop of ``fb.train.fit`` restarts a
+        window from there.
+        """
         cache = self._cache
-        if cache is None or cache[3] or cache[4] is not None or self.bidirectional:
+        if cache is None or cache.checkpointed or cache.packing is not None or self.bidirectional:
             raise RuntimeError("no full, unidirectional, unpacked forward cache to read a state from")
-        (_, _, _, (_, runs, _)), = cache[1]
-        return self._state_out(np.stack([np.stack([run[s][t] for run in runs])
-                                         for s in range(self._state_count)]))
+        T = cache.x.shape[0]
+        if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)) or not 0 <= t <= T:
+            raise ValueError(f"t must be an int in [0, {T}] (the last forward's steps), got {t!r}")
+        seg, = cache.segments
+        return self._state_out(self._stack.final_state(seg.run.runs, t))
 
     # ----------------------------------------------------------------- state
 
@@ -510,99 +505,22 @@ class RNN:
         """Copy parameters in from a dict of arrays (a torch state_dict's tensors too).
 
         Every key of the model must be present with its shape; values are converted to the
-        model's dtype and copied into the model's own arrays.
+        model's dtype and copied into the model's own arrays. Nothing changes when any entry
+        is wrong.
         """
-        shapes = self.param_shapes()
-        names = list(state_dict)
-        missing = [k for k in shapes if k not in state_dict]
-        extra = [k for k in names if k not in shapes]
-        if missing or extra:
-            raise ValueError(f"state_dict keys do not match the model: missing {missing}, unexpected {extra}")
-        new = {}
-        for name, shape in shapes.items():
-            value = _to_numpy(state_dict[name])
-            if value.shape != shape:
-                raise ValueError(f"state_dict[{name!r}] must have shape {shape}, got {value.shape}")
-            if not np.issubdtype(value.dtype, np.floating):
-                raise TypeError(f"state_dict[{name!r}] must hold floating-point values, got {value.dtype}")
-            if not np.isfinite(value).all():
-                raise ValueError(f"state_dict[{name!r}] contains NaN or infinite values")
-            new[name] = value
+        shapes = self._shapes
+        check_keys("state_dict", state_dict, shapes, "the model")
+        new = {name: check_float_values(f"state_dict[{name!r}]", _to_numpy(state_dict[name]), shape)
+               for name, shape in shapes.items()}
         for name, value in new.items():
-            target = self.params.get(name)
-            if isinstance(target, np.ndarray) and target.shape == value.shape and target.dtype == self.dtype \
-                    and target.flags.c_contiguous and target.flags.writeable:
-                target[...] = value
-            else:
-                self.params[name] = np.ascontiguousarray(value, dtype=self.dtype)
+            dict.__getitem__(self._params, name)[...] = value  # converted to the model's dtype
         self._cache = None
 
     def save(self, path):
         """Write the configuration and parameters to ``path`` (a path or a binary file object)
-        in NumPy's ``.npz`` format, without pickle; the file name is used as it is."""
-        arrays = {f"param/{name}": value for name, value in self._check_params().items()}
-        config = dict(self.config, format_version=FORMAT_VERSION)
-        config = np.array(json.dumps(config))
-        if hasattr(path, "write"):
-            np.savez(path, __config__=config, **arrays)
-        else:
-            with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a path
-                np.savez(f, __config__=config, **arrays)
-
-
-def load(path, *, backend="auto"):
-    """Read a model written by :meth:`RNN.save`; a damaged file raises ValueError."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            files = {name: data[name] for name in data.files}
-    # zipfile raises NotImplementedError or RuntimeError for headers it cannot read, zlib.error
-    # for damaged compressed data; all of them mean a damaged file here.
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, NotImplementedError,
-            RuntimeError, zlib.error) as exc:
-        raise ValueError(f"{path!s} is not a readable fastbptt model file: {exc}") from exc
-    if "__config__" not in files:
-        raise ValueError(f"{path!s} is not a fastbptt model file: it has no configuration")
-    try:
-        config = json.loads(str(files.pop("__config__")))
-        if not isinstance(config, dict):
-            raise TypeError(f"a JSON object was expected, got {type(config).__name__}")
-        version = config.pop("format_version")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path!s} has a damaged configuration: {exc}") from exc
-    if version != FORMAT_VERSION:
-        raise ValueError(f"{path!s} has format version {version}; this fastbptt reads {FORMAT_VERSION}")
-    if set(config) != set(CONFIG_KEYS):
-        raise ValueError(f"{path!s} has a damaged configuration: keys {sorted(config)}, "
-                         f"expected {sorted(CONFIG_KEYS)}")
-    try:
-        model = RNN(backend=backend, **config)
-    except (TypeError, ValueError, NotImplementedError) as exc:
-        raise ValueError(f"{path!s} holds a configuration this fastbptt cannot build: {exc}") from exc
-    params = {name[len("param/"):]: value for name, value in files.items() if name.startswith("param/")}
-    for name, value in params.items():
-        if value.dtype != model.dtype:
-            raise ValueError(f"{path!s}: parameter {name!r} has dtype {value.dtype}, expected {model.dtype}")
-    model.load_state_dict(params)
-    return model
-
-
-def _reverse_time(a, flip):
-    """a (T, B, ...) with each sequence reversed in time: whole (flip None, a view), or
-    within its own length, leaving the steps past its end in place (flip from
-    :class:`_Packing`, a copy). Either way its own inverse."""
-    if flip is None:
-        return a[::-1]
-    return a[flip, np.arange(a.shape[1])]
-
-
-def _accumulate(grads, name, value):
-    """grads[name] += value; the first value is kept as it is unless another key holds it."""
-    if name in grads:
-        grads[name] += value
-    elif any(value is g for g in grads.values()):
-        grads[name] = value.copy()
-    else:
-        grads[name] = value
+        in NumPy's ``.npz`` format, without pickle; the file name is used as it is. See
+        ``fastbptt.serialization``."""
+        serialization.save(self, path)
 
 
 def _to_numpy(value):

@@ -25,9 +25,10 @@ class History:
     """What ``fit`` measured, for printing and plotting.
 
     step: the batch index of each entry of ``loss`` and ``grad_norm`` (every
-    ``log_every``-th batch and the last); loss: that batch's training loss (summed over its
+    ``log_every``-th batch and the last one trained); loss: that batch's training loss (summed over its
     scored steps, mean over the batch); grad_norm: the joint gradient norm of its last update
-    before clipping; eval_step / eval_loss: held-out loss at those batches; batches and
+    before clipping; eval_step / eval_loss: the held-out loss after every ``eval_every``-th
+    batch and after the last one trained, each batch once; batches and
     updates: batches trained and optimizer updates made; seconds: wall time of the loop.
     """
 
@@ -103,6 +104,7 @@ def fit(model, batches, *, steps, optimizer, loss="mse", last_step=False, bptt=N
     Returns a :class:`History`.
     """
     steps = check_positive_int("steps", steps)
+    log_every = check_positive_int("log_every", log_every)
     loss_fn = _loss_fn(loss)
     clip_norm = check_positive_number("clip_norm", clip_norm)
     clip_value = check_positive_number("clip_value", clip_value)
@@ -122,6 +124,7 @@ def fit(model, batches, *, steps, optimizer, loss="mse", last_step=False, bptt=N
     history = History()
     bar = _progress(steps, desc) if progress else None
     state = None
+    last = None  # (batch index, loss, gradient norm) of the last batch trained
     started = time.perf_counter()
     try:
         for step, batch in zip(range(steps), batches):
@@ -132,10 +135,9 @@ def fit(model, batches, *, steps, optimizer, loss="mse", last_step=False, bptt=N
             value, norm, state = _train_batch(model, x, target, lengths, h0, loss_fn, last_step, bptt,
                                               optimizer, clip_norm, clip_value, clip_step, history, step)
             history.batches += 1
-            if step % log_every == 0 or step == steps - 1:
-                history.step.append(step)
-                history.loss.append(value)
-                history.grad_norm.append(norm)
+            last = (step, value, norm)
+            if step % log_every == 0:
+                _log(history, *last)
             if eval_data is not None and eval_every is not None and (step + 1) % eval_every == 0:
                 history.eval_step.append(step)
                 history.eval_loss.append(score())
@@ -149,10 +151,21 @@ def fit(model, batches, *, steps, optimizer, loss="mse", last_step=False, bptt=N
         if bar is not None:
             bar.close()
     history.seconds = time.perf_counter() - started
-    if eval_data is not None and (not history.eval_step or history.eval_step[-1] != len(history.step) - 1):
-        history.eval_step.append(steps - 1)
+    # The last batch trained is always logged and evaluated, once: it may be the last of
+    # ``steps`` or of ``batches``, and may already be a log_every or eval_every batch.
+    if last is not None and (not history.step or history.step[-1] != last[0]):
+        _log(history, *last)
+    final = history.batches - 1
+    if eval_data is not None and final >= 0 and (not history.eval_step or history.eval_step[-1] != final):
+        history.eval_step.append(final)
         history.eval_loss.append(score())
     return history
+
+
+def _log(history, step, value, norm):
+    history.step.append(step)
+    history.loss.append(value)
+    history.grad_norm.append(norm)
 
 
 def _train_batch(model, x, target, lengths, h0, loss_fn, last_step, bptt, optimizer,
@@ -180,10 +193,10 @@ def _train_batch(model, x, target, lengths, h0, loss_fn, last_step, bptt, optimi
         if not math.isfinite(value):
             raise FloatingPointError(f"the loss became {value} at batch {step} (steps {prev_end}..{end})")
         total += value
-        g = model.backward(d_out, clip_step=clip_step)
-        for name, grad in g.params.items():
-            if not model._kernels.all_finite(grad):
-                raise FloatingPointError(f"the gradient of {name!r} is not finite at batch {step}")
+        g = model.backward(d_out, clip_step=clip_step, input_grad=False)
+        if not model.all_finite(g.flat):  # one scan of the whole buffer; the name if it fails
+            name = next(name for name, grad in g.params.items() if not model.all_finite(grad))
+            raise FloatingPointError(f"the gradient of {name!r} is not finite at batch {step}")
         if clip_value is not None:
             clip_grad_value(g.params, clip_value)
         norm = clip_grad_norm(g.params, clip_norm) if clip_norm is not None else _norm(g.params)
@@ -193,7 +206,7 @@ def _train_batch(model, x, target, lengths, h0, loss_fn, last_step, bptt, optimi
             # The next window reaches k2 steps back from its end; it starts inside this one,
             # whose forward cache holds the state there.
             next_start = max(0, min(end + k1, T) - k2)
-            state = model._state_at(next_start - start)
+            state = model.state_at(next_start - start)
             start = next_start
         else:
             state = h_n

@@ -5,8 +5,9 @@
 
 The adding problem (T=100, B=16) on an IRNN (H=100), Adam (lr 3e-4, as the demo),
 clip_norm 1.0, trained by ``fb.train.fit`` in slices of ``--every`` updates with one
-optimizer throughout. After each slice: the resident set size (RSS, from /proc/self/statm, or the peak from getrusage where
-there is no /proc) and the mean time per update of that slice. The verdict, after the
+optimizer throughout. After each slice: the resident set size (RSS, from /proc/self/statm,
+or the peak from getrusage where there is no /proc) and the mean time per update of that
+slice. The verdict, after the
 warm-up slices: RSS grows by at most 5 % (a leak of a few arrays per update would grow it by
 far more over 20,000 updates), and the median time per update of the last third of the
 slices is within 10 % of the first third's (a cache, a history or a pool that grows would

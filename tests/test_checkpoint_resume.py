@@ -393,3 +393,55 @@ def test_skipped_batches_and_the_run_of_them_survive_a_resume(backend, tmp_path)
         _train(backend, path, stream=_stream(6, nan_at={4, 5, 6}), **kw)
     with pytest.raises(FloatingPointError, match="3 batches in a row"):
         _train(backend, path, stream=_stream(nan_at={4, 5, 6}), **kw)
+
+
+class MomentumSGD:
+    """An optimizer keeping only its mutable state in ``state_dict()``: a 0-d int64 "step" and
+    one slot array per parameter under "velocity/<param name>" (the interface every fb.optim
+    optimizer offers), so that checkpoints are seen to depend on nothing more."""
+
+    def __init__(self, params, lr=0.05, momentum=0.9):
+        self.params, self.lr, self.momentum, self.step_count = params, lr, momentum, 0
+        self.velocity = {k: np.zeros_like(v) for k, v in params.items()}
+
+    def step(self, grads):
+        self.step_count += 1
+        for name, p in self.params.items():
+            v = self.velocity[name]
+            v *= self.momentum
+            v += grads[name]
+            p -= self.lr * v
+
+    def state_dict(self):
+        out = {"step": np.array(self.step_count, dtype=np.int64)}
+        out.update({f"velocity/{k}": v.copy() for k, v in self.velocity.items()})
+        return out
+
+    def load_state_dict(self, d):
+        want = {"step", *(f"velocity/{k}" for k in self.velocity)}
+        if set(d) != want:
+            raise ValueError(f"state_dict keys {sorted(d)} are not {sorted(want)}")
+        for k, v in self.velocity.items():
+            if d[f"velocity/{k}"].shape != v.shape:
+                raise ValueError(f"state_dict['velocity/{k}'] has the wrong shape")
+        self.step_count = int(d["step"])
+        for k, v in self.velocity.items():
+            v[...] = d[f"velocity/{k}"]
+
+
+def test_a_run_resumes_with_an_optimizer_that_saves_only_its_mutable_state(backend, tmp_path):
+    def train(path, stream):
+        model = _model(backend, "gru")
+        fit(model, stream, steps=15, optimizer=MomentumSGD(model.params), progress=False,
+            carry_state=True, checkpoint=path, checkpoint_every=2 if path else None)
+        return model
+    reference = train(None, _stream())
+    path = tmp_path / "ck.npz"
+    with pytest.raises(Interrupted):
+        train(path, _stream(9))
+    ck = load_checkpoint(path)
+    assert ck.optimizer == "MomentumSGD" and ck.optimizer_state["step"].dtype == np.int64
+    assert int(ck.optimizer_state["step"]) == 8
+    resumed = train(path, _stream())
+    for name in reference.params:
+        np.testing.assert_array_equal(resumed.params[name], reference.params[name], err_msg=name)

@@ -12,6 +12,8 @@ Environment variables:
   FASTBPTT_NATIVE=1  compile every build for this machine's CPU (-march=native); for local
                      builds only, a wheel built this way may not run on another CPU.
   FASTBPTT_DEBUG=1   bounds and wraparound checks on, no optimisation: for chasing a crash.
+  FASTBPTT_SANITIZE=1  AddressSanitizer and UndefinedBehaviorSanitizer in every extension
+                     (.ci/sanitize); the interpreter must preload gcc's libasan.so to import it.
 """
 import os
 import platform
@@ -36,6 +38,12 @@ COMPILER_DIRECTIVES = {
 }
 
 compile_args = ["-O0", "-g"] if DEBUG else ["-O3"]
+link_args = []
+if os.environ.get("FASTBPTT_SANITIZE") == "1":
+    # -O1 keeps the reports' stacks readable; UB aborts at its first report instead of going on.
+    sanitize = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer",
+                "-fno-sanitize-recover=undefined", "-O1", "-g"]
+    compile_args, link_args = list(sanitize), list(sanitize)
 if NATIVE:
     compile_args.append("-march=native")
 
@@ -55,7 +63,7 @@ def extension(name, extra=(), openmp=False):
         [f"src/fastbptt/{name}.pyx"],
         include_dirs=["src/fastbptt"],
         extra_compile_args=compile_args + list(extra) + omp,
-        extra_link_args=omp,
+        extra_link_args=link_args + omp,
         depends=[f"src/fastbptt/{dep}" for dep in ("_kernels.pyx", "_blas.pxd", "_step_gemm.h")],
     )
 

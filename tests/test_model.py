@@ -496,6 +496,13 @@ def test_not_a_model_file_raises_value_error(tmp_path):
         fb.load(plain)
 
 
+def test_a_bare_npy_array_is_refused_as_not_a_model_file(tmp_path):
+    path = tmp_path / "array.npy"
+    np.save(path, np.ones(3))
+    with pytest.raises(ValueError, match="not a readable fastbptt model file"):
+        fb.load(path)
+
+
 def _resave(tmp_path, mutate):
     """A saved model's file, rewritten with ``mutate(config, files)`` applied; ``mutate`` may
     return a string to store as the raw configuration instead of the JSON of ``config``."""

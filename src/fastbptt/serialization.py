@@ -33,7 +33,10 @@ def load(path, *, backend="auto"):
     from .model import CONFIG_KEYS, RNN  # the model module imports this one
 
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):  # a bare .npy array
+            raise ValueError("it holds one array, not an .npz archive")
+        with data:
             files = {name: data[name] for name in data.files}
     # zipfile raises NotImplementedError or RuntimeError for headers it cannot read, zlib.error
     # for damaged compressed data; all of them mean a damaged file here.

@@ -5,7 +5,10 @@ backpropagates through the last k2 steps, scoring only the k1 steps that are new
 previous update, and carries the hidden state forward from the forward pass. k1 = k2 is
 min-char-rnn's chunked training; k1 = T with k2 ≥ T is full BPTT, exactly.
 """
+import itertools
+import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -13,9 +16,10 @@ import numpy as np
 
 from . import losses as _losses
 from ._validation import check_positive_int, check_positive_number
+from .checkpoint import load_checkpoint, save_checkpoint
 from .clip import clip_grad_norm, clip_grad_value, sum_squares
 
-__all__ = ["History", "fit", "evaluate"]
+__all__ = ["History", "fit", "evaluate", "load_checkpoint"]
 
 LOSSES = {"mse": _losses.mse, "cross_entropy": _losses.cross_entropy}
 
@@ -30,6 +34,8 @@ class History:
     before clipping; eval_step / eval_loss: the held-out loss after every ``eval_every``-th
     batch and after the last one trained, each batch once; batches and
     updates: batches trained and optimizer updates made; seconds: wall time of the loop.
+    skipped_step: the batches whose update was dropped for a non-finite loss, gradient or
+    input (``on_nonfinite="skip"``); skipped: how many.
     """
 
     step: list = field(default_factory=list)
@@ -40,6 +46,8 @@ class History:
     batches: int = 0
     updates: int = 0
     seconds: float = 0.0
+    skipped_step: list = field(default_factory=list)
+    skipped: int = 0
 
     @property
     def steps_per_second(self):
@@ -82,7 +90,8 @@ def evaluate(model, x, target, *, loss="mse", last_step=False, h0=None, lengths=
 
 def fit(model, batches, *, steps, optimizer, loss="mse", last_step=False, bptt=None,
         clip_norm=None, clip_value=None, clip_step=None, carry_state=False,
-        eval_data=None, eval_every=None, progress=True, desc="train", log_every=1):
+        eval_data=None, eval_every=None, progress=True, desc="train", log_every=1,
+        checkpoint=None, checkpoint_every=None, on_nonfinite="raise", max_nonfinite=10):
     """Train ``model`` on ``steps`` batches drawn from ``batches``.
 
     batches: an iterable of (x (T, B, I), target) or (x, target, lengths); target as the
@@ -100,7 +109,19 @@ def fit(model, batches, *, steps, optimizer, loss="mse", last_step=False, bptt=N
         into consecutive batches, as in char-level training) instead of zeros.
     eval_data: (x, target) or (x, target, lengths), scored every ``eval_every`` batches and
         at the end.
-    Raises FloatingPointError naming the batch when the loss or a gradient is not finite.
+    checkpoint: None, or a path: fit writes a checkpoint there every ``checkpoint_every``
+        batches (None: only at the end), atomically, and at the end. Called again with the
+        same arguments while that file exists, fit resumes from it: it loads the parameters,
+        the optimizer's state, the history and the carried state, draws and discards the
+        batches already trained from ``batches`` (which must yield the same stream again),
+        and ends bit-identical to a run never interrupted. A checkpoint of another model,
+        optimizer class or training setup is refused (ValueError). Read one with
+        :func:`load_checkpoint`.
+    on_nonfinite: "raise" (FloatingPointError naming the batch when the loss or a gradient
+        is not finite), or "skip": a batch whose input, target, loss or gradient is not
+        finite has that update dropped (and its later BPTT windows; the carried state stays
+        the one it started from), is counted in ``history.skipped``/``skipped_step``, and fit
+        raises FloatingPointError after ``max_nonfinite`` such batches in a row.
     Returns a :class:`History`.
     """
     steps = check_positive_int("steps", steps)
@@ -121,27 +142,77 @@ def fit(model, batches, *, steps, optimizer, loss="mse", last_step=False, bptt=N
         def score():
             return evaluate(model, eval_x, eval_target, loss=loss, last_step=last_step,
                             lengths=eval_lengths)
+    if on_nonfinite not in ("raise", "skip"):
+        raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
+    max_nonfinite = check_positive_int("max_nonfinite", max_nonfinite)
+    checkpoint = _check_checkpoint(checkpoint, checkpoint_every, optimizer)
+    if checkpoint_every is not None:
+        checkpoint_every = check_positive_int("checkpoint_every", checkpoint_every)
+    # What shapes the run besides the model and the optimizer: a checkpoint written under
+    # other settings would resume into a run that neither of them describes.
+    setup = json.loads(json.dumps({
+        "loss": loss if isinstance(loss, str) else "<callable>", "last_step": bool(last_step),
+        "bptt": bptt, "clip_norm": clip_norm, "clip_value": clip_value, "clip_step": clip_step,
+        "carry_state": bool(carry_state), "log_every": log_every, "eval_every": eval_every,
+        "on_nonfinite": on_nonfinite, "max_nonfinite": max_nonfinite}, default=repr))
     history = History()
-    bar = _progress(steps, desc) if progress else None
     state = None
     last = None  # (batch index, loss, gradient norm) of the last batch trained
+    first, in_a_row = 0, 0
+    if checkpoint is not None and os.path.exists(checkpoint):
+        first, history, state, in_a_row, done = _resume(checkpoint, model, optimizer, setup, steps)
+        if done:  # the run ended (steps reached, or the stream ran out): nothing to do again
+            return history
+    batches = iter(batches)
+    # The stream is deterministic: its first batches are those the checkpoint has trained.
+    if sum(1 for _ in itertools.islice(batches, first)) < first:
+        raise ValueError(f"batches ran out before the {first} batches the checkpoint has trained")
+
+    def save(step, done=False):
+        history.seconds = seconds_before + time.perf_counter() - started
+        save_checkpoint(checkpoint, model=model, optimizer=optimizer, step=step, history=history,
+                        state=state if carry_state else None, fit=setup,
+                        loop={"nonfinite_in_a_row": in_a_row, "done": done, "steps": steps})
+
+    bar = _progress(steps, desc, first) if progress else None
+    seconds_before = history.seconds
     started = time.perf_counter()
     try:
-        for step, batch in zip(range(steps), batches):
+        for step, batch in zip(range(first, steps), batches):
             x, target, lengths = _unpack(batch, f"batch {step}")
             if lengths is not None and bptt is not None:
                 raise ValueError("bptt (truncated BPTT) and batches with lengths cannot be combined")
             h0 = state if carry_state else None
-            value, norm, state = _train_batch(model, x, target, lengths, h0, loss_fn, last_step, bptt,
-                                              optimizer, clip_norm, clip_value, clip_step, history, step)
+            try:
+                if on_nonfinite == "skip":
+                    _check_finite_batch(x, target, step)
+                value, norm, new_state = _train_batch(model, x, target, lengths, h0, loss_fn, last_step,
+                                                      bptt, optimizer, clip_norm, clip_value, clip_step,
+                                                      history, step)
+            except _NonFinite as exc:
+                if on_nonfinite == "raise":
+                    raise
+                history.skipped += 1
+                history.skipped_step.append(step)
+                in_a_row += 1
+                if in_a_row >= max_nonfinite:
+                    raise FloatingPointError(f"{in_a_row} batches in a row were not finite (batches "
+                                             f"{step - in_a_row + 1}..{step}); the last: {exc}") from exc
+                value = None
+            else:
+                in_a_row = 0
+                state = new_state
             history.batches += 1
-            last = (step, value, norm)
-            if step % log_every == 0:
-                _log(history, *last)
+            if value is not None:
+                last = (step, value, norm)
+                if step % log_every == 0:
+                    _log(history, *last)
             if eval_data is not None and eval_every is not None and (step + 1) % eval_every == 0:
                 history.eval_step.append(step)
                 history.eval_loss.append(score())
-            if bar is not None:
+            if checkpoint_every is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+                save(step + 1)
+            if bar is not None and value is not None:
                 postfix = {"loss": f"{value:.4g}"}
                 if history.eval_loss:
                     postfix["eval"] = f"{history.eval_loss[-1]:.4g}"
@@ -150,7 +221,7 @@ def fit(model, batches, *, steps, optimizer, loss="mse", last_step=False, bptt=N
     finally:
         if bar is not None:
             bar.close()
-    history.seconds = time.perf_counter() - started
+    history.seconds = seconds_before + time.perf_counter() - started
     # The last batch trained is always logged and evaluated, once: it may be the last of
     # ``steps`` or of ``batches``, and may already be a log_every or eval_every batch.
     if last is not None and (not history.step or history.step[-1] != last[0]):
@@ -159,6 +230,8 @@ def fit(model, batches, *, steps, optimizer, loss="mse", last_step=False, bptt=N
     if eval_data is not None and final >= 0 and (not history.eval_step or history.eval_step[-1] != final):
         history.eval_step.append(final)
         history.eval_loss.append(score())
+    if checkpoint is not None:
+        save(history.batches, done=True)
     return history
 
 
@@ -166,6 +239,63 @@ def _log(history, step, value, norm):
     history.step.append(step)
     history.loss.append(value)
     history.grad_norm.append(norm)
+
+
+class _NonFinite(FloatingPointError):
+    """A batch's input, target, loss or gradient is not finite (``on_nonfinite`` decides)."""
+
+
+def _check_finite_batch(x, target, step):
+    for name, a in (("x", x), ("target", target)):
+        if isinstance(a, np.ndarray) and a.dtype.kind in "fc" and not np.isfinite(a).all():
+            raise _NonFinite(f"the {name} of batch {step} is not finite")
+
+
+def _check_checkpoint(checkpoint, checkpoint_every, optimizer):
+    """The checkpoint path (a str) or None, after checking that it can be written."""
+    if checkpoint is None:
+        if checkpoint_every is not None:
+            raise ValueError("checkpoint_every needs checkpoint=path")
+        return None
+    try:
+        checkpoint = os.fspath(checkpoint)
+    except TypeError:
+        raise TypeError(f"checkpoint must be a path, got {type(checkpoint).__name__}") from None
+    if not isinstance(checkpoint, str):
+        checkpoint = os.fsdecode(checkpoint)
+    folder = os.path.dirname(os.path.abspath(checkpoint))
+    if not os.path.isdir(folder):
+        raise ValueError(f"checkpoint's folder {folder!r} does not exist")
+    if os.path.isdir(checkpoint):
+        raise ValueError(f"checkpoint {checkpoint!r} is a folder, not a file")
+    if not (callable(getattr(optimizer, "state_dict", None))
+            and callable(getattr(optimizer, "load_state_dict", None))):
+        raise TypeError("checkpoint needs an optimizer with state_dict() and load_state_dict() "
+                        f"(an fb.optim optimizer), got {type(optimizer).__name__}")
+    return checkpoint
+
+
+def _resume(path, model, optimizer, setup, steps):
+    """Load the checkpoint at ``path`` into ``model`` and ``optimizer``; returns (batches
+    trained, history, carried state, non-finite batches in a row, whether the run ended)."""
+    ck = load_checkpoint(path, backend=model.backend)
+    if ck.model.config != model.config:
+        raise ValueError(f"checkpoint {path!s} holds another model: {ck.model.config}, "
+                         f"this one is {model.config}")
+    if ck.optimizer != type(optimizer).__name__:
+        raise ValueError(f"checkpoint {path!s} holds the state of a {ck.optimizer} optimizer, "
+                         f"this one is {type(optimizer).__name__}")
+    if ck.fit != setup:
+        differ = sorted(k for k in set(setup) | set(ck.fit) if setup.get(k) != ck.fit.get(k))
+        raise ValueError(f"checkpoint {path!s} was written by fit with other settings: "
+                         + ", ".join(f"{k}={ck.fit.get(k)!r} there, {setup.get(k)!r} here" for k in differ))
+    if ck.step > steps:
+        raise ValueError(f"checkpoint {path!s} has trained {ck.step} batches, more than steps={steps}")
+    optimizer.load_state_dict(ck.optimizer_state)
+    model.load_state_dict(ck.model.params)
+    # A finished run asked for more steps goes on from where it ended.
+    done = bool(ck.loop.get("done")) and ck.loop.get("steps") == steps
+    return ck.step, ck.history, ck.state, int(ck.loop.get("nonfinite_in_a_row", 0)), done
 
 
 def _train_batch(model, x, target, lengths, h0, loss_fn, last_step, bptt, optimizer,
@@ -191,12 +321,12 @@ def _train_batch(model, x, target, lengths, h0, loss_fn, last_step, bptt, optimi
             d_out = np.zeros_like(out)
             d_out[-n_new:] = d_new
         if not math.isfinite(value):
-            raise FloatingPointError(f"the loss became {value} at batch {step} (steps {prev_end}..{end})")
+            raise _NonFinite(f"the loss became {value} at batch {step} (steps {prev_end}..{end})")
         total += value
         g = model.backward(d_out, clip_step=clip_step, input_grad=False)
         if not model.all_finite(g.flat):  # one scan of the whole buffer; the name if it fails
             name = next(name for name, grad in g.params.items() if not model.all_finite(grad))
-            raise FloatingPointError(f"the gradient of {name!r} is not finite at batch {step}")
+            raise _NonFinite(f"the gradient of {name!r} is not finite at batch {step}")
         if clip_value is not None:
             clip_grad_value(g.params, clip_value)
         norm = clip_grad_norm(g.params, clip_norm) if clip_norm is not None else _norm(g.params)
@@ -218,9 +348,9 @@ def _norm(grads):
     return float(np.sqrt(sum(sum_squares(g) for g in grads.values())))
 
 
-def _progress(total, desc):
+def _progress(total, desc, initial=0):
     try:
         from tqdm.auto import tqdm
     except ImportError:  # the loop runs without a bar
         return None
-    return tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True, mininterval=0.5)
+    return tqdm(total=total, initial=initial, desc=desc, unit="batch", dynamic_ncols=True, mininterval=0.5)

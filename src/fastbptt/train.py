@@ -81,7 +81,7 @@ def evaluate(model, x, target, *, loss="mse", last_step=False, h0=None, lengths=
 
 def fit(model, batches, *, steps, optimizer, loss="mse", last_step=False, bptt=None,
         clip_norm=None, clip_value=None, clip_step=None, carry_state=False,
-        eval_data=None, eval_every=None, progress=True, desc="train", log_every=1):
+        eval_data=None, eval_every=None, progress=True, desc="train", log_every=1, comm=None):
     """Train ``model`` on ``steps`` batches drawn from ``batches``.
 
     batches: an iterable of (x (T, B, I), target) or (x, target, lengths); target as the
@@ -99,6 +99,10 @@ def fit(model, batches, *, steps, optimizer, loss="mse", last_step=False, bptt=N
         into consecutive batches, as in char-level training) instead of zeros.
     eval_data: (x, target) or (x, target, lengths), scored every ``eval_every`` batches and
         at the end.
+    comm: an mpi4py communicator for data-parallel training (fastbptt.distributed): each
+        rank's ``batches`` are its shard of the global batches, eval_data is the whole set
+        on every rank; every update, and the History on every rank, equal one process's on
+        the concatenated batches; rank 0 alone shows progress; a rank that raises ends the job.
     Raises FloatingPointError naming the batch when the loss or a gradient is not finite.
     Returns a :class:`History`.
     """
@@ -113,12 +117,22 @@ def fit(model, batches, *, steps, optimizer, loss="mse", last_step=False, bptt=N
         bptt = (k1, k2)
     if eval_every is not None:
         eval_every = check_positive_int("eval_every", eval_every)
+    run = None
+    if comm is not None:  # data-parallel: the agreement, reductions and shards live there
+        from .distributed import FitRun
+        run = FitRun(model, comm, loss_fn, steps=steps, loss=loss, last_step=last_step, bptt=bptt,
+                     clip=(clip_norm, clip_value, clip_step), carry_state=carry_state,
+                     eval_every=eval_every, has_eval=eval_data is not None)
+        loss_fn, batches, progress = run.loss_fn, run.batches(batches), progress and run.is_root
+        eval_data = run.shard_eval(eval_data)
     if eval_data is not None:
         eval_x, eval_target, eval_lengths = _unpack(eval_data, "eval_data")
 
         def score():
             return evaluate(model, eval_x, eval_target, loss=loss, last_step=last_step,
                             lengths=eval_lengths)
+        if run is not None:
+            score = run.score(score, eval_data)
     history = History()
     bar = _progress(steps, desc) if progress else None
     state = None
@@ -130,7 +144,8 @@ def fit(model, batches, *, steps, optimizer, loss="mse", last_step=False, bptt=N
                 raise ValueError("bptt (truncated BPTT) and batches with lengths cannot be combined")
             h0 = state if carry_state else None
             value, norm, state = _train_batch(model, x, target, lengths, h0, loss_fn, last_step, bptt,
-                                              optimizer, clip_norm, clip_value, clip_step, history, step)
+                                              optimizer, clip_norm, clip_value, clip_step, history, step,
+                                              run)
             history.batches += 1
             if step % log_every == 0 or step == steps - 1:
                 history.step.append(step)
@@ -145,6 +160,10 @@ def fit(model, batches, *, steps, optimizer, loss="mse", last_step=False, bptt=N
                     postfix["eval"] = f"{history.eval_loss[-1]:.4g}"
                 bar.set_postfix(postfix, refresh=False)
                 bar.update(1)
+    except BaseException:
+        if run is not None:
+            run.abort()
+        raise
     finally:
         if bar is not None:
             bar.close()
@@ -156,7 +175,7 @@ def fit(model, batches, *, steps, optimizer, loss="mse", last_step=False, bptt=N
 
 
 def _train_batch(model, x, target, lengths, h0, loss_fn, last_step, bptt, optimizer,
-                 clip_norm, clip_value, clip_step, history, step):
+                 clip_norm, clip_value, clip_step, history, step, run=None):
     """BPTT(k1, k2) over one batch; returns (its loss, its last gradient norm, the final state)."""
     T = x.shape[0]
     k1, k2 = bptt if bptt is not None else (T, T)
@@ -181,6 +200,8 @@ def _train_batch(model, x, target, lengths, h0, loss_fn, last_step, bptt, optimi
             raise FloatingPointError(f"the loss became {value} at batch {step} (steps {prev_end}..{end})")
         total += value
         g = model.backward(d_out, clip_step=clip_step)
+        if run is not None:
+            run.reduce(g)
         for name, grad in g.params.items():
             if not model._kernels.all_finite(grad):
                 raise FloatingPointError(f"the gradient of {name!r} is not finite at batch {step}")

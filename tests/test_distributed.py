@@ -130,6 +130,32 @@ def test_fit_makes_one_allreduce_per_update_and_no_pickle_based_call():
     assert not lowercase, f"pickle-based calls: {lowercase}"
 
 
+REDUCE_RANKS = 3
+
+
+@needs_mpi
+def test_allreduce_gradients_gives_the_batch_weighted_sum_and_broadcast_gives_roots_parameters(
+        tmp_path, assert_close_to_math):
+    code, out, err, _ = run_mpi(HERE / "reduce.py", tmp_path, n=REDUCE_RANKS)
+    assert code == 0, f"{out}\n{err}"
+    ranks = [dict(np.load(tmp_path / f"rank{r}.npz")) for r in range(REDUCE_RANKS)]
+    counts = cases.REDUCE_BATCH[:REDUCE_RANKS]
+    expected = sum(b / sum(counts) * cases.reduce_gradient(r) for r, b in enumerate(counts) if b)
+    shapes = cases.reduce_model(0).param_shapes()
+    root = cases.reduce_model(REDUCE_RANKS - 1).params
+    for r, arrays in enumerate(ranks):
+        offset = 0
+        for name, shape in shapes.items():
+            size = int(np.prod(shape))
+            want = expected[offset:offset + size].reshape(shape)
+            offset += size
+            for layout in ("arrays", "flat"):
+                assert_close_to_math(arrays[f"{layout}/{name}"], want, np.float64, f"rank {r} {layout} {name}")
+                np.testing.assert_array_equal(arrays[f"{layout}/{name}"], ranks[0][f"{layout}/{name}"])
+            np.testing.assert_array_equal(arrays[f"broadcast/{name}"], root[name], err_msg=f"rank {r} {name}")
+        assert arrays["flat/views"].all(), "g.params no longer views into g.flat"
+
+
 # --------------------------------------------------------------------------- failures
 
 
@@ -163,6 +189,21 @@ def test_batches_that_run_out_on_one_rank_only_end_the_job_saying_so():
     code, out, err, seconds = run_mpi(HERE / "failures.py", "ran_out")
     assert code != 0 and seconds < ABORT_SECONDS
     assert "the batches ran out on ranks [1] but not on ranks [0]" in err, err
+
+
+@needs_mpi
+@pytest.mark.parametrize("command", ["demo", "char"])
+def test_the_command_line_trains_on_every_rank_and_prints_on_rank_0(command):
+    args = (["demo", "--T", "8", "--steps", "6", "--batch", "4", "--hidden", "5", "--cells", "irnn"]
+            if command == "demo" else ["char", "--steps", "4", "--sample-every", "2", "--hidden", "5"])
+    code, out, err, _ = run_mpi("-m", "fastbptt", *args, "--no-progress", "--distributed")
+    assert code == 0, err
+    assert out.startswith("data-parallel: 2 ranks on 1 machine(s), ")
+    assert out.count("backend: ") == 1, out
+    if command == "demo":
+        assert sum(line.startswith("irnn ") for line in out.splitlines()) == 2, out  # table, flow
+    else:
+        assert out.count("--- after 4 chunks") == 1, out
 
 
 # --------------------------------------------------------------------------- without MPI

@@ -143,6 +143,7 @@ def allreduce_gradients(g, comm, batch_size, *, total=None):
     _check_comm(comm)
     batch_size = _count("batch_size", batch_size)
     if total is None:
+        MPI = mpi()
         counts = np.array([batch_size], np.int64)
         comm.Allreduce(MPI.IN_PLACE, counts, op=MPI.SUM)
         total = int(counts[0])
@@ -195,11 +196,13 @@ def _count(name, value):
 
 
 def _describe(model):
-    """What must agree across ranks: the configuration and every parameter's shape."""
+    """What must agree across ranks: the configuration and every parameter's shape. Not
+    how the parameters were initialised (seed, init): broadcast_parameters replaces them."""
     config = getattr(model, "config", None)
     if not isinstance(config, dict) or not hasattr(model, "param_shapes"):
         raise TypeError(f"model must be an fb.RNN, got {type(model).__name__}")
     shapes = {name: list(shape) for name, shape in model.param_shapes().items()}
+    config = {k: v for k, v in config.items() if k not in ("seed", "init")}
     return {**config, "param_shapes": shapes}
 
 
@@ -390,6 +393,59 @@ def _abort(comm, rank, size):
 _threads_limited = False  # fit sizes the thread teams once per process
 
 
+def _size_threads(comm):
+    """The default thread count (:func:`limit_threads`), once per process, unless the
+    environment chose one (OMP_NUM_THREADS). Collective the first time."""
+    global _threads_limited
+    if not _threads_limited and "OMP_NUM_THREADS" not in os.environ:
+        limit_threads(comm)
+    _threads_limited = True
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def command_line_comm(args):
+    """MPI.COMM_WORLD when the command line asked for ``--distributed``, else None."""
+    if not getattr(args, "distributed", False):
+        return None
+    try:
+        return mpi().COMM_WORLD
+    except ImportError as exc:
+        raise SystemExit(f"--distributed: {exc}")
+
+
+@contextlib.contextmanager
+def main_job(comm):
+    """Around a command-line job: with a communicator, the thread teams sized, one line on
+    rank 0 saying how the job is spread, the other ranks' stdout silenced, and a rank's error
+    ending the whole job (:func:`abort_on_error`). Without one, nothing."""
+    if comm is None:
+        yield
+        return
+    rank, size = _check_comm(comm)
+    with abort_on_error(comm):
+        _size_threads(comm)
+        MPI = mpi()
+        node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+        leaders = np.array([node.Get_rank() == 0], np.int64)
+        node.Free()
+        comm.Allreduce(MPI.IN_PLACE, leaders, op=MPI.SUM)
+        from . import _backend
+        threads = _backend._compiled.threads() if _backend._compiled is not None else 1
+        if rank == 0:
+            print(f"data-parallel: {size} ranks on {int(leaders[0])} machine(s), {threads} "
+                  f"thread(s) per rank; each rank trains on its block of every batch, rank 0 prints")
+        with open(os.devnull, "w") if rank else contextlib.nullcontext() as sink:
+            with contextlib.redirect_stdout(sink) if rank else contextlib.nullcontext():
+                yield
+
+
+def shards_of(batches, comm, *, last_step=False):
+    """``batches`` themselves without a communicator, else this rank's blocks of them."""
+    return batches if comm is None else shard_batches(batches, comm, last_step=last_step)
+
+
 def _setting(value):
     """A setting as text every rank can compare: a callable by its name, not its address."""
     if callable(value):
@@ -419,10 +475,7 @@ class FitRun:
         self._local_loss = loss_fn
         with abort_on_error(comm):
             _agree(comm, {k: _setting(v) for k, v in settings.items()}, "fit's settings")
-            global _threads_limited
-            if not _threads_limited and "OMP_NUM_THREADS" not in os.environ:
-                limit_threads(comm)
-                _threads_limited = True
+            _size_threads(comm)
             broadcast_parameters(model, comm)
 
     def abort(self):

@@ -90,3 +90,23 @@ def train(name, batches, comm=None):
     history = fb.train.fit(net, batches, steps=STEPS, optimizer=optimizer, progress=False,
                            eval_data=eval_data(name), eval_every=2, comm=comm, **fit_kw)
     return {k: v.copy() for k, v in net.params.items()}, history
+
+
+# --------------------------------------------------------------------------- reduce.py
+
+REDUCE_BATCH = (3, 0, 5, 2)  # B_r of rank r; rank 1 holds no sequence
+
+
+def reduce_model(rank):
+    """Rank ``rank``'s model in reduce.py: the same configuration, another seed."""
+    return fb.RNN(3, 4, cell="gru", output_size=2, dtype="float64", seed=10 + rank)
+
+
+def reduce_gradient(rank):
+    """Rank ``rank``'s gradient in reduce.py, one flat float64 buffer in param_shapes order;
+    the rank with no sequences has a NaN in it, which must not reach the result."""
+    size = sum(int(np.prod(s)) for s in reduce_model(0).param_shapes().values())
+    buffer = np.random.default_rng(100 + rank).standard_normal(size)
+    if REDUCE_BATCH[rank] == 0:
+        buffer[0] = np.nan
+    return buffer

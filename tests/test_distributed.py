@@ -133,12 +133,19 @@ def test_fit_makes_one_allreduce_per_update_and_no_pickle_based_call():
 REDUCE_RANKS = 3
 
 
+@pytest.fixture(scope="module")
+def reduced(tmp_path_factory):
+    """reduce.py's arrays on each of REDUCE_RANKS ranks."""
+    out_dir = tmp_path_factory.mktemp("reduce")
+    code, out, err, _ = run_mpi(HERE / "reduce.py", out_dir, n=REDUCE_RANKS)
+    assert code == 0, f"reduce.py failed ({code}):\n{out}\n{err}"
+    return [dict(np.load(out_dir / f"rank{r}.npz")) for r in range(REDUCE_RANKS)]
+
+
 @needs_mpi
 def test_allreduce_gradients_gives_the_batch_weighted_sum_and_broadcast_gives_roots_parameters(
-        tmp_path, assert_close_to_math):
-    code, out, err, _ = run_mpi(HERE / "reduce.py", tmp_path, n=REDUCE_RANKS)
-    assert code == 0, f"{out}\n{err}"
-    ranks = [dict(np.load(tmp_path / f"rank{r}.npz")) for r in range(REDUCE_RANKS)]
+        reduced, assert_close_to_math):
+    ranks = reduced
     counts = cases.REDUCE_BATCH[:REDUCE_RANKS]
     expected = sum(b / sum(counts) * cases.reduce_gradient(r) for r, b in enumerate(counts) if b)
     shapes = cases.reduce_model(0).param_shapes()
@@ -154,6 +161,16 @@ def test_allreduce_gradients_gives_the_batch_weighted_sum_and_broadcast_gives_ro
                 np.testing.assert_array_equal(arrays[f"{layout}/{name}"], ranks[0][f"{layout}/{name}"])
             np.testing.assert_array_equal(arrays[f"broadcast/{name}"], root[name], err_msg=f"rank {r} {name}")
         assert arrays["flat/views"].all(), "g.params no longer views into g.flat"
+
+
+@needs_mpi
+def test_ranks_sharing_cores_divide_them(reduced):
+    ranks = reduced
+    cores = ranks[0]["affinity"]
+    if not all(np.array_equal(r["affinity"], cores) for r in ranks):
+        pytest.skip("mpiexec bound the ranks to cores of their own: nothing is shared")
+    for r in ranks:
+        assert int(r["threads"]) == max(1, cores.size // REDUCE_RANKS)
 
 
 # --------------------------------------------------------------------------- failures

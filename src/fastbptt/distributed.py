@@ -24,6 +24,15 @@ functions are for loops of one's own:
 - :func:`abort_on_error` -- a rank that raises prints its traceback and ends the whole job
   (``comm.Abort``), so that no rank waits forever in a collective.
 
+The weighting assumes what ``fb.losses`` do: the loss averages over the batch's sequences
+(B_r of them on rank r), so the global batch's gradient is Σ_r (B_r/ΣB) g_r; a callable loss
+that sums over the batch instead would be weighted wrongly. Every rank must hold at least
+one sequence of every training batch (an evaluation set may leave a rank with none).
+
+Not yet: overlapping the reduction with backward (non-blocking reductions of the top
+layers' gradients while the lower layers compute) needs model.backward to say when a
+layer's gradients are final; the reduction runs after backward, in one call.
+
 Importing this module does not import mpi4py; the functions take any mpi4py communicator.
 """
 import contextlib
@@ -87,7 +96,7 @@ def _flat(arrays, flat, what):
     size = sum(v.size for v in values)
     if (flat is not None and isinstance(flat, np.ndarray) and flat.dtype == dtype
             and flat.ndim == 1 and flat.size == size and flat.flags.c_contiguous
-            and flat.flags.writeable):
+            and flat.flags.writeable and all(np.may_share_memory(v, flat) for v in values)):
         return flat, None
     buffer = np.empty(size, dtype)
     offsets = np.cumsum([0] + [v.size for v in values])

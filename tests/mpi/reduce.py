@@ -8,6 +8,7 @@ in two layouts: separate arrays, and views into one flat buffer with ``g.flat`` 
 model.backward gives when the parameters are one buffer), reduced in place. Then every
 rank's model (another seed on each) gets the last rank's parameters.
 """
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -41,4 +42,6 @@ for layout in ("arrays", "flat"):
 distributed.broadcast_parameters(model, comm, root=comm.Get_size() - 1)
 for name, value in model.params.items():
     arrays[f"broadcast/{name}"] = value
+arrays["threads"] = np.array(distributed.default_num_threads(comm))
+arrays["affinity"] = np.array(sorted(os.sched_getaffinity(0)))
 np.savez(out_dir / f"rank{rank}.npz", **arrays)

@@ -28,6 +28,8 @@ def main(argv=None):
     demo.add_argument("--plot", metavar="FILE", default=None,
                       help="save the loss curves and the gradient-flow figure to FILE (PNG; needs matplotlib)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.add_argument("--distributed", action="store_true",
+                      help="data-parallel under mpiexec: each rank trains on its block of every batch (needs mpi4py)")
 
     char = sub.add_parser("char", help="a character-level RNN (min-char-rnn's setup) on a text file",
                           description="Train a character-level model and print generated samples.")
@@ -40,6 +42,8 @@ def main(argv=None):
     char.add_argument("--sample-every", type=int, default=2000)
     char.add_argument("--seed", type=int, default=0)
     char.add_argument("--no-progress", action="store_true")
+    char.add_argument("--distributed", action="store_true",
+                      help="data-parallel under mpiexec: the text in one track per rank (needs mpi4py)")
 
     sub.add_parser("bench", help="compiled vs NumPy (vs PyTorch) timing table; --help for options",
                    add_help=False)

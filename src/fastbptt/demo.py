@@ -3,7 +3,7 @@ import time
 
 import numpy as np
 
-from . import _backend, losses, optim, tasks
+from . import _backend, distributed, losses, optim, tasks
 from .model import RNN
 from .train import fit
 
@@ -33,6 +33,12 @@ def _gradient_flow(model, x, target):
 
 
 def run_demo(args):
+    comm = distributed.command_line_comm(args)
+    with distributed.main_job(comm):
+        return _run_demo(args, comm)
+
+
+def _run_demo(args, comm):
     T, B, H = args.T, args.batch, args.hidden
     steps = args.steps or (12000 if T <= 100 else 120 * T)
     names = list(DEMO_MODELS)
@@ -52,7 +58,8 @@ def run_demo(args):
     for name in names:
         cell, init, lr = DEMO_MODELS[name]
         model = RNN(2, H, cell=cell, init=init, output_size=1, seed=args.seed)
-        history = fit(model, _adding_batches(T, B, args.seed, model.dtype), steps=steps,
+        history = fit(model, distributed.shards_of(_adding_batches(T, B, args.seed, model.dtype), comm,
+                                                   last_step=True), steps=steps, comm=comm,
                       optimizer=optim.Adam(model.params, lr=lr), loss="mse", last_step=True,
                       clip_norm=1.0, eval_data=(x_test, y_test), eval_every=max(1, steps // 20),
                       progress=not args.no_progress, desc=f"{name:>5}", log_every=max(1, steps // 400))
@@ -100,6 +107,12 @@ def _plot(path, results, baseline, T):
 
 
 def run_char(args):
+    comm = distributed.command_line_comm(args)
+    with distributed.main_job(comm):
+        return _run_char(args, comm)
+
+
+def _run_char(args, comm):
     corpus = tasks.CharCorpus.from_file(args.file) if args.file else tasks.default_corpus()
     V = len(corpus.vocab)
     model = RNN(V, args.hidden, cell=args.cell, output_size=V, seed=args.seed)
@@ -109,14 +122,15 @@ def run_char(args):
     print(f"char-level {args.cell} RNN on {source}: {len(corpus.text)} characters, vocabulary {V}, "
           f"H={args.hidden}, {args.seq_length}-step chunks, Adagrad lr {args.lr}")
     rng = np.random.default_rng(args.seed)
-    stream = corpus.sequential(args.seq_length, dtype=model.dtype)
+    tracks = 1 if comm is None else comm.Get_size()
+    stream = distributed.shards_of(corpus.sequential(args.seq_length, tracks, dtype=model.dtype), comm)
     smooth = -np.log(1.0 / V) * args.seq_length
     done = 0
     started = time.perf_counter()
     while done < args.steps:
         chunk = min(args.sample_every, args.steps - done)
         history = fit(model, stream, steps=chunk, optimizer=opt, loss="cross_entropy",
-                      clip_value=5.0, carry_state=True, progress=not args.no_progress,
+                      clip_value=5.0, carry_state=True, progress=not args.no_progress, comm=comm,
                       desc="char", log_every=1)
         for value in history.loss:
             smooth = 0.999 * smooth + 0.001 * value

@@ -91,7 +91,7 @@ def evaluate(model, x, target, *, loss="mse", last_step=False, h0=None, lengths=
 def fit(model, batches, *, steps, optimizer, loss="mse", last_step=False, bptt=None,
         clip_norm=None, clip_value=None, clip_step=None, carry_state=False,
         eval_data=None, eval_every=None, progress=True, desc="train", log_every=1,
-        checkpoint=None, checkpoint_every=None, on_nonfinite="raise", max_nonfinite=10):
+        checkpoint=None, checkpoint_every=None, on_nonfinite="raise", max_nonfinite=10, comm=None):
     """Train ``model`` on ``steps`` batches drawn from ``batches``.
 
     batches: an iterable of (x (T, B, I), target) or (x, target, lengths); target as the
@@ -122,6 +122,11 @@ def fit(model, batches, *, steps, optimizer, loss="mse", last_step=False, bptt=N
         finite has that update dropped (and its later BPTT windows; the carried state stays
         the one it started from), is counted in ``history.skipped``/``skipped_step``, and fit
         raises FloatingPointError after ``max_nonfinite`` such batches in a row.
+    comm: an mpi4py communicator for data-parallel training (fastbptt.distributed): each
+        rank's ``batches`` are its shard of the global batches, eval_data is the whole set
+        on every rank; every update, and the History on every rank, equal one process's on
+        the concatenated batches; rank 0 alone shows progress and writes the checkpoint; a
+        rank that raises ends the job.
     Returns a :class:`History`.
     """
     steps = check_positive_int("steps", steps)
@@ -136,18 +141,28 @@ def fit(model, batches, *, steps, optimizer, loss="mse", last_step=False, bptt=N
         bptt = (k1, k2)
     if eval_every is not None:
         eval_every = check_positive_int("eval_every", eval_every)
-    if eval_data is not None:
-        eval_x, eval_target, eval_lengths = _unpack(eval_data, "eval_data")
-
-        def score():
-            return evaluate(model, eval_x, eval_target, loss=loss, last_step=last_step,
-                            lengths=eval_lengths)
     if on_nonfinite not in ("raise", "skip"):
         raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
     max_nonfinite = check_positive_int("max_nonfinite", max_nonfinite)
     checkpoint = _check_checkpoint(checkpoint, checkpoint_every, optimizer)
     if checkpoint_every is not None:
         checkpoint_every = check_positive_int("checkpoint_every", checkpoint_every)
+    run = None
+    if comm is not None:  # data-parallel: the agreement, reductions and shards live there
+        from .distributed import FitRun
+        run = FitRun(model, comm, loss_fn, steps=steps, loss=loss, last_step=last_step, bptt=bptt,
+                     clip=(clip_norm, clip_value, clip_step), carry_state=carry_state,
+                     eval_every=eval_every, has_eval=eval_data is not None)
+        loss_fn, batches, progress = run.loss_fn, run.batches(batches), progress and run.is_root
+        eval_data = run.shard_eval(eval_data)
+    if eval_data is not None:
+        eval_x, eval_target, eval_lengths = _unpack(eval_data, "eval_data")
+
+        def score():
+            return evaluate(model, eval_x, eval_target, loss=loss, last_step=last_step,
+                            lengths=eval_lengths)
+        if run is not None:
+            score = run.score(score, eval_data)
     # What shapes the run besides the model and the optimizer: a checkpoint written under
     # other settings would resume into a run that neither of them describes.
     setup = json.loads(json.dumps({
@@ -169,6 +184,8 @@ def fit(model, batches, *, steps, optimizer, loss="mse", last_step=False, bptt=N
         raise ValueError(f"batches ran out before the {first} batches the checkpoint has trained")
 
     def save(step, done=False):
+        if run is not None and not run.is_root:  # every rank holds the same; one writes
+            return
         history.seconds = seconds_before + time.perf_counter() - started
         save_checkpoint(checkpoint, model=model, optimizer=optimizer, step=step, history=history,
                         state=state if carry_state else None, fit=setup,
@@ -188,7 +205,7 @@ def fit(model, batches, *, steps, optimizer, loss="mse", last_step=False, bptt=N
                     _check_finite_batch(x, target, step)
                 value, norm, new_state = _train_batch(model, x, target, lengths, h0, loss_fn, last_step,
                                                       bptt, optimizer, clip_norm, clip_value, clip_step,
-                                                      history, step)
+                                                      history, step, run)
             except _NonFinite as exc:
                 if on_nonfinite == "raise":
                     raise
@@ -218,6 +235,10 @@ def fit(model, batches, *, steps, optimizer, loss="mse", last_step=False, bptt=N
                     postfix["eval"] = f"{history.eval_loss[-1]:.4g}"
                 bar.set_postfix(postfix, refresh=False)
                 bar.update(1)
+    except BaseException:
+        if run is not None:
+            run.abort()
+        raise
     finally:
         if bar is not None:
             bar.close()
@@ -299,7 +320,7 @@ def _resume(path, model, optimizer, setup, steps):
 
 
 def _train_batch(model, x, target, lengths, h0, loss_fn, last_step, bptt, optimizer,
-                 clip_norm, clip_value, clip_step, history, step):
+                 clip_norm, clip_value, clip_step, history, step, run=None):
     """BPTT(k1, k2) over one batch; returns (its loss, its last gradient norm, the final state)."""
     T = x.shape[0]
     k1, k2 = bptt if bptt is not None else (T, T)
@@ -324,6 +345,8 @@ def _train_batch(model, x, target, lengths, h0, loss_fn, last_step, bptt, optimi
             raise _NonFinite(f"the loss became {value} at batch {step} (steps {prev_end}..{end})")
         total += value
         g = model.backward(d_out, clip_step=clip_step, input_grad=False)
+        if run is not None:
+            run.reduce(g)
         if not model.all_finite(g.flat):  # one scan of the whole buffer; the name if it fails
             name = next(name for name, grad in g.params.items() if not model.all_finite(grad))
             raise _NonFinite(f"the gradient of {name!r} is not finite at batch {step}")

@@ -1,7 +1,7 @@
 """Clipping of whole gradients, in place (per-step clipping lives in ``backward(clip_step=)``).
 
 When the gradients are the consecutive views of one flat buffer (``g.params`` of ``g.flat``,
-in any order of the buffer's own), each function is one compiled pass over that buffer
+in the buffer's order), or that buffer itself, each function is one compiled pass over it
 (plus the scaling pass when ``clip_grad_norm`` clips); any other dict or list of arrays is
 clipped array by array, with the same result.
 """
@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from . import _backend, _reference
-from ._validation import check_positive_number
+from ._validation import FLOAT_DTYPES, check_positive_number
 
 __all__ = ["clip_grad_norm", "clip_grad_value"]
 
@@ -30,14 +30,21 @@ def _arrays(grads):
     return arrays
 
 
-def _flat(arrays):
-    """The 1-D buffer the arrays tile end to end, in their order, or None."""
-    first = arrays[0]
-    if first.dtype.name not in ("float32", "float64"):
+def _flat(grads):
+    """The 1-D float32/float64 buffer the gradients tile end to end, in their order, or None.
+    Checked first and cheaply: the common case then needs no per-array validation."""
+    if isinstance(grads, dict):
+        arrays = tuple(grads.values())
+    elif isinstance(grads, np.ndarray):
+        arrays = (grads,)
+    else:
         return None
+    if not arrays or not isinstance(arrays[0], np.ndarray):
+        return None
+    first = arrays[0]
     base = first if first.base is None else first.base
-    kernels = _backend._compiled or _reference
-    if isinstance(base, np.ndarray) and kernels.flat_span(arrays, base, None):
+    if (isinstance(base, np.ndarray) and base.dtype in FLOAT_DTYPES
+            and (_backend._compiled or _reference).flat_span(arrays, base, None)):
         return base
     return None
 
@@ -60,16 +67,14 @@ def clip_grad_norm(grads, max_norm):
     is not finite, in which case nothing is scaled).
     """
     max_norm = check_positive_number("max_norm", max_norm, allow_none=False)
-    arrays = _arrays(grads)
-    if not arrays:
-        return 0.0
-    flat = _flat(arrays)
+    flat = _flat(grads)
     if flat is not None:
         kernels = _backend._compiled or _reference
         total = math.sqrt(kernels.sum_squares(flat))
         if math.isfinite(total) and total > max_norm:
             kernels.scale_inplace(flat, max_norm / total)
         return total
+    arrays = _arrays(grads)
     total = math.sqrt(math.fsum(sum_squares(a) for a in arrays))
     if math.isfinite(total) and total > max_norm:
         scale = max_norm / total
@@ -81,12 +86,9 @@ def clip_grad_norm(grads, max_norm):
 def clip_grad_value(grads, value):
     """Clip every gradient element into [-value, value], in place."""
     value = check_positive_number("value", value, allow_none=False)
-    arrays = _arrays(grads)
-    if not arrays:
-        return
-    flat = _flat(arrays)
+    flat = _flat(grads)
     if flat is not None:
         (_backend._compiled or _reference).clip_values(flat, value)
         return
-    for a in arrays:
+    for a in _arrays(grads):
         np.clip(a, -value, value, out=a)

@@ -296,7 +296,7 @@ class Optimizer:
 
     def _fused_grads(self, grads, flat_p):
         """The flat buffer the gradients tile, in the parameters' order, or None."""
-        if not isinstance(grads, Mapping) or tuple(grads) != self._names:
+        if not (type(grads) is dict or isinstance(grads, Mapping)) or tuple(grads) != self._names:
             return None
         values = tuple(grads.values())
         first = values[0]

@@ -71,6 +71,15 @@ def test_the_fused_path_is_taken_for_flat_buffers_only(rng):
     with_gap = {"a": gap[:3], "b": gap[4:]}
     assert optim.Adam(with_gap)._fused_params() is None
     assert optim.Adam({"a": gap[:3], "b": gap[3:]})._fused_params() is gap
+    # inside a larger buffer (an aligned allocation, an arena): the span they fill
+    inner = optim.Adam({"a": gap[2:5], "b": gap[5:9]})._fused_params()
+    assert inner.size == 7 and np.shares_memory(inner, gap[2:9]) and not np.shares_memory(inner, gap[9:])
+    # gradients in the same arena as the parameters, not overlapping them: fused
+    arena = np.zeros(20, np.float32)
+    opt_arena = optim.SGD({"a": arena[:3], "b": arena[3:8]}, lr=0.1)
+    flat_arena = opt_arena._fused_params()
+    assert opt_arena._fused_grads({"a": arena[8:11], "b": arena[11:16]}, flat_arena) is not None
+    assert opt_arena._fused_grads({"a": arena[5:8], "b": arena[8:13]}, flat_arena) is None
     mixed = dict(params, bias_out=np.zeros(2))
     assert optim.Adam(mixed)._fused_params() is None
 
@@ -106,18 +115,20 @@ def test_flat_span_of_both_backends(backend):
     module = fb._backend.resolve(backend)[1]
     base = np.zeros(10)
     views = [base[:4].reshape(2, 2), base[4:]]
-    assert module.flat_span(views, base, ((2, 2), (6,)))
-    assert module.flat_span(views, base, None)
-    assert not module.flat_span(views, base, ((4,), (6,)))             # another shape
-    assert not module.flat_span(views[::-1], base, None)               # another order
-    assert not module.flat_span(views[:1], base, None)                 # not to the end
-    assert not module.flat_span([base[:4], base[5:]], base, None)      # a gap
-    assert not module.flat_span([base[:4], base[4:].astype(np.float32)], base, None)
-    assert not module.flat_span([base[:4], [0.0] * 6], base, None)
+    assert module.flat_span(views, base, ((2, 2), (6,))) == (0, 10)
+    assert module.flat_span(views, base, None) == (0, 10)
+    assert module.flat_span(views[:1], base, None) == (0, 4)            # a part of base
+    assert module.flat_span([base[2:5], base[5:9]], base, None) == (2, 9)
+    assert module.flat_span(views, base, ((4,), (6,))) is None          # another shape
+    assert module.flat_span(views[::-1], base, None) is None            # another order
+    assert module.flat_span([base[:4], base[5:]], base, None) is None   # a gap
+    assert module.flat_span([base[:4], base[4:].astype(np.float32)], base, None) is None
+    assert module.flat_span([base[:4], [0.0] * 6], base, None) is None
+    assert module.flat_span(views, np.zeros(10), None) is None          # outside base
     frozen = base.copy()
     frozen.flags.writeable = False
-    assert not module.flat_span([frozen], frozen, None)
-    assert not module.flat_span([base[::2], base[1::2]], base, None)   # strided
+    assert module.flat_span([frozen], frozen, None) is None
+    assert module.flat_span([base[::2], base[1::2]], base, None) is None  # strided
 
 
 # --------------------------------------------------------------------------- fused = per array
@@ -399,3 +410,41 @@ def test_fused_steps_equal_torch_optim(cls, kw, clip, rng, assert_close, tol):
         reference.step()
     for (name, p), t in zip(params.items(), tensors):
         assert_close(p, t.detach().numpy(), np.float64, name, kind="torch")
+
+
+# --------------------------------------------------------------------------- the twins' interface
+
+UPDATE_FUNCTIONS = ["flat_span", "sum_squares", "scale_inplace", "clip_values", "sgd_step", "adagrad_step",
+                    "adam_step", "fast_expf", "softmax_cross_entropy", "squared_error"]
+
+
+@pytest.mark.parametrize("name", UPDATE_FUNCTIONS)
+def test_compiled_and_numpy_twins_take_the_same_arguments(name, compiled_kernels):
+    import inspect
+    assert name in _reference.__all__
+    ours, theirs = getattr(compiled_kernels, name), getattr(_reference, name)
+    assert list(inspect.signature(ours).parameters) == list(inspect.signature(theirs).parameters)
+
+
+@pytest.mark.parametrize("cls, kw", CONFIGS)
+def test_a_compiled_fused_step_allocates_no_arrays(cls, kw, compiled_backend):
+    """The peak of new memory during fused steps stays far below the buffer's size (numpy
+    reports its allocations to tracemalloc): no parameter-sized temporary is made."""
+    import tracemalloc
+    rng = np.random.default_rng(0)
+    shapes = {"big": (400, 300), "small": (300,)}
+    _, params = flat_dict(random_values(rng, shapes), np.float64)
+    g_flat, grads = flat_dict(random_values(rng, shapes), np.float64)
+    opt = cls(params, **kw)
+    opt.step(grads, clip_norm=1.0)
+    tracemalloc.start()
+    try:
+        base, _ = tracemalloc.get_traced_memory()
+        for _ in range(3):
+            opt.step(grads, clip_norm=1.0)
+        fb.clip_grad_norm(grads, 1.0)
+        fb.clip_grad_value(grads, 1.0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak - base < g_flat.nbytes // 100, f"fused steps allocated {peak - base} bytes"

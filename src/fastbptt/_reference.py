@@ -335,22 +335,30 @@ def gru_backward(d_out, dh_n, x, hs, gates, w_ih, w_hh, clip_step=None, step_nor
 
 
 def flat_span(arrays, base, shapes):
-    """True when the arrays, in order, tile ``base`` end to end: each C-contiguous, writeable,
-    of base's dtype and of the shape in ``shapes`` (a tuple of shape tuples, or None for any),
-    the first starting at base's first element and the last ending at its last. Anything
-    else gives False, never an error."""
+    """Where the arrays, in order, lie end to end inside ``base``: (start, stop), the span
+    base[start:stop] they fill, or None when they do not. Each must be C-contiguous,
+    writeable, of base's dtype and of the shape in ``shapes`` (a tuple of shape tuples, or
+    None for any), and begin where the one before it ends. Anything else gives None, never an
+    error."""
     if (not isinstance(base, np.ndarray) or base.ndim != 1 or not base.flags.c_contiguous
             or not base.flags.writeable or not arrays
             or (shapes is not None and len(shapes) != len(arrays))):
-        return False
-    expected = base.__array_interface__["data"][0]
+        return None
+    start = expected = None
     for k, a in enumerate(arrays):
-        if not (isinstance(a, np.ndarray) and a.dtype == base.dtype and a.flags.c_contiguous
-                and a.flags.writeable and a.__array_interface__["data"][0] == expected
-                and (shapes is None or a.shape == tuple(shapes[k]))):
-            return False
+        if not isinstance(a, np.ndarray):
+            return None
+        address = a.__array_interface__["data"][0]
+        if k == 0:
+            start = expected = address
+        if not (a.dtype == base.dtype and a.flags.c_contiguous and a.flags.writeable
+                and address == expected and (shapes is None or a.shape == tuple(shapes[k]))):
+            return None
         expected += a.nbytes
-    return expected == base.__array_interface__["data"][0] + base.nbytes
+    begin = base.__array_interface__["data"][0]
+    if start < begin or expected > begin + base.nbytes or (start - begin) % base.itemsize:
+        return None
+    return (start - begin) // base.itemsize, (expected - begin) // base.itemsize
 
 
 def sum_squares(a):
@@ -462,3 +470,17 @@ def squared_error(out, target, rows, d_out, two_over_batch):
     else:
         d_out[rows] = diff * out.dtype.type(two_over_batch)
     return float(np.square(diff, dtype=np.float64).sum())
+
+
+__all__ += [
+    "adagrad_step",
+    "adam_step",
+    "clip_values",
+    "fast_expf",
+    "flat_span",
+    "scale_inplace",
+    "sgd_step",
+    "softmax_cross_entropy",
+    "squared_error",
+    "sum_squares",
+]

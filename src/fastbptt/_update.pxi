@@ -67,36 +67,41 @@ cdef inline void sqrt_block(floating* a, Py_ssize_t n) noexcept nogil:
 
 
 def flat_span(arrays, base, shapes):
-    """True when the arrays, in order, tile ``base`` end to end: each C-contiguous, writeable,
-    of base's dtype and of the shape in ``shapes`` (a tuple of shape tuples, or None for any),
-    the first starting at base's first element and the last ending at its last.
+    """Where the arrays, in order, lie end to end inside ``base``: (start, stop), the span
+    base[start:stop] they fill, or None when they do not. Each must be C-contiguous,
+    writeable, of base's dtype and of the shape in ``shapes`` (a tuple of shape tuples, or
+    None for any), and begin where the one before it ends.
 
     base: a 1-D C-contiguous writeable array. Anything else (a list, a read-only or strided
-    array, a gap, another order) gives False, never an error: the caller then takes its
-    per-array path, which words the errors.
+    array, a gap, another order, memory outside base) gives None, never an error: the caller
+    then takes its per-array path, which words the errors.
     """
     cdef Py_buffer whole, part
+    cdef char* first
     cdef char* expected
     cdef char* end
     cdef Py_ssize_t k, d, count = len(arrays)
     cdef int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE
     cdef bint ok = True
     if count == 0 or (shapes is not None and len(shapes) != count):
-        return False
+        return None
     try:
         PyObject_GetBuffer(base, &whole, flags)
     except (TypeError, ValueError, BufferError):
-        return False
+        return None
     try:
         if whole.ndim != 1:
-            return False
-        expected = <char*>whole.buf
-        end = expected + whole.len
+            return None
+        first = NULL
+        expected = NULL
+        end = <char*>whole.buf + whole.len
         for k in range(count):
             try:
                 PyObject_GetBuffer(arrays[k], &part, flags)
             except (TypeError, ValueError, BufferError):
-                return False
+                return None
+            if k == 0:
+                first = expected = <char*>part.buf
             ok = (<char*>part.buf == expected and part.itemsize == whole.itemsize
                   and strcmp(part.format, whole.format) == 0)
             if ok and shapes is not None:
@@ -109,8 +114,12 @@ def flat_span(arrays, base, shapes):
             expected += part.len
             PyBuffer_Release(&part)
             if not ok:
-                return False
-        return expected == end
+                return None
+        if (first < <char*>whole.buf or expected > end
+                or (first - <char*>whole.buf) % whole.itemsize != 0):
+            return None
+        return ((first - <char*>whole.buf) // whole.itemsize,
+                (expected - <char*>whole.buf) // whole.itemsize)
     finally:
         PyBuffer_Release(&whole)
 

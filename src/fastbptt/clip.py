@@ -31,7 +31,8 @@ def _arrays(grads):
 
 
 def _flat(grads):
-    """The 1-D float32/float64 buffer the gradients tile end to end, in their order, or None.
+    """The 1-D float32/float64 span of memory the gradients fill end to end, in their order
+    (their base, or a slice of it), or None.
     Checked first and cheaply: the common case then needs no per-array validation."""
     if isinstance(grads, dict):
         arrays = tuple(grads.values())
@@ -43,10 +44,12 @@ def _flat(grads):
         return None
     first = arrays[0]
     base = first if first.base is None else first.base
-    if (isinstance(base, np.ndarray) and base.dtype in FLOAT_DTYPES
-            and (_backend._compiled or _reference).flat_span(arrays, base, None)):
-        return base
-    return None
+    if not isinstance(base, np.ndarray) or base.dtype not in FLOAT_DTYPES:
+        return None
+    span = (_backend._compiled or _reference).flat_span(arrays, base, None)
+    if span is None:
+        return None
+    return base if span == (0, base.size) else base[span[0]:span[1]]
 
 
 def sum_squares(a):

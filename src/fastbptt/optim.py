@@ -17,12 +17,13 @@ Two paths, one result (to rounding):
 The fused path is taken when all of this holds (checked at every step, cheaply):
 
 * ``params`` (the dict given at construction) still holds, under the same keys in the same
-  order, the same array objects as when last checked, and they tile one 1-D C-contiguous
-  buffer end to end in that order: the buffer is the arrays' ``.base`` (the first array's
-  own memory when it has no base), of their dtype, with nothing before, between or after;
+  order, the same array objects as when last checked, C-contiguous, writeable, of one
+  dtype, each beginning in memory where the one before it ends, all inside the 1-D
+  C-contiguous array that owns their memory (their ``.base``; the first array itself when
+  it owns its memory);
 * ``grads`` has the keys of ``params`` in the same order, and its arrays, of the
-  parameters' shapes, tile their own ``.base`` the same way (a buffer other than the
-  parameters').
+  parameters' shapes and dtype, lie end to end inside their own ``.base`` the same way,
+  not overlapping the parameters.
 
 Each optimizer keeps its per-parameter state (``opt.state[name][slot]``) from construction
 on, in the parameter's dtype: when the parameters share one dtype, each slot is one flat
@@ -106,8 +107,9 @@ class Optimizer:
         self._kernels = _backend._compiled or _reference
         self._allocate_state()
         self._allocate_scratch()
-        self._checked_params = None     # the param arrays of the last layout check
-        self._flat_params = None        # and the buffer they tile, or None
+        self._checked_params = None     # the param arrays of the last layout check,
+        self._flat_params = None        # the 1-D span of memory they fill, or None,
+        self._params_span = None        # and (owner, start, stop) of that span
 
     # ----------------------------------------------------------------- subclass hooks
 
@@ -285,13 +287,16 @@ class Optimizer:
         checked = self._checked_params
         if checked is not None and len(values) == len(checked) and all(map(is_, values, checked)):
             return self._flat_params
-        flat = None
+        flat = span = None
         if self._flat_state is not None and tuple(self.params) == self._names:
             base = _own_buffer(values[0]) if isinstance(values[0], np.ndarray) else None
-            if base is not None and self._kernels.flat_span(values, base, self._shapes):
-                flat = base
+            span = self._kernels.flat_span(values, base, self._shapes) if base is not None else None
+            if span is not None:
+                flat = base if span == (0, base.size) else base[span[0]:span[1]]
+                span = (base, *span)
         self._checked_params = values
         self._flat_params = flat
+        self._params_span = span
         return flat
 
     def _fused_grads(self, grads, flat_p):
@@ -303,9 +308,14 @@ class Optimizer:
         if not isinstance(first, np.ndarray) or first.dtype != flat_p.dtype:
             return None
         base = _own_buffer(first)
-        if base is flat_p or not self._kernels.flat_span(values, base, self._shapes):
+        span = self._kernels.flat_span(values, base, self._shapes)
+        if span is None:
             return None
-        return base
+        start, stop = span
+        owner, p_start, p_stop = self._params_span
+        if base is owner and start < p_stop and p_start < stop:
+            return None         # the gradients overlap the parameters
+        return base if start == 0 and stop == base.size else base[start:stop]
 
     def _step_per_array(self, grads, scale, clip_norm):
         pairs = self._check_grads(grads)

@@ -165,6 +165,10 @@ cdef double _squared_error(const floating[:, ::1] out, const floating[:, ::1] ta
     cdef const floating* goal
     cdef floating* d
     cdef double total = 0
+    if not gather:
+        # every row in order: one run over the whole block, as if it were one long row
+        O = M * O
+        M = 1
     with nogil:
         for m in range(M):
             row = rows[m] if gather else m

@@ -465,11 +465,12 @@ def squared_error(out, target, rows, d_out, two_over_batch):
     written). Returns the sum as a float (accumulated in float64).
     """
     diff = (out if rows is None else out[rows]) - target
-    if rows is None:
-        d_out[...] = diff * out.dtype.type(two_over_batch)
-    else:
-        d_out[rows] = diff * out.dtype.type(two_over_batch)
-    return float(np.square(diff, dtype=np.float64).sum())
+    with np.errstate(over="ignore"):  # an overflowing loss is returned as inf for the caller to see
+        if rows is None:
+            d_out[...] = diff * out.dtype.type(two_over_batch)
+        else:
+            d_out[rows] = diff * out.dtype.type(two_over_batch)
+        return float(np.square(diff, dtype=np.float64).sum())
 
 
 __all__ += [

@@ -16,15 +16,21 @@ this module checks the input and chooses the scored rows.
 import numpy as np
 
 from . import _backend, _reference
-from ._validation import check_float_array, check_int_array, check_lengths, shape_str
+from ._validation import FLOAT_DTYPES, check_float_array, check_int_array, check_lengths, shape_str
 
 __all__ = ["mse", "cross_entropy"]
-
-_OUT_SHAPE = ("T", "B", "O")
 
 
 def _kernels():
     return _backend._compiled or _reference
+
+
+def _check_outputs(name, a, dims, all_finite):
+    """``a`` (T, B, ·) checked by check_float_array; the common case in a few attribute reads."""
+    if (type(a) is np.ndarray and a.ndim == 3 and a.flags.c_contiguous and a.size
+            and a.dtype in FLOAT_DTYPES and all_finite(a)):
+        return a
+    return check_float_array(name, a, dims, finite_check=all_finite)
 
 
 def _scored_rows(T, B, last_step, lengths):
@@ -50,7 +56,7 @@ def mse(out, target, *, last_step=False, lengths=None):
     real dtype (converted to out's); lengths (B,) or None. Returns (loss, d_out (T, B, O)).
     """
     kernels = _kernels()
-    out = check_float_array("out", out, _OUT_SHAPE, finite_check=kernels.all_finite)
+    out = _check_outputs("out", out, ("T", "B", "O"), kernels.all_finite)
     T, B, O = out.shape
     rows, running = _scored_rows(T, B, last_step, lengths)
     if not isinstance(target, np.ndarray) or target.dtype.kind not in "fiu":
@@ -60,13 +66,15 @@ def mse(out, target, *, last_step=False, lengths=None):
     if target.shape != want:
         raise ValueError(f"target must have shape {shape_str(want)}, got {shape_str(target.shape)}")
     scored = target.reshape(-1, O) if running is None else target[running]
-    if scored.dtype.kind == "f" and not np.isfinite(scored).all():
+    if scored.dtype in FLOAT_DTYPES and scored.flags.c_contiguous:
+        finite = kernels.all_finite(scored)
+    else:
+        finite = scored.dtype.kind != "f" or bool(np.isfinite(scored).all())
+    if not finite:
         raise ValueError("target contains NaN or infinite values")
     scored = np.ascontiguousarray(scored, dtype=out.dtype)
     d_out = np.empty_like(out) if rows is None else np.zeros_like(out)
-    with np.errstate(over="ignore"):  # an overflowing loss is returned as inf for the caller to see
-        total = kernels.squared_error(out.reshape(T * B, O), scored, rows,
-                                      d_out.reshape(T * B, O), 2.0 / B)
+    total = kernels.squared_error(out.reshape(T * B, O), scored, rows, d_out.reshape(T * B, O), 2.0 / B)
     return total / B, d_out
 
 
@@ -78,7 +86,7 @@ def cross_entropy(logits, labels, *, last_step=False, lengths=None):
     anything); lengths (B,) or None. Returns (loss, d_out (T, B, C)).
     """
     kernels = _kernels()
-    logits = check_float_array("logits", logits, ("T", "B", "C"), finite_check=kernels.all_finite)
+    logits = _check_outputs("logits", logits, ("T", "B", "C"), kernels.all_finite)
     T, B, C = logits.shape
     rows, running = _scored_rows(T, B, last_step, lengths)
     check_int_array("labels", labels, (B,) if last_step else (T, B))

@@ -448,3 +448,15 @@ def test_a_compiled_fused_step_allocates_no_arrays(cls, kw, compiled_backend):
     finally:
         tracemalloc.stop()
     assert peak - base < g_flat.nbytes // 100, f"fused steps allocated {peak - base} bytes"
+
+
+def test_parameters_rebound_to_another_dtype_are_caught(rng):
+    """A flat buffer of float64 views in place of the float32 ones the state was built for."""
+    values = random_values(rng, SMALL)
+    _, params = flat_dict(values, np.float32)
+    opt = optim.Adam(params)
+    _, wider = flat_dict(values, np.float64)
+    params.update(wider)
+    assert opt._fused_params() is None
+    with pytest.raises(ValueError, match="weight_ih_l0.*float32"):
+        opt.step(flat_dict(random_values(rng, SMALL), np.float64)[1])

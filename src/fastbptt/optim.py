@@ -41,7 +41,7 @@ from operator import is_
 import numpy as np
 
 from . import _backend, _reference
-from ._validation import (FLOAT_DTYPES, check_bool, check_float_array, check_number,
+from ._validation import (check_bool, check_float_array, check_number,
                           check_positive_number, shape_str)
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "Adam", "AdamW"]
@@ -281,16 +281,18 @@ class Optimizer:
             self._scratch[dtype] = [np.empty(size, dtype=dtype) for _ in range(count)]
 
     def _fused_params(self):
-        """The flat buffer the parameters tile, or None; the layout is checked again only
+        """The 1-D span of memory the parameters fill, or None; the layout is checked again only
         when an array of ``params`` is no longer the one last checked."""
         values = tuple(self.params.values())
         checked = self._checked_params
         if checked is not None and len(values) == len(checked) and all(map(is_, values, checked)):
             return self._flat_params
         flat = span = None
-        if self._flat_state is not None and tuple(self.params) == self._names:
-            base = _own_buffer(values[0]) if isinstance(values[0], np.ndarray) else None
-            span = self._kernels.flat_span(values, base, self._shapes) if base is not None else None
+        first = values[0] if values else None
+        if (self._flat_state is not None and tuple(self.params) == self._names
+                and isinstance(first, np.ndarray) and first.dtype == self._specs[self._names[0]][1]):
+            base = _own_buffer(first)
+            span = self._kernels.flat_span(values, base, self._shapes)
             if span is not None:
                 flat = base if span == (0, base.size) else base[span[0]:span[1]]
                 span = (base, *span)
@@ -300,7 +302,7 @@ class Optimizer:
         return flat
 
     def _fused_grads(self, grads, flat_p):
-        """The flat buffer the gradients tile, in the parameters' order, or None."""
+        """The 1-D span of memory the gradients fill, in the parameters' order, or None."""
         if not (type(grads) is dict or isinstance(grads, Mapping)) or tuple(grads) != self._names:
             return None
         values = tuple(grads.values())

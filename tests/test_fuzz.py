@@ -407,8 +407,6 @@ def test_a_one_step_one_sequence_model_with_i_not_h_matches_the_oracle(backend, 
         assert_close(model.backward(d).x, ref.backward(d).x, np.float64, f"{cell} g.x", kind="gated")
 
 
-@pytest.mark.xfail(strict=True, reason="losses.mse takes complex targets (np.number) and drops "
-                   "their imaginary part with only a ComplexWarning; found by the fuzz")
 def test_mse_refuses_a_complex_target_naming_it():
     out = np.zeros((2, 1, 1))
     target = np.full((2, 1, 1), 1 + 1j)

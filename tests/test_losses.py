@@ -176,16 +176,16 @@ def _nan_at(a, index, value=np.nan):
 
 
 BAD_MSE = [
-    ("out-list", OUT.tolist(), OUT, {}, TypeError, "out must be a float32 or float64"),
-    ("out-int", np.zeros((3, 2, 4), np.int32), OUT, {}, TypeError, "out must be a float32 or float64"),
-    ("out-2d", OUT[0], OUT[0], {}, ValueError, r"out must have shape \(T, B, O\)"),
-    ("out-empty", np.zeros((0, 2, 4)), np.zeros((0, 2, 4)), {}, ValueError, r"out must have shape"),
+    ("out-list", OUT.tolist(), OUT, {}, TypeError, "out must be a numpy.ndarray, got list"),
+    ("out-int", np.zeros((3, 2, 4), np.int32), OUT, {}, TypeError, "out must have dtype float32 or float64, got int32"),
+    ("out-2d", OUT[0], OUT[0], {}, ValueError, r"out must have shape \(T, B, O\), got \(2, 4\)"),
+    ("out-empty", np.zeros((0, 2, 4)), np.zeros((0, 2, 4)), {}, ValueError, r"out must not be empty, got shape \(0, 2, 4\)"),
     ("out-nan", _nan_at(OUT, (1, 1, 1)), OUT, {}, ValueError, "out contains NaN"),
     ("out-inf", _nan_at(OUT, (0, 0, 0), np.inf), OUT, {}, ValueError, "out contains NaN"),
-    ("target-shape", OUT, np.zeros((3, 2, 3)), {}, ValueError, r"target must have shape \(3, 2, 4\)"),
+    ("target-shape", OUT, np.zeros((3, 2, 3)), {}, ValueError, r"target must have shape \(3, 2, 4\), got \(3, 2, 3\)"),
     ("target-last-step", OUT, OUT, dict(last_step=True), ValueError, r"target must have shape \(2, 4\)"),
-    ("target-list", OUT, OUT.tolist(), {}, TypeError, "target must be a numeric"),
-    ("target-str", OUT, np.full((3, 2, 4), "a"), {}, TypeError, "target must be a numeric"),
+    ("target-list", OUT, OUT.tolist(), {}, TypeError, "target must be a numpy.ndarray of real numbers"),
+    ("target-str", OUT, np.full((3, 2, 4), "a"), {}, TypeError, "target must be a numpy.ndarray of real numbers"),
     ("target-nan", OUT, _nan_at(OUT, (2, 1, 3)), {}, ValueError, "target contains NaN"),
     ("target-inf", OUT, _nan_at(OUT, (2, 0, 0), -np.inf), {}, ValueError, "target contains NaN"),
 ]
@@ -198,14 +198,14 @@ def test_mse_bad_input(case, out, target, kw, error, match):
 
 
 BAD_CE = [
-    ("logits-int", np.zeros((3, 2, 4), np.int64), GOOD_LABELS, {}, TypeError, "logits must be a float32 or float64"),
-    ("logits-2d", OUT[0], GOOD_LABELS, {}, ValueError, r"logits must have shape \(T, B, O\)"),
+    ("logits-int", np.zeros((3, 2, 4), np.int64), GOOD_LABELS, {}, TypeError, "logits must have dtype float32 or float64, got int64"),
+    ("logits-2d", OUT[0], GOOD_LABELS, {}, ValueError, r"logits must have shape \(T, B, C\), got \(2, 4\)"),
     ("logits-nan", _nan_at(OUT, (2, 1, 0)), GOOD_LABELS, {}, ValueError, "logits contains NaN"),
-    ("labels-float", OUT, GOOD_LABELS.astype(np.float64), {}, TypeError, "labels must be an integer"),
-    ("labels-bool", OUT, GOOD_LABELS.astype(bool), {}, TypeError, "labels must be an integer"),
-    ("labels-list", OUT, GOOD_LABELS.tolist(), {}, TypeError, "labels must be an integer"),
-    ("labels-shape", OUT, np.zeros((2, 3), np.int64), {}, ValueError, r"labels must have shape \(3, 2\)"),
-    ("labels-last-step", OUT, GOOD_LABELS, dict(last_step=True), ValueError, r"labels must have shape \(2,\)"),
+    ("labels-float", OUT, GOOD_LABELS.astype(np.float64), {}, TypeError, "labels must have an integer dtype, got float64"),
+    ("labels-bool", OUT, GOOD_LABELS.astype(bool), {}, TypeError, "labels must have an integer dtype, got bool"),
+    ("labels-list", OUT, GOOD_LABELS.tolist(), {}, TypeError, "labels must be a numpy.ndarray"),
+    ("labels-shape", OUT, np.zeros((2, 3), np.int64), {}, ValueError, r"labels must have shape \(3, 2\), got \(2, 3\)"),
+    ("labels-last-step", OUT, GOOD_LABELS, dict(last_step=True), ValueError, r"labels must have shape \(2\), got \(3, 2\)"),
     ("labels-negative", OUT, _nan_at(GOOD_LABELS, (1, 1), -1), {}, ValueError, r"labels must lie in \[0, 4\)"),
     ("labels-too-big", OUT, _nan_at(GOOD_LABELS, (2, 0), 4), {}, ValueError, r"labels must lie in \[0, 4\)"),
 ]

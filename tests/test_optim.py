@@ -42,7 +42,7 @@ def ref_sgd(p, grads, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
             b = d if b is None else momentum * b + d
             d = d + momentum * b if nesterov else b
         p = p - lr * d
-    return p, {"momentum_buffer": b} if momentum else {}
+    return p, {"velocity": b} if momentum else {}
 
 
 def ref_adagrad(p, grads, lr, eps):
@@ -53,7 +53,7 @@ def ref_adagrad(p, grads, lr, eps):
         g = g.astype(np.float64)
         mem = mem + g * g
         p = p + -lr * g / np.sqrt(mem + eps)
-    return p, {"sum": mem}
+    return p, {"sum_sq": mem}
 
 
 def ref_adam(p, grads, lr, betas, eps, weight_decay=0.0):
@@ -69,7 +69,22 @@ def ref_adam(p, grads, lr, betas, eps, weight_decay=0.0):
         m_hat = m / (1 - b1 ** t)
         v_hat = v / (1 - b2 ** t)
         p = p - lr * m_hat / (np.sqrt(v_hat) + eps)
-    return p, {"exp_avg": m, "exp_avg_sq": v}
+    return p, {"m": m, "v": v}
+
+
+def ref_adamw(p, grads, lr, betas, eps, weight_decay):
+    """Loshchilov & Hutter's decoupled decay (torch.optim.AdamW): p shrinks by lr·wd, then Adam."""
+    b1, b2 = betas
+    p = p.astype(np.float64)
+    m = np.zeros_like(p)
+    v = np.zeros_like(p)
+    for t, g in enumerate(grads, start=1):
+        g = g.astype(np.float64)
+        p = p * (1 - lr * weight_decay)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g ** 2
+        p = p - lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+    return p, {"m": m, "v": v}
 
 
 CASES = [
@@ -87,6 +102,10 @@ CASES = [
     pytest.param(optim.Adam, ref_adam, dict(lr=0.05, betas=(0.5, 0.8), eps=1e-3), id="adam-betas-eps"),
     pytest.param(optim.Adam, ref_adam, dict(lr=0.02, betas=(0.8, 0.99), eps=1e-8, weight_decay=0.1),
                  id="adam-decay"),
+    pytest.param(optim.AdamW, ref_adamw, dict(lr=0.02, betas=(0.8, 0.99), eps=1e-8, weight_decay=0.1),
+                 id="adamw"),
+    pytest.param(optim.AdamW, ref_adamw, dict(lr=0.05, betas=(0.5, 0.8), eps=1e-3, weight_decay=0.0),
+                 id="adamw-no-decay"),
 ]
 
 @pytest.mark.parametrize("cls, ref, kw", CASES)
@@ -137,6 +156,8 @@ def test_defaults():
     assert (ada.lr, ada.eps) == (0.1, 1e-8)
     adam = optim.Adam(p)
     assert (adam.lr, adam.betas, adam.eps, adam.weight_decay) == (1e-3, (0.9, 0.999), 1e-8, 0.0)
+    adamw = optim.AdamW(p)
+    assert (adamw.lr, adamw.betas, adamw.eps, adamw.weight_decay) == (1e-3, (0.9, 0.999), 1e-8, 1e-2)
     sgd = optim.SGD(p, lr=0.5)
     assert (sgd.momentum, sgd.nesterov, sgd.weight_decay) == (0.0, False, 0.0)
 
@@ -160,6 +181,7 @@ ALL_CONFIGS = [pytest.param(cls, kw, id=f"{cls.__name__}-{i}")
                    (optim.Adagrad, dict(lr=0.1)),
                    (optim.Adam, dict(lr=0.01)),
                    (optim.Adam, dict(lr=0.01, weight_decay=0.01)),
+                   (optim.AdamW, dict(lr=0.01, weight_decay=0.01)),
                ])]
 
 
@@ -245,11 +267,10 @@ def test_state_dict_round_trip_through_npz(cls, kw, rng):
     with np.load(buf, allow_pickle=False) as data:
         checkpoint = dict(data)
     resumed_params = {k: v.copy() for k, v in saved_params.items()}
-    fresh_kw = {k: v for k, v in kw.items() if k not in ("lr",)}
-    resumed = cls(resumed_params, lr=0.123, **fresh_kw)  # lr comes back from the checkpoint
+    resumed = cls(resumed_params, **kw)
     identities = {k: dict(v) for k, v in resumed.state.items()}
     resumed.load_state_dict(checkpoint)
-    assert resumed.lr == kw["lr"] and resumed.step_count == 3
+    assert resumed.step_count == 3
     for g in grads[3:]:
         resumed.step(g)
     for k in params:
@@ -259,36 +280,67 @@ def test_state_dict_round_trip_through_npz(cls, kw, rng):
             np.testing.assert_array_equal(a, opt.state[k][name])
 
 
+@pytest.mark.parametrize("cls, kw, slots", [
+    pytest.param(optim.SGD, dict(lr=0.1), (), id="sgd"),
+    pytest.param(optim.SGD, dict(lr=0.1, momentum=0.9), ("velocity",), id="sgd-momentum"),
+    pytest.param(optim.Adagrad, dict(), ("sum_sq",), id="adagrad"),
+    pytest.param(optim.Adam, dict(), ("m", "v"), id="adam"),
+    pytest.param(optim.AdamW, dict(), ("m", "v"), id="adamw"),
+])
+def test_state_dict_holds_the_step_and_the_slots_only(cls, kw, slots, rng):
+    params = _params(rng, np.float64)
+    opt = cls(params, **kw)
+    for g in _grad_stream(rng, params, steps=2):
+        opt.step(g)
+    sd = opt.state_dict()
+    assert set(sd) == {"step", *(f"{s}/{k}" for s in slots for k in params)}
+    assert sd["step"].shape == () and sd["step"].dtype == np.int64 and sd["step"] == 2
+    for s in slots:
+        for k, p in params.items():
+            a = sd[f"{s}/{k}"]
+            assert a.shape == p.shape and a.dtype == p.dtype
+            np.testing.assert_array_equal(a, opt.state[k][s])
+
+
 def test_state_dict_is_a_copy(rng):
     params = _params(rng, np.float64)
     opt = optim.Adam(params)
     opt.step(_grad_stream(rng, params, steps=1)[0])
     sd = opt.state_dict()
-    sd["exp_avg/weight"][...] = 99
-    assert not np.any(opt.state["weight"]["exp_avg"] == 99)
+    sd["m/weight"][...] = 99
+    assert not np.any(opt.state["weight"]["m"] == 99)
 
 
-def test_load_state_dict_rejects_mismatches(rng):
+def _bad_checkpoints(sd):
+    yield "missing", {k: v for k, v in sd.items() if k != "v/bias"}, "v/bias"
+    yield "unexpected", dict(sd, **{"m/other": np.zeros(3)}), "m/other"
+    yield "shape", dict(sd, **{"m/weight": np.zeros((2, 2))}), "m/weight"
+    yield "dtype", dict(sd, **{"v/cube": sd["v/cube"].astype(np.float32)}), "v/cube"
+    yield "nan", dict(sd, **{"m/bias": np.full(6, np.nan)}), "m/bias"
+    yield "list", dict(sd, **{"m/bias": [0.0] * 6}), "m/bias"
+    yield "step-negative", dict(sd, step=np.array(-1)), "step"
+    yield "step-float", dict(sd, step=np.array(1.5)), "step"
+    yield "step-vector", dict(sd, step=np.array([1, 2])), "step"
+
+
+def test_load_state_dict_rejects_bad_checkpoints_naming_the_key(rng):
     params = _params(rng, np.float64)
     adam = optim.Adam(params)
     adam.step(_grad_stream(rng, params, steps=1)[0])
     sd = adam.state_dict()
-    with pytest.raises(ValueError, match="Adam"):
-        optim.Adagrad(params).load_state_dict(sd)
-    other = optim.Adam({"weight": params["weight"].copy()})
-    with pytest.raises(ValueError, match="bias"):
-        other.load_state_dict(sd)
-    bad = dict(sd, **{"exp_avg/weight": np.zeros((2, 2))})
     target = optim.Adam({k: v.copy() for k, v in params.items()})
-    with pytest.raises(ValueError, match="exp_avg/weight"):
-        target.load_state_dict(bad)
-    with pytest.raises(ValueError, match=r"betas\[1\]"):
-        target.load_state_dict(dict(sd, betas=(0.9, 1.5)))
-    # nothing of the bad checkpoints was taken
-    assert target.step_count == 0 and target.betas == (0.9, 0.999)
-    assert not target.state["weight"]["exp_avg"].any()
-    with pytest.raises(ValueError, match="momentum"):
+    for case, bad, key in _bad_checkpoints(sd):
+        with pytest.raises(ValueError, match=key):
+            target.load_state_dict(bad)
+        # nothing of the bad checkpoint was taken
+        assert target.step_count == 0, case
+        assert not target.state["weight"]["m"].any(), case
+    with pytest.raises(ValueError, match="v/weight"):
+        optim.Adagrad(params).load_state_dict(sd)
+    with pytest.raises(ValueError, match="velocity"):
         optim.SGD(params, lr=0.1).load_state_dict(optim.SGD(params, lr=0.1, momentum=0.9).state_dict())
+    with pytest.raises(TypeError, match="mapping"):
+        target.load_state_dict([("step", 1)])
 
 
 def test_zero_state_restarts(rng, assert_close):
@@ -334,7 +386,7 @@ def test_fits_a_fixed_batch(cls, kw):
 # ------------------------------------------------------------------ argument checks
 
 
-@pytest.mark.parametrize("cls", [optim.SGD, optim.Adagrad, optim.Adam])
+@pytest.mark.parametrize("cls", [optim.SGD, optim.Adagrad, optim.Adam, optim.AdamW])
 @pytest.mark.parametrize("lr, error", [
     (0.0, ValueError), (-0.1, ValueError), (float("nan"), ValueError), (float("inf"), ValueError),
     ("0.1", TypeError), (None, TypeError), (True, TypeError),
@@ -365,9 +417,10 @@ def test_lr_can_be_scheduled_but_stays_valid():
     (dict(eps=-1e-8), ValueError, "eps"),
     (dict(weight_decay=-0.1), ValueError, "weight_decay"),
 ])
-def test_bad_adam_arguments(kw, error, match):
+@pytest.mark.parametrize("cls", [optim.Adam, optim.AdamW])
+def test_bad_adam_arguments(cls, kw, error, match):
     with pytest.raises(error, match=match):
-        optim.Adam({"w": np.ones(3)}, **kw)
+        cls({"w": np.ones(3)}, **kw)
 
 
 @pytest.mark.parametrize("kw, error, match", [
@@ -396,7 +449,7 @@ def _read_only():
 SHARED = np.ones(3)
 
 
-@pytest.mark.parametrize("cls", [optim.SGD, optim.Adagrad, optim.Adam])
+@pytest.mark.parametrize("cls", [optim.SGD, optim.Adagrad, optim.Adam, optim.AdamW])
 @pytest.mark.parametrize("params, error, match", [
     ([np.ones(3)], TypeError, "dict"),
     ({}, ValueError, "empty"),
@@ -413,7 +466,7 @@ def test_bad_params(cls, params, error, match):
         cls(params, lr=0.1)
 
 
-@pytest.mark.parametrize("cls", [optim.SGD, optim.Adagrad, optim.Adam])
+@pytest.mark.parametrize("cls", [optim.SGD, optim.Adagrad, optim.Adam, optim.AdamW])
 def test_bad_grads(cls):
     params = {"weight_hh_l0": np.ones((3, 3), dtype=np.float32), "bias_hh_l0": np.ones(3, dtype=np.float32)}
     opt = cls(params, lr=0.1)

@@ -1519,3 +1519,6 @@ cdef object _gru_backward(const floating[:, :, ::1] d_out, dh_n, const floating[
         column_sums(&delta_i[0, 0, 0], &db_ih[0], T * B, G)
         column_sums(&delta_h[0, 0, 0], &db_hh[0], T * B, G)
     return dx_arr, np.asarray(carry), dw_ih_arr, dw_hh_arr, db_ih_arr, db_hh_arr
+
+include "_update.pxi"
+include "_losses.pxi"

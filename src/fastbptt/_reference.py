@@ -324,3 +324,164 @@ def gru_backward(d_out, dh_n, x, hs, gates, w_ih, w_hh, clip_step=None, step_nor
         dx[t - 1, :m] = delta_i @ w_ih                      # dx_t = δi_t W_ih
         dh_all[:m] = delta_h @ w_hh + dh * z                # ∂E/∂h_{t-1}: gates, and z ⊙ h_{t-1}
     return dx, dh_all, dw_ih, dw_hh, db_ih, db_hh
+
+
+# ============================================================================ the update
+#
+# Optimizer steps, whole-gradient clipping and losses over flat buffers: the twins of
+# _update.pxi and _losses.pxi (same names, same signatures), written as the equations. The
+# steps take the per-array path's order of operations in optim.py, so that the fused and the
+# per-array paths agree to rounding. Arrays are C-contiguous and checked by the callers.
+
+
+def flat_span(arrays, base, shapes):
+    """Where the arrays, in order, lie end to end inside ``base``: (start, stop), the span
+    base[start:stop] they fill, or None when they do not. Each must be C-contiguous,
+    writeable, of base's dtype and of the shape in ``shapes`` (a tuple of shape tuples, or
+    None for any), and begin where the one before it ends. Anything else gives None, never an
+    error."""
+    if (not isinstance(base, np.ndarray) or base.ndim != 1 or not base.flags.c_contiguous
+            or not base.flags.writeable or not arrays
+            or (shapes is not None and len(shapes) != len(arrays))):
+        return None
+    start = expected = None
+    for k, a in enumerate(arrays):
+        if not isinstance(a, np.ndarray):
+            return None
+        address = a.__array_interface__["data"][0]
+        if k == 0:
+            start = expected = address
+        if not (a.dtype == base.dtype and a.flags.c_contiguous and a.flags.writeable
+                and address == expected and (shapes is None or a.shape == tuple(shapes[k]))):
+            return None
+        expected += a.nbytes
+    begin = base.__array_interface__["data"][0]
+    if start < begin or expected > begin + base.nbytes or (start - begin) % base.itemsize:
+        return None
+    return (start - begin) // base.itemsize, (expected - begin) // base.itemsize
+
+
+def sum_squares(a):
+    """Σ a², accumulated in float64."""
+    return float(np.square(a, dtype=np.float64).sum())
+
+
+def scale_inplace(a, s):
+    """a *= s in a's dtype."""
+    a *= s
+
+
+def clip_values(a, v):
+    """Every element of ``a`` into [-v, v], in place; NaN stays NaN."""
+    np.clip(a, -v, v, out=a)
+
+
+def sgd_step(p, g, velocity, lr, momentum, nesterov, weight_decay, scale):
+    """One SGD step, PyTorch's equations (dampening 0), in place on p and velocity (None
+    without momentum); g is read only.
+
+        d ← scale·g + weight_decay·p
+        b ← momentum·b + d;  d ← d + momentum·b (nesterov) or b      (momentum > 0)
+        p ← p - lr·d
+    """
+    d = p * weight_decay + g * p.dtype.type(scale)
+    if velocity is not None:
+        velocity *= momentum
+        velocity += d
+        d = d + velocity * momentum if nesterov else velocity
+    p -= d * lr
+
+
+def adagrad_step(p, g, sum_sq, lr, eps, scale):
+    """One Adagrad step (ε inside the root, as min-char-rnn), in place:
+
+        d ← scale·g;  sum_sq ← sum_sq + d²;  p ← p - lr·d / √(sum_sq + eps)
+    """
+    d = g * p.dtype.type(scale)
+    sum_sq += d * d
+    p -= (d / np.sqrt(sum_sq + eps)) * lr
+
+
+def adam_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step, scale):
+    """One Adam (decoupled=False: L2 decay in the gradient) or AdamW (decoupled=True, as
+    torch.optim.AdamW) step t = ``step``, PyTorch's equations, in place:
+
+        p ← p·(1 - lr·weight_decay)                         (AdamW)
+        d ← scale·g (+ weight_decay·p for Adam)
+        m ← β1·m + (1 - β1)·d;  v ← β2·v + (1 - β2)·d²
+        p ← p - lr/(1 - β1ᵗ) · m / (√v / √(1 - β2ᵗ) + eps)
+    """
+    step_size = lr / (1.0 - beta1 ** step)
+    root_bias2 = (1.0 - beta2 ** step) ** 0.5
+    d = g * p.dtype.type(scale)
+    if decoupled:
+        p *= 1.0 - lr * weight_decay
+    elif weight_decay:
+        d += p * weight_decay
+    m *= beta1
+    m += d * (1.0 - beta1)
+    v *= beta2
+    v += (d * d) * (1.0 - beta2)
+    p -= (m / (np.sqrt(v) / root_bias2 + eps)) * step_size
+
+
+def fast_expf(x):
+    """e^x of a float32 array (the compiled twin approximates it within 1.3 ulp)."""
+    return np.exp(x)
+
+
+def softmax_cross_entropy(logits, labels, rows, d_out, inv_batch):
+    """Softmax cross-entropy of the scored rows, and its gradient.
+
+    logits (N, C); labels (M,) int64; rows (M,) int64, the rows of logits scored (None:
+    M = N, every row in order); d_out (N, C) of logits' dtype, where row rows[m] gets
+    (softmax - onehot(labels[m])) · inv_batch (other rows are not written).
+    Returns (Σ_m -log softmax(logits[rows[m]])[labels[m]], bad): bad is the first m whose
+    label lies outside [0, C), in which case nothing is computed, or -1.
+    """
+    C = logits.shape[1]
+    outside = np.flatnonzero((labels < 0) | (labels >= C))
+    if outside.size:
+        return 0.0, int(outside[0])
+    z = logits if rows is None else logits[rows]
+    shifted = z - z.max(axis=1, keepdims=True)
+    log_z = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    log_p = shifted - log_z                                    # log softmax
+    picked = np.arange(len(labels)), labels
+    grad = np.exp(log_p)
+    grad[picked] -= 1                                          # softmax - onehot
+    if rows is None:
+        d_out[...] = grad * inv_batch
+    else:
+        d_out[rows] = grad * inv_batch
+    return -float(log_p[picked].sum(dtype=np.float64)), -1
+
+
+def squared_error(out, target, rows, d_out, two_over_batch):
+    """Σ ‖out[rows[m]] - target[m]‖² over the scored rows, and its gradient.
+
+    out (N, O); target (M, O) of out's dtype; rows (M,) int64 or None (every row in order);
+    d_out (N, O), where row rows[m] gets (out - target) · two_over_batch (other rows are not
+    written). Returns the sum as a float (accumulated in float64).
+    """
+    diff = (out if rows is None else out[rows]) - target
+    with np.errstate(over="ignore"):  # an overflowing loss is returned as inf for the caller to see
+        if rows is None:
+            d_out[...] = diff * out.dtype.type(two_over_batch)
+        else:
+            d_out[rows] = diff * out.dtype.type(two_over_batch)
+        return float(np.square(diff, dtype=np.float64).sum())
+
+
+__all__ += [
+    "adagrad_step",
+    "adam_step",
+    "clip_values",
+    "fast_expf",
+    "flat_span",
+    "scale_inplace",
+    "sgd_step",
+    "softmax_cross_entropy",
+    "squared_error",
+    "sum_squares",
+]

@@ -91,6 +91,67 @@ def check_lengths(lengths, T, B):
     return arr.astype(np.int64)
 
 
+# ------------------------------------------------------------------ optimizers, losses, clipping
+
+
+def _shape_spec_str(spec):
+    """(T, B, 3) from a shape spec whose entries are ints, names (any size) or None ('*')."""
+    return shape_str("*" if e is None else e for e in spec)
+
+
+def check_float_array(name, a, shape=None, *, finite=True, finite_check=None, copy_strided=True,
+                      writeable=False):
+    """Return ``a``, a float32 or float64 array, C-contiguous, after checking it; never modifies it.
+
+    shape: None (any shape), or a tuple whose entries are ints, names such as "T" (any size,
+    printed in the message: "out must have shape (T, B, O), got (3, 2)") or None. A strided
+    input is copied when ``copy_strided``, rejected otherwise (arrays updated in place, which
+    is also why ``writeable`` may be demanded). ``finite_check`` as in :func:`check_array`.
+    """
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
+    if shape is not None and (a.ndim != len(shape) or any(
+            isinstance(e, int) and e != s for e, s in zip(shape, a.shape))):
+        raise ValueError(f"{name} must have shape {_shape_spec_str(shape)}, got {shape_str(a.shape)}")
+    if a.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {shape_str(a.shape)}")
+    if writeable and not a.flags.writeable:
+        raise ValueError(f"{name} is read-only; it is updated in place")
+    if not a.flags.c_contiguous:
+        if not copy_strided:
+            raise ValueError(f"{name} must be C-contiguous; pass np.ascontiguousarray({name})")
+        a = np.ascontiguousarray(a)
+    if finite and not (finite_check or _all_finite)(a):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return a
+
+
+def check_int_array(name, a, shape):
+    """Return ``a``, an integer (not bool) array of ``shape`` (as in :func:`check_float_array`),
+    after checking it; never modifies it."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of integers, got {type(a).__name__}")
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{name} must have an integer dtype, got {a.dtype}")
+    if a.ndim != len(shape) or any(isinstance(e, int) and e != s for e, s in zip(shape, a.shape)):
+        raise ValueError(f"{name} must have shape {_shape_spec_str(shape)}, got {shape_str(a.shape)}")
+    return a
+
+
+def check_number(name, value, *, low, high=float("inf"), high_open=True):
+    """``value`` as a float in [low, high) (or [low, high] when not ``high_open``)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    inside = low <= value < high if high_open else low <= value <= high
+    if not (np.isfinite(value) and inside):
+        bracket = ")" if high_open else "]"
+        raise ValueError(f"{name} must be a finite number in [{low}, {high}{bracket}, got {value!r}")
+    return value
+
+
 def check_choice(name, value, choices):
     """``value`` when it is one of ``choices``; a ValueError listing them otherwise."""
     if not any(isinstance(value, type(c)) and value == c for c in choices):

@@ -8,97 +8,94 @@ ready for ``model.backward``. With ``last_step=True`` only the final step is sco
 With ``lengths`` (B,), as given to ``model.forward``, sequence b is scored on its first
 lengths[b] steps only (its targets past the end are ignored, and may hold any padding), or,
 with ``last_step=True``, on its own last step, lengths[b] - 1.
+
+The work runs in the compiled kernels (``softmax_cross_entropy``, ``squared_error``: one
+pass per scored row), or in their NumPy twins in ``_reference.py`` without the extension;
+this module checks the input and chooses the scored rows.
 """
 import numpy as np
 
-from ._validation import FLOAT_DTYPES, check_lengths
+from . import _backend, _reference
+from ._validation import FLOAT_DTYPES, check_float_array, check_int_array, check_lengths, shape_str
 
 __all__ = ["mse", "cross_entropy"]
 
 
-def _check_out(name, out):
-    if not isinstance(out, np.ndarray) or out.dtype not in FLOAT_DTYPES:
-        got = out.dtype if isinstance(out, np.ndarray) else type(out).__name__
-        raise TypeError(f"{name} must be a float32 or float64 numpy.ndarray, got {got}")
-    if out.ndim != 3 or 0 in out.shape:
-        raise ValueError(f"{name} must have shape (T, B, O), got {out.shape}")
-    if not np.isfinite(out).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
+def _kernels():
+    return _backend._compiled or _reference
 
 
-def _scoring(out, last_step, lengths):
-    """(scored, running, place): the scored outputs (S, B, O) with S = 1 for last_step;
-    running (S, B) bool, True where a step is scored (None: everywhere); place(d) puts the
-    gradient of scored back into a zero array shaped like out."""
-    T, B, _ = out.shape
+def _check_outputs(name, a, dims, all_finite):
+    """``a`` (T, B, ·) checked by check_float_array; the common case in a few attribute reads."""
+    if (type(a) is np.ndarray and a.ndim == 3 and a.flags.c_contiguous and a.size
+            and a.dtype in FLOAT_DTYPES and all_finite(a)):
+        return a
+    return check_float_array(name, a, dims, finite_check=all_finite)
+
+
+def _scored_rows(T, B, last_step, lengths):
+    """The rows of out.reshape(T·B, O) that are scored, as int64 (None: every row), and
+    the (t, b) positions of the targets that go with them (None: all, in order)."""
     if lengths is not None:
         lengths = check_lengths(lengths, T, B)
+        if last_step:
+            return (lengths - 1) * B + np.arange(B), None
+        if lengths.min() == T:
+            return None, None
+        running = np.arange(T)[:, None] < lengths          # (T, B)
+        return np.flatnonzero(running), running
     if last_step:
-        rows = np.full(B, T - 1) if lengths is None else lengths - 1
-        columns = np.arange(B)
-
-        def place(d):
-            d_out = np.zeros_like(out)
-            d_out[rows, columns] = d[0]
-            return d_out
-        return out[rows, columns][None], None, place
-    running = None if lengths is None else np.arange(T)[:, None] < lengths
-    return out, running, lambda d: d
+        return np.arange((T - 1) * B, T * B), None
+    return None, None
 
 
 def mse(out, target, *, last_step=False, lengths=None):
     """Squared error E_t = ‖y_t - target_t‖² per sequence, summed over steps, mean over batch.
 
-    out (T, B, O); target (T, B, O), or (B, O) with ``last_step=True``; lengths (B,) or None.
+    out (T, B, O) float32/float64; target (T, B, O), or (B, O) with ``last_step=True``, any
+    real dtype (converted to out's); lengths (B,) or None. Returns (loss, d_out (T, B, O)).
     """
-    _check_out("out", out)
-    B = out.shape[1]
-    scored, running, place = _scoring(out, last_step, lengths)
-    if not isinstance(target, np.ndarray) or not np.issubdtype(target.dtype, np.number):
-        raise TypeError(f"target must be a numeric numpy.ndarray, got {type(target).__name__}")
-    want = scored.shape[1:] if last_step else scored.shape
+    kernels = _kernels()
+    out = _check_outputs("out", out, ("T", "B", "O"), kernels.all_finite)
+    T, B, O = out.shape
+    rows, running = _scored_rows(T, B, last_step, lengths)
+    if not isinstance(target, np.ndarray) or target.dtype.kind not in "fiu":
+        got = target.dtype if isinstance(target, np.ndarray) else type(target).__name__
+        raise TypeError(f"target must be a numpy.ndarray of real numbers, got {got}")
+    want = (B, O) if last_step else (T, B, O)
     if target.shape != want:
-        raise ValueError(f"target must have shape {want}, got {target.shape}")
-    target = target.reshape(scored.shape)
-    if not np.isfinite(target if running is None else target[running]).all():
+        raise ValueError(f"target must have shape {shape_str(want)}, got {shape_str(target.shape)}")
+    scored = target.reshape(-1, O) if running is None else target[running]
+    if scored.dtype in FLOAT_DTYPES and scored.flags.c_contiguous:
+        finite = kernels.all_finite(scored)
+    else:
+        finite = scored.dtype.kind != "f" or bool(np.isfinite(scored).all())
+    if not finite:
         raise ValueError("target contains NaN or infinite values")
-    diff = scored - target.astype(out.dtype, copy=False)
-    if running is not None:
-        diff = np.where(running[..., None], diff, 0).astype(out.dtype, copy=False)
-    with np.errstate(over="ignore"):  # an overflowing loss is returned as inf for the caller to see
-        loss = float(np.sum(diff * diff)) / B
-    return loss, place(diff * (2.0 / B))
+    scored = np.ascontiguousarray(scored, dtype=out.dtype)
+    d_out = np.empty_like(out) if rows is None else np.zeros_like(out)
+    total = kernels.squared_error(out.reshape(T * B, O), scored, rows, d_out.reshape(T * B, O), 2.0 / B)
+    return total / B, d_out
 
 
 def cross_entropy(logits, labels, *, last_step=False, lengths=None):
     """Softmax cross-entropy of integer labels, summed over steps, mean over batch.
 
-    logits (T, B, C); labels int (T, B), or (B,) with ``last_step=True``, each in [0, C);
-    lengths (B,) or None.
+    logits (T, B, C) float32/float64; labels int (T, B), or (B,) with ``last_step=True``,
+    each scored one in [0, C) (labels past a sequence's length are ignored and may hold
+    anything); lengths (B,) or None. Returns (loss, d_out (T, B, C)).
     """
-    _check_out("logits", logits)
+    kernels = _kernels()
+    logits = _check_outputs("logits", logits, ("T", "B", "C"), kernels.all_finite)
     T, B, C = logits.shape
-    scored, running, place = _scoring(logits, last_step, lengths)
-    want = (B,) if last_step else (T, B)
-    if not isinstance(labels, np.ndarray) or not np.issubdtype(labels.dtype, np.integer):
-        got = labels.dtype if isinstance(labels, np.ndarray) else type(labels).__name__
-        raise TypeError(f"labels must be an integer numpy.ndarray, got {got}")
-    if labels.shape != want:
-        raise ValueError(f"labels must have shape {want}, got {labels.shape}")
-    labels = labels.reshape(scored.shape[:2])
-    checked = labels if running is None else labels[running]
-    if checked.min() < 0 or checked.max() >= C:
-        raise ValueError(f"labels must lie in [0, {C}), got values in [{checked.min()}, {checked.max()}]")
-    if running is not None:
-        labels = np.where(running, labels, 0)       # past the end: any valid index, masked below
-    shifted = scored - scored.max(axis=2, keepdims=True)
-    log_z = np.log(np.exp(shifted).sum(axis=2, keepdims=True))
-    log_p = shifted - log_z
-    picked = np.take_along_axis(log_p, labels[..., None], axis=2)
-    grad = np.exp(log_p)
-    np.put_along_axis(grad, labels[..., None], np.take_along_axis(grad, labels[..., None], axis=2) - 1, axis=2)
-    if running is not None:
-        picked = np.where(running[..., None], picked, 0)
-        grad = np.where(running[..., None], grad, 0).astype(logits.dtype, copy=False)
-    loss = -float(picked.sum()) / B
-    return loss, place(grad / B)
+    rows, running = _scored_rows(T, B, last_step, lengths)
+    check_int_array("labels", labels, (B,) if last_step else (T, B))
+    scored = labels.reshape(-1) if running is None else labels[running]
+    # uint64 labels past 2^63 wrap to negative int64: still outside [0, C), still caught
+    scored64 = np.ascontiguousarray(scored, dtype=np.int64)
+    d_out = np.empty_like(logits) if rows is None else np.zeros_like(logits)
+    total, bad = kernels.softmax_cross_entropy(logits.reshape(T * B, C), scored64, rows,
+                                               d_out.reshape(T * B, C), 1.0 / B)
+    if bad >= 0:
+        raise ValueError(f"labels must lie in [0, {C}), got values in [{scored.min()}, {scored.max()}]")
+    return total / B, d_out

@@ -1,0 +1,183 @@
+# Losses over rows of outputs: the twins of the "losses" section of _reference.py, same
+# names, same signatures. Included from _kernels.pyx. losses.py validates everything and
+# chooses the scored rows (all of them, those inside ``lengths``, or one per sequence for
+# ``last_step``); these functions trust it.
+#
+# float32 softmax runs on fb_expf, a vectorisable e^x for x <= 0 (a logit minus its row's
+# maximum): Cody-Waite reduction x = n·ln 2 + r and Cephes' degree-6 polynomial for e^r, then
+# 2^n through the exponent bits; within 1.3 ulp of the true value (checked over the whole range
+# in the tests). A libm expf call per element would cost more than the rest of the loss.
+# float64, the checking dtype, calls libm's exp.
+
+from libc.math cimport exp, log
+from libc.stdint cimport int64_t
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    /* e^x for -87 <= x <= 0 (the caller clamps): within 1.3 ulp. */
+    static inline float fb_expf(float x) {
+        const float round_magic = 12582912.0f;     /* 1.5 * 2^23: adding it rounds to an int */
+        float n = (x * 1.44269504088896341f + round_magic) - round_magic;
+        float r = x - n * 0.693359375f;             /* ln 2 in two parts, exact products */
+        r = r - n * -2.12194440e-4f;
+        float y = 1.9875691500e-4f;
+        y = y * r + 1.3981999507e-3f;
+        y = y * r + 8.3334519073e-3f;
+        y = y * r + 4.1665795894e-2f;
+        y = y * r + 1.6666665459e-1f;
+        y = y * r + 5.0000001201e-1f;
+        y = y * (r * r) + r + 1.0f;
+        int32_t bits = ((int32_t)n + 127) << 23;    /* 2^n, n in [-126, 0] */
+        float two_n;
+        memcpy(&two_n, &bits, sizeof two_n);
+        return y * two_n;
+    }
+    """
+    float fb_expf(float x) nogil
+
+# Below this, e^x underflows float32's normal range: the probability is taken as exactly 0.
+cdef float EXPF_LOW = -87.0
+
+
+def fast_expf(x):
+    """e^x by fb_expf, element by element: x a 1-D float32 array of values in [-87, 0]."""
+    out = np.empty_like(x)
+    cdef const float[::1] xs = x
+    cdef float[::1] ys = out
+    cdef Py_ssize_t i
+    for i in range(xs.shape[0]):
+        ys[i] = fb_expf(xs[i])
+    return out
+
+
+# stands for rows=None (a memoryview cannot be None here): never read
+_ALL_ROWS = np.zeros(1, np.int64)
+
+
+cdef double sum_ptr(const floating* a, Py_ssize_t n) noexcept nogil:
+    """Σ a in float64, in eight partial sums (vector lanes)."""
+    cdef double acc[8]
+    cdef double total = 0
+    cdef Py_ssize_t i = 0, k
+    for k in range(8):
+        acc[k] = 0
+    while i + 8 <= n:
+        for k in range(8):
+            acc[k] += a[i + k]
+        i += 8
+    while i < n:
+        total += a[i]
+        i += 1
+    for k in range(8):
+        total += acc[k]
+    return total
+
+
+def softmax_cross_entropy(logits, labels, rows, d_out, inv_batch):
+    """Softmax cross-entropy of the scored rows, and its gradient, in one pass per row.
+
+    logits (N, C) float32/float64; labels (M,) int64; rows (M,) int64, the rows of logits
+    scored (None: M = N, every row in order); d_out (N, C) of logits' dtype, where row
+    rows[m] gets (softmax - onehot(labels[m])) · inv_batch (other rows are not written).
+    Returns (Σ_m -log softmax(logits[rows[m]])[labels[m]], bad): bad is the first m whose
+    label lies outside [0, C) (the work stops there), or -1.
+    """
+    cdef Py_ssize_t bad
+    cdef double total
+    cdef const int64_t[::1] rows_view = _ALL_ROWS if rows is None else rows
+    if logits.dtype == np.float32:
+        total, bad = _cross_entropy[float](logits, labels, rows_view, rows is not None, d_out,
+                                           inv_batch)
+    else:
+        total, bad = _cross_entropy[double](logits, labels, rows_view, rows is not None, d_out,
+                                            inv_batch)
+    return total, bad
+
+
+cdef (double, Py_ssize_t) _cross_entropy(const floating[:, ::1] logits,
+                                         const int64_t[::1] labels,
+                                         const int64_t[::1] rows, bint gather,
+                                         floating[:, ::1] d_out, double inv_batch):
+    cdef Py_ssize_t m, j, row, M = labels.shape[0], C = logits.shape[1]
+    cdef Py_ssize_t bad = -1
+    cdef int64_t label
+    cdef const floating* z
+    cdef floating* d
+    cdef floating top, t
+    cdef double total = 0, norm, per_prob
+    with nogil:
+        for m in range(M):
+            label = labels[m]
+            if label < 0 or label >= C:
+                bad = m
+                break
+            row = rows[m] if gather else m
+            z = &logits[row, 0]
+            d = &d_out[row, 0]
+            top = z[0]
+            for j in range(1, C):
+                if z[j] > top:
+                    top = z[j]
+            # d = e^(z - max z), then divided by its sum
+            if floating is float:
+                for j in range(C):
+                    t = z[j] - top
+                    d[j] = EXPF_LOW if t < EXPF_LOW else t
+                for j in range(C):
+                    d[j] = fb_expf(d[j])
+                for j in range(C):
+                    d[j] = 0 if z[j] - top < EXPF_LOW else d[j]
+            else:
+                for j in range(C):
+                    d[j] = exp(z[j] - top)
+            norm = sum_ptr(d, C)
+            # -log p[label] = log Σ e^(z - max z) - (z[label] - max z)
+            total += log(norm) - (<double>z[label] - top)
+            per_prob = inv_batch / norm
+            for j in range(C):
+                d[j] = d[j] * <floating>per_prob
+            d[label] = d[label] - <floating>inv_batch
+    return total, bad
+
+
+def squared_error(out, target, rows, d_out, two_over_batch):
+    """Σ ‖out[rows[m]] - target[m]‖² over the scored rows, and its gradient.
+
+    out (N, O) float32/float64; target (M, O) of out's dtype; rows (M,) int64 or None (every
+    row in order); d_out (N, O), where row rows[m] gets (out - target) · two_over_batch (other
+    rows are not written). Returns the sum as a float (accumulated in float64).
+    """
+    cdef const int64_t[::1] rows_view = _ALL_ROWS if rows is None else rows
+    if out.dtype == np.float32:
+        return _squared_error[float](out, target, rows_view, rows is not None, d_out,
+                                     two_over_batch)
+    return _squared_error[double](out, target, rows_view, rows is not None, d_out,
+                                  two_over_batch)
+
+
+cdef double _squared_error(const floating[:, ::1] out, const floating[:, ::1] target,
+                           const int64_t[::1] rows, bint gather, floating[:, ::1] d_out,
+                           floating two_over_batch):
+    cdef Py_ssize_t m, j, row, M = target.shape[0], O = out.shape[1]
+    cdef const floating* y
+    cdef const floating* goal
+    cdef floating* d
+    cdef double total = 0
+    if not gather:
+        # every row in order: one run over the whole block, as if it were one long row
+        O = M * O
+        M = 1
+    with nogil:
+        for m in range(M):
+            row = rows[m] if gather else m
+            y = &out[row, 0]
+            goal = &target[m, 0]
+            d = &d_out[row, 0]
+            for j in range(O):
+                d[j] = y[j] - goal[j]
+            total += sum_squares_ptr(d, O)
+            for j in range(O):
+                d[j] = d[j] * two_over_batch
+    return total

@@ -13,6 +13,7 @@ Environment variables:
                      builds only, a wheel built this way may not run on another CPU.
   FASTBPTT_DEBUG=1   bounds and wraparound checks on, no optimisation: for chasing a crash.
 """
+import glob
 import os
 import platform
 import sys
@@ -56,7 +57,8 @@ def extension(name, extra=(), openmp=False):
         include_dirs=["src/fastbptt"],
         extra_compile_args=compile_args + list(extra) + omp,
         extra_link_args=omp,
-        depends=[f"src/fastbptt/{dep}" for dep in ("_kernels.pyx", "_blas.pxd", "_step_gemm.h")],
+        depends=["src/fastbptt/_kernels.pyx", "src/fastbptt/_blas.pxd", "src/fastbptt/_step_gemm.h"]
+        + sorted(glob.glob("src/fastbptt/_*.pxi")),
     )
 
 

@@ -67,6 +67,14 @@ cdef inline void row_norms(const floating* a, const floating* b, floating* out,
         out[r] = <floating> sqrt(acc)
 
 
+cdef inline void step_norms(floating* norms, const floating* d_out, const floating* carry,
+                            Py_ssize_t n, Py_ssize_t rows, Py_ssize_t H) noexcept nogil:
+    """A backward step's norms (rows,) of ∂E/∂h_t = d_out + carry, rows (·, H): of the n
+    running rows, and zero for the finished rows n:rows."""
+    zero_rows(norms, n, rows, 1)
+    row_norms(d_out, carry, norms, n, H)
+
+
 cdef inline void clip_rows(floating* d, Py_ssize_t B, Py_ssize_t H, double max_norm) noexcept nogil:
     """Rescale each row of d (B, H) whose L2 norm exceeds max_norm down to max_norm."""
     cdef Py_ssize_t r, j

@@ -116,17 +116,14 @@ cdef void elman_backward_rows(const Loop* L, Py_ssize_t r0, Py_ssize_t r1, int t
     for t in range(T - 1, -1, -1):
         d = delta + (t * B + r0) * H
         dy = d_out + (t * B + r0) * H
-        if sizes != NULL:
-            # rows n: finished before step t: δ_t = 0, their carry passes on unchanged
-            n = running(sizes[t], r0, r1)
-            zero_rows(d, n, rows, H)
-            if norms != NULL:
-                zero_rows(norms + t * B + r0, n, rows, 1)
-            if n == 0:
-                continue
-        # carry holds ∂E/∂s_t arriving from step t+1 (or d_h_n at the end)
+        # carry holds ∂E/∂s_t arriving from step t+1 (or d_h_n at the end); rows n: finished
+        # before step t: δ_t = 0, their carry passes on unchanged
+        n = running_at(sizes, t, r0, r1)
+        zero_rows(d, n, rows, H)
         if norms != NULL:
-            row_norms(dy, c, norms + t * B + r0, n, H)
+            step_norms(norms + t * B + r0, dy, c, n, rows, H)
+        if n == 0:
+            continue
         # 1: s_t = f(pre_t): δ_t = ∂E/∂s_t ⊙ f'(s_t)
         delta_step(dy, c, hs + ((t + 1) * B + r0) * H, d, n * H, relu)
         if clip:

@@ -205,17 +205,14 @@ cdef void gru_backward_rows(const Loop* L, Py_ssize_t r0, Py_ssize_t r1, int thr
         dh = delta_h + (t * B + r0) * G
         dy = d_out + (t * B + r0) * H
         gt = gates + (t * B + r0) * 4 * H
-        if sizes != NULL:
-            # rows n: finished before step t: δ_t = 0, their carry passes on unchanged
-            n = running(sizes[t], r0, r1)
-            zero_rows(di, n, rows, G)
-            zero_rows(dh, n, rows, G)
-            if norms != NULL:
-                zero_rows(norms + t * B + r0, n, rows, 1)
-            if n == 0:
-                continue
+        # rows n: finished before step t: δ_t = 0, their carry passes on unchanged
+        n = running_at(sizes, t, r0, r1)
+        zero_rows(di, n, rows, G)
+        zero_rows(dh, n, rows, G)
         if norms != NULL:
-            row_norms(dy, c, norms + t * B + r0, n, H)
+            step_norms(norms + t * B + r0, dy, c, n, rows, H)
+        if n == 0:
+            continue
         # 1: h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}: δi_t, and carry = z ⊙ ∂E/∂h_t
         gru_cell_backward(dy, c, gt, hs + (t * B + r0) * H, di, n, H)
         if clip:

@@ -197,16 +197,13 @@ cdef void lstm_backward_rows(const Loop* L, Py_ssize_t r0, Py_ssize_t r1, int th
     for t in range(T - 1, -1, -1):
         d = delta + (t * B + r0) * G
         dy = d_out + (t * B + r0) * H
-        if sizes != NULL:
-            # rows n: finished before step t: δ_t = 0, carry_h and carry_c pass on unchanged
-            n = running(sizes[t], r0, r1)
-            zero_rows(d, n, rows, G)
-            if norms != NULL:
-                zero_rows(norms + t * B + r0, n, rows, 1)
-            if n == 0:
-                continue
+        # rows n: finished before step t: δ_t = 0, carry_h and carry_c pass on unchanged
+        n = running_at(sizes, t, r0, r1)
+        zero_rows(d, n, rows, G)
         if norms != NULL:
-            row_norms(dy, ch, norms + t * B + r0, n, H)
+            step_norms(norms + t * B + r0, dy, ch, n, rows, H)
+        if n == 0:
+            continue
         # 1: h_t = o ⊙ tanh(c_t), c_t = f ⊙ c_{t-1} + i ⊙ g: δ_t and carry_c = f ⊙ ∂E/∂c_t
         lstm_cell_backward(dy, ch, cc, gates + (t * B + r0) * G, cs + (t * B + r0) * H,
                            cs + ((t + 1) * B + r0) * H, d, n, H)

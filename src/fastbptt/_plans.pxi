@@ -56,6 +56,12 @@ cdef inline Py_ssize_t running(Py_ssize_t size, Py_ssize_t r0, Py_ssize_t r1) no
     return min(max(size - r0, 0), r1 - r0)
 
 
+cdef inline Py_ssize_t running_at(const Py_ssize_t* sizes, Py_ssize_t t, Py_ssize_t r0,
+                                  Py_ssize_t r1) noexcept nogil:
+    """How many of rows r0:r1 run at step t: all of them without batch_sizes (sizes NULL)."""
+    return running(sizes[t], r0, r1) if sizes != NULL else r1 - r0
+
+
 cdef object _packed_work(batch_sizes, Py_ssize_t T, Py_ssize_t B, Py_ssize_t per_row, dtype):
     """The work buffer of ``input_projection``/``packed_weight_gradients``: per_row elements
     for each running row; None without batch_sizes, or when every row runs every step."""

@@ -5,10 +5,11 @@
 # * Hoisted products (the input projection before a time loop; dx, dW_ih, dW_hh after the
 #   backward sweep; the linear layer): ``matmul``, by size. float32 on fastbptt's own gemm
 #   (``_step_gemm.h``, B packed as it goes) above BLAS_ONE_THREAD multiply-adds, on OpenBLAS
-#   at or below it; float64 on BLAS. ``matmul_path`` says which, without running it.
+#   at or below it; float64 on BLAS (``matmul_on_blas``; ``_matmul_path`` reports it).
 # * The per-step recurrent product of a time loop: ``step_path`` picks one of four
 #   ``ProductPath``s once per kernel call (``plan_loop`` in _plans.pxi stores it in the
-#   loop's ``StepProduct``) and ``step_product`` runs it at every step:
+#   loop's ``StepProduct``; ``_step_path`` reports it) and ``step_product`` runs it at every
+#   step:
 #     PRODUCT_LOOP        a plain loop (``small_matmul_acc``), for products too small for
 #                         any gemm's overhead (a char-RNN step is 1x100 @ 100x100);
 #     PRODUCT_PACKED      float32: the own gemm (``fb_gemm``) on weights packed once;
@@ -34,7 +35,7 @@ cdef long TRANSPOSED_STEP = 48 * 1024
 cdef double BLAS_ONE_THREAD = 65536 * 4
 
 # The backward sweep of a single sequence (B = 1) multiplies one row δ_t (1, G·H) by W_hh
-# (G·H, H) per step in a plain loop up to this many multiply-adds (G·H·H), and by BLAS
+# (G·H, H) per step in a plain loop up to this many multiply-adds (G·H·H), and by a gemm
 # above it or for B > 1. Measured here (scipy-openblas 0.3.30, float32, whole backward at
 # T = 25): for one row the loop is 0-10 % faster than sgemm at H = 64-200 on a quiet
 # machine, and up to 2x faster (noisily) while the other core is busy; from B = 2 up,

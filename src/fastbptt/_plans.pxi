@@ -144,7 +144,7 @@ cdef tuple plan_loop(Loop* L, const floating[:, ::1] w_hh, Py_ssize_t T, Py_ssiz
     else:
         b_t = w_hh
         if path == PRODUCT_LOOP:
-            b = _transposed(w_hh)
+            b = np.ascontiguousarray(np.asarray(w_hh).T)    # small: numpy's copy is the quicker
     if b is not None:
         L.product.b = &b[0, 0]
     if b_t is not None:

@@ -15,6 +15,7 @@ Environment variables:
   FASTBPTT_SANITIZE=1  AddressSanitizer and UndefinedBehaviorSanitizer in every extension
                      (.ci/sanitize); the interpreter must preload gcc's libasan.so to import it.
 """
+import glob
 import os
 import platform
 import sys
@@ -64,7 +65,8 @@ def extension(name, extra=(), openmp=False):
         include_dirs=["src/fastbptt"],
         extra_compile_args=compile_args + list(extra) + omp,
         extra_link_args=link_args + omp,
-        depends=[f"src/fastbptt/{dep}" for dep in ("_kernels.pyx", "_blas.pxd", "_step_gemm.h")],
+        depends=[f"src/fastbptt/{dep}" for dep in ("_kernels.pyx", "_blas.pxd", "_step_gemm.h")]
+        + sorted(glob.glob("src/fastbptt/_*.pxi")),
     )
 
 

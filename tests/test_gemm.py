@@ -1,8 +1,10 @@
 """fastbptt's own float32 gemm (``_step_gemm.h``), in every compiled build this CPU runs.
 
-The float32 kernels run all of their products on it: the hoisted ones through ``matmul``
-(B packed FB_KB = 1024 of its rows at a time), the per-step ones through ``fb_gemm`` on
-weights packed once. Its tiles differ per build (8 rows of 2x16 floats with AVX-512, 6 rows of
+The float32 kernels run their larger products on it: the hoisted ones above 256K
+multiply-adds through ``matmul`` (B packed FB_KB = 1024 of its rows at a time; smaller ones
+go to OpenBLAS, on the calling thread), the per-step ones through ``fb_gemm`` on weights
+packed once. ``_matmul`` reaches the own gemm at every size, so that these tests cover it;
+``_matmul_path`` says where the kernels' own products of a size run. Its tiles differ per build (8 rows of 2x16 floats with AVX-512, 6 rows of
 2x8 with AVX2, 2x4 in the baseline), so the shapes here cross every tile edge: rows and
 columns not a multiple of a tile, k past a packing block, enough rows to share row blocks among
 threads, and the empty cases.
@@ -63,7 +65,8 @@ def test_matmul_empty_sum(level):
 def test_step_gemm_same_bits_on_any_thread_count(level, shape, assert_close):
     """A per-step product is split among threads by whole panels (or row blocks), each output
     element summed in the same order whatever the split: the result is the same to the bit on
-    one thread or several, and matches the hoisted path's."""
+    one thread or several, and the same to the bit as the hoisted products' own gemm
+    (``_matmul``, which packs the same B as it goes: one block for k up to 1024)."""
     m, k, n = shape
     rng = np.random.default_rng(sum(shape))
     a = rng.standard_normal((m, k)).astype(np.float32)
@@ -71,12 +74,29 @@ def test_step_gemm_same_bits_on_any_thread_count(level, shape, assert_close):
     one = BUILDS[level]._step_gemm(a, w, 1)
     for threads in (2, 3):
         np.testing.assert_array_equal(BUILDS[level]._step_gemm(a, w, threads), one)
+    np.testing.assert_array_equal(BUILDS[level]._matmul(a, w, False, True), one)
     assert_close(one, (a.astype(np.float64) @ w.T.astype(np.float64)).astype(np.float32),
                  np.float32, "a @ w.T")
 
 
 @pytest.mark.parametrize("level", LEVELS)
-def test_matmul_float64_goes_to_blas(level, assert_close):
+@pytest.mark.parametrize("shape", [(9, 13, 11), (300, 200, 100)], ids=lambda s: "x".join(map(str, s)))
+def test_matmul_float64_goes_to_blas(level, shape, assert_close):
+    """float64, the checking dtype, runs every product on BLAS, small or large; the hook's
+    BLAS route gives NumPy's product."""
+    m, k, n = shape
+    assert BUILDS[level]._matmul_path(np.float64, m, n, k) == "blas"
     rng = np.random.default_rng(5)
-    a, b = _operands(rng, 9, 13, 11, True, False, np.float64)
+    a, b = _operands(rng, m, k, n, True, False, np.float64)
     assert_close(BUILDS[level]._matmul(a, b, True, False), a.T @ b, np.float64, "a.T @ b")
+
+
+# (m, n, k) either side of 256K multiply-adds, OpenBLAS's one-thread limit
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("shape, path", [((64, 64, 64), "blas"), ((1, 100, 100), "blas"),
+                                         ((65, 64, 64), "own gemm"), ((3200, 2048, 256), "own gemm")],
+                         ids=["64x64x64", "1x100x100", "65x64x64", "3200x2048x256"])
+def test_float32_products_above_blas_one_thread_run_on_own_gemm(level, shape, path):
+    """float32 products of at most 256K multiply-adds go to OpenBLAS (it runs them on the
+    calling thread, its pool asleep); larger ones to the own gemm."""
+    assert BUILDS[level]._matmul_path(np.float32, *shape) == path

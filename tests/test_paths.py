@@ -15,13 +15,28 @@ import pytest
 from fastbptt import _reference
 
 CELLS = ["tanh", "relu", "lstm", "gru"]
-# (small_step, transposed_step, shard_step): which thresholds force which path
+# (small_step, transposed_step, shard_step): which thresholds force which path. A gated
+# cell's forward never takes the plain loop, and its backward of a single sequence (B = 1)
+# always does at these sizes (SMALL_GATED_STEP is not tunable): test_paths_route_as_named.
 PATHS = {
     "loop": (1 << 60, 1 << 60, 0),     # every Elman product in the plain loop (B = 1 gated too)
-    "gemm": (0, 1 << 60, 0),           # one gemm per step everywhere, never sharded
-    "transposed": (0, 1, 0),           # float64: batch-as-m gemm and transposed add everywhere
+    "gemm": (0, 1 << 60, 0),           # a gemm per step (float32 own, float64 BLAS), never sharded
+    "transposed": (0, 1, 0),           # float64: batch-as-m gemm and transposed add
     "sharded": (0, 1 << 60, 1 << 60),  # float32, B >= 16: the time loop in shards of rows
 }
+GATES = {"tanh": 1, "relu": 1, "lstm": 4, "gru": 3}
+
+
+def expected_step_path(path, cell, dtype, B, backward):
+    """The per-step product each PATHS setting is meant to force, for H = 7: what the
+    thresholds promise, written out here rather than asked of the kernels."""
+    if cell in ("tanh", "relu") and path == "loop":
+        return "loop"
+    if cell in ("lstm", "gru") and backward and B == 1:
+        return "loop"
+    if dtype == np.float32:
+        return "packed"
+    return "transposed" if path == "transposed" else "blas"
 RAGGED_19 = [19, 19, 17, 12, 12, 3]
 
 
@@ -47,6 +62,33 @@ def test_every_path_matches_the_oracle(compiled_kernels, path, cell, B, sizes, d
         for i, (e, g) in enumerate(zip(exp, act)):
             assert_close(g, e, dtype, f"{path} {cell} {what}[{i}]", kind=kind)
     assert_close(actual[2], expected[2], dtype, f"{path} {cell} step norms", kind=kind)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("B", [1, 5, 19])
+@pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
+def test_paths_route_as_named(compiled_kernels, path, cell, B, backward, dtype):
+    """Each PATHS setting really sends the per-step products of the problems above down the
+    path it is named for (else the oracle test would check one path several times), and only
+    the "sharded" one shards."""
+    got = compiled_kernels._step_path(dtype, GATES[cell], B, 7, backward)
+    assert got == expected_step_path(path, cell, dtype, B, backward)
+    if compiled_kernels.threads() >= 2:
+        # _shard_bounds gives a float32 packed loop's shards; a loop on any other path runs whole
+        sharded = got == "packed" and compiled_kernels._shard_bounds(B, GATES[cell] * 7 * 7) is not None
+        assert sharded == (path == "sharded" and B == 19 and dtype == np.float32)
+
+
+def test_default_thresholds_route_by_size(compiled_kernels):
+    """Without forcing: a char-RNN step (1x100 @ 100x100, 10K multiply-adds) in the plain
+    loop; a batch of 32 at H = 128 on the own gemm (float32) or BLAS (float64, 16K weights);
+    float64 from 48K weights (H = 256) transposed."""
+    assert compiled_kernels._step_path(np.float32, 1, 1, 100, False) == "loop"
+    assert compiled_kernels._step_path(np.float32, 1, 32, 128, False) == "packed"
+    assert compiled_kernels._step_path(np.float64, 1, 32, 128, True) == "blas"
+    assert compiled_kernels._step_path(np.float64, 1, 32, 256, True) == "transposed"
+    assert compiled_kernels._step_path(np.float32, 4, 32, 128, False) == "packed"
+    assert compiled_kernels._step_path(np.float32, 4, 1, 100, True) == "loop"
 
 
 def test_tuning_returns_and_restores_the_thresholds(compiled_kernels):

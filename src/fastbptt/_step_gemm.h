@@ -1,4 +1,6 @@
-/* fastbptt's own float32 gemm: every product of the float32 kernels.
+/* fastbptt's own float32 gemm: the float32 kernels' per-step products, and their hoisted
+ * products of more than 256K multiply-adds (smaller ones go to OpenBLAS, which runs them on
+ * the calling thread; ``matmul`` in _products.pxi chooses).
  *
  *     C (m x n, row-major, ldc)  =  or  +=  op(A) (m x k) . B (k x n)
  *

@@ -1,0 +1,280 @@
+# The GRU layer's kernels (included by _kernels.pyx): the twins of ``_reference.gru_forward``
+# and ``_reference.gru_backward`` (PyTorch's equations, gate order r, z, n), tested in
+# tests/test_gated_kernels.py.
+#
+# The LSTM's recipe, with one difference: r multiplies the hidden side of the n gate, so a
+# step's hidden-side products (gh) are kept apart from the input side's, and the backward
+# keeps two gate gradients, δi (input side) and δh (hidden side), that differ in their n block.
+
+cdef inline void gru_cell(floating* gates, const floating* gh, const floating* bias,
+                          const floating* b_ih, const floating* b_hh, const floating* h_prev,
+                          floating* h, Py_ssize_t B, Py_ssize_t H) noexcept nogil:
+    """One GRU step after the products, in one pass.
+
+    gates (B, 4H) holds x_t W_ihᵀ in its first 3H columns, gh (B, 3H) h_{t-1} W_hhᵀ; bias
+    is b_ih + b_hh (its r, z blocks are used). gates is overwritten with r, z, n, hn (the
+    cache) and h (B, H) = (1 - z) ⊙ n + z ⊙ h_prev is written.
+    """
+    cdef floating v_max = TANH_V_MAX, t_max = TANH_T_MAX
+    cdef floating r[LANES]
+    cdef floating z[LANES]
+    cdef floating n_t[LANES]
+    cdef floating hn[LANES]
+    cdef floating h_t[LANES]
+    cdef Py_ssize_t b, j, j0, n, size
+    cdef floating* gi
+    cdef const floating* gp
+    cdef const floating* hp
+    for b in range(B):
+        j0 = 0
+        while j0 < H:
+            n = min(<Py_ssize_t> LANES, H - j0)
+            gi = gates + b * 4 * H + j0
+            gp = gh + b * 3 * H + j0
+            hp = h_prev + b * H + j0
+            for j in range(n):
+                r[j] = sigmoid_fast(gi[j] + gp[j] + bias[j0 + j], v_max, t_max)
+                z[j] = sigmoid_fast(gi[H + j] + gp[H + j] + bias[H + j0 + j], v_max, t_max)
+                hn[j] = gp[2 * H + j] + b_hh[2 * H + j0 + j]
+                n_t[j] = tanh_fast(gi[2 * H + j] + b_ih[2 * H + j0 + j] + r[j] * hn[j],
+                                   v_max, t_max)
+                h_t[j] = (<floating> 1 - z[j]) * n_t[j] + z[j] * hp[j]
+            size = n * sizeof(floating)
+            memcpy(gi, r, size)
+            memcpy(gi + H, z, size)
+            memcpy(gi + 2 * H, n_t, size)
+            memcpy(gi + 3 * H, hn, size)
+            memcpy(h + b * H + j0, h_t, size)
+            j0 += n
+
+
+cdef inline void gru_cell_backward(const floating* d_out, floating* carry, const floating* gates,
+                                   const floating* h_prev, floating* delta_i,
+                                   Py_ssize_t B, Py_ssize_t H) noexcept nogil:
+    """One GRU step of the backward sweep, in one pass; d_out, carry, h_prev (B, H).
+
+    Reads ∂E/∂h_t = d_out + carry; writes the input-side gate gradient δi_t (B, 3H) and
+    replaces carry with the direct part z ⊙ ∂E/∂h_t of ∂E/∂h_{t-1}.
+    """
+    cdef floating d_r[LANES]
+    cdef floating d_z[LANES]
+    cdef floating d_n[LANES]
+    cdef floating dh_prev[LANES]
+    cdef Py_ssize_t b, j, j0, n, size
+    cdef const floating* gt
+    cdef const floating* dy
+    cdef const floating* ch
+    cdef const floating* hp
+    cdef floating* d
+    cdef floating r, z, n_t, hn, dh, dn_pre
+    for b in range(B):
+        j0 = 0
+        while j0 < H:
+            n = min(<Py_ssize_t> LANES, H - j0)
+            gt = gates + b * 4 * H + j0
+            dy = d_out + b * H + j0
+            ch = carry + b * H + j0
+            hp = h_prev + b * H + j0
+            for j in range(n):
+                r = gt[j]
+                z = gt[H + j]
+                n_t = gt[2 * H + j]
+                hn = gt[3 * H + j]
+                dh = dy[j] + ch[j]
+                # h_t = (1 - z) ⊙ n + z ⊙ h_{t-1};  n = tanh(gi_n + r ⊙ hn), z = σ(.)
+                dn_pre = dh * (<floating> 1 - z) * (<floating> 1 - n_t * n_t)
+                d_n[j] = dn_pre
+                d_z[j] = dh * (hp[j] - n_t) * z * (<floating> 1 - z)
+                # r = σ(.)
+                d_r[j] = dn_pre * hn * r * (<floating> 1 - r)
+                dh_prev[j] = dh * z
+            size = n * sizeof(floating)
+            d = delta_i + b * 3 * H + j0
+            memcpy(d, d_r, size)
+            memcpy(d + H, d_z, size)
+            memcpy(d + 2 * H, d_n, size)
+            memcpy(carry + b * H + j0, dh_prev, size)
+            j0 += n
+
+
+cdef inline void gru_hidden_delta(const floating* delta_i, const floating* gates,
+                                  floating* delta_h, Py_ssize_t B, Py_ssize_t H) noexcept nogil:
+    """δh_t (B, 3H) from δi_t: the same r, z blocks, and δi_n ⊙ r (gh_n enters as r ⊙ hn)."""
+    cdef Py_ssize_t b, j
+    cdef const floating* dn
+    cdef const floating* gr
+    cdef floating* dhn
+    for b in range(B):
+        memcpy(delta_h + b * 3 * H, delta_i + b * 3 * H, 2 * H * sizeof(floating))
+        dn = delta_i + b * 3 * H + 2 * H
+        gr = gates + b * 4 * H
+        dhn = delta_h + b * 3 * H + 2 * H
+        for j in range(H):
+            dhn[j] = dn[j] * gr[j]
+
+
+cdef void gru_forward_rows(const Loop* L, Py_ssize_t r0, Py_ssize_t r1, int threads,
+                           floating* dtype) noexcept nogil:
+    """The time loop of ``_gru_forward`` over batch rows r0:r1 (all, or a shard)."""
+    cdef Py_ssize_t T = L.T, B = L.B, H = L.H
+    cdef const Py_ssize_t* sizes = L.sizes
+    cdef floating* hs = <floating*> L.hs
+    cdef floating* gates = <floating*> L.gates
+    cdef const floating* bias = <const floating*> L.bias
+    cdef const floating* b_ih = <const floating*> L.b_ih
+    cdef const floating* b_hh = <const floating*> L.b_hh
+    cdef Py_ssize_t t, G = 3 * H, rows = r1 - r0, n = r1 - r0
+    cdef floating* g = (<floating*> L.gh) + r0 * G
+    for t in range(T):
+        if sizes != NULL:
+            n = running(sizes[t], r0, r1)
+            zero_rows(hs + ((t + 1) * B + r0) * H, n, rows, H)      # finished sequences
+            zero_rows(gates + (t * B + r0) * 4 * H, n, rows, 4 * H)
+            if n == 0:
+                continue
+        # gh[:n] = hs[t, :n] @ w_hh.T
+        step_product(&L.product, n, G, H, hs + (t * B + r0) * H, False, g, threads)
+        gru_cell(gates + (t * B + r0) * 4 * H, g, bias, b_ih, b_hh, hs + (t * B + r0) * H,
+                 hs + ((t + 1) * B + r0) * H, n, H)
+
+
+def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes=None):
+    """Run a GRU layer over a sequence; see ``_reference.gru_forward``.
+
+    x (T, B, I), h0 (B, H), w_ih (3H, I), w_hh (3H, H), b_ih, b_hh (3H,).
+    Returns (hs, gates): hs (T+1, B, H) from h0; gates (T, B, 4H) r, z, n, hn of each step
+    (zero in finished rows, with batch_sizes).
+    """
+    if x.dtype == np.float32:
+        return _gru_forward[float](x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes)
+    return _gru_forward[double](x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes)
+
+
+cdef object _gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] h0,
+                         const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
+                         const floating[::1] b_ih, const floating[::1] b_hh, batch_sizes):
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = w_hh.shape[1]
+    cdef Py_ssize_t G = 3 * H
+    dtype = np.float32 if floating is float else np.float64
+    hs_arr = np.empty((T + 1, B, H), dtype=dtype)
+    gates_arr = np.empty((T, B, 4 * H), dtype=dtype)
+    cdef floating[:, :, ::1] hs = hs_arr
+    cdef floating[:, :, ::1] gates = gates_arr
+    # gh: one step's hidden-side products (B, 3H), kept apart because r multiplies its n block
+    cdef floating[:, ::1] gh = np.empty((B, G), dtype=dtype)
+    cdef floating[::1] bias = np.add(b_ih, b_hh)
+    cdef floating[::1] work = _packed_work(batch_sizes, T, B, I + G, dtype)
+    cdef Loop L
+    keep = plan_loop(&L, w_hh, T, B, H, 3, False, batch_sizes)
+    L.hs = &hs[0, 0, 0]
+    L.gates = &gates[0, 0, 0]
+    L.gh = &gh[0, 0]
+    L.bias = &bias[0]
+    L.b_ih = &b_ih[0]
+    L.b_hh = &b_hh[0]
+    with nogil:
+        memcpy(&hs[0, 0, 0], &h0[0, 0], B * H * sizeof(floating))
+        # gates[:, :, :3H] = x @ w_ih.T     (all steps' input projections at once)
+        input_projection(&x[0, 0, 0], &w_ih[0, 0], &gates[0, 0, 0], T, B, I, G, 4 * H, L.sizes,
+                         &work[0] if work is not None else NULL)
+        run_rows(gru_forward_rows[floating], &L)
+    return hs_arr, gates_arr
+
+
+cdef void gru_backward_rows(const Loop* L, Py_ssize_t r0, Py_ssize_t r1, int threads,
+                            floating* dtype) noexcept nogil:
+    """The backward sweep of ``_gru_backward`` over batch rows r0:r1 (all, or a shard)."""
+    cdef Py_ssize_t T = L.T, B = L.B, H = L.H
+    cdef const Py_ssize_t* sizes = L.sizes
+    cdef bint clip = L.clip
+    cdef double max_norm = L.max_norm
+    cdef const floating* d_out = <const floating*> L.d_out
+    cdef const floating* hs = <const floating*> L.hs
+    cdef const floating* gates = <const floating*> L.gates
+    cdef floating* delta_i = <floating*> L.delta
+    cdef floating* delta_h = <floating*> L.delta_h
+    cdef floating* norms = <floating*> L.norms
+    cdef Py_ssize_t t, G = 3 * H, rows = r1 - r0, n = r1 - r0
+    cdef floating* di
+    cdef floating* dh
+    cdef floating* c = (<floating*> L.carry) + r0 * H
+    cdef const floating* dy
+    cdef const floating* gt
+    for t in range(T - 1, -1, -1):
+        di = delta_i + (t * B + r0) * G
+        dh = delta_h + (t * B + r0) * G
+        dy = d_out + (t * B + r0) * H
+        gt = gates + (t * B + r0) * 4 * H
+        # rows n: finished before step t: δ_t = 0, their carry passes on unchanged
+        n = running_at(sizes, t, r0, r1)
+        zero_rows(di, n, rows, G)
+        zero_rows(dh, n, rows, G)
+        if norms != NULL:
+            step_norms(norms + t * B + r0, dy, c, n, rows, H)
+        if n == 0:
+            continue
+        # 1: h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}: δi_t, and carry = z ⊙ ∂E/∂h_t
+        gru_cell_backward(dy, c, gt, hs + (t * B + r0) * H, di, n, H)
+        if clip:
+            clip_rows(di, n, G, max_norm)
+        # 2: n = tanh(gi_n + r ⊙ gh_n): δh_t from δi_t
+        gru_hidden_delta(di, gt, dh, n, H)
+        # 3: gh_t = h_{t-1} W_hhᵀ: carry[:n] += delta_h[t, :n] @ w_hh
+        step_product(&L.product, n, H, G, dh, True, c, threads)
+
+
+def gru_backward(d_out, dh_n, x, hs, gates, w_ih, w_hh, clip_step=None, step_norms=None,
+                 batch_sizes=None):
+    """Backpropagate through a GRU layer; see ``_reference.gru_backward`` (and its clipping).
+
+    Returns (dx (T, B, I), dh0 (B, H), dw_ih (3H, I), dw_hh (3H, H), db_ih (3H,), db_hh (3H,)).
+    """
+    if d_out.dtype == np.float32:
+        return _gru_backward[float](d_out, dh_n, x, hs, gates, w_ih, w_hh, clip_step, step_norms,
+                                    batch_sizes)
+    return _gru_backward[double](d_out, dh_n, x, hs, gates, w_ih, w_hh, clip_step, step_norms,
+                                 batch_sizes)
+
+
+cdef object _gru_backward(const floating[:, :, ::1] d_out, dh_n, const floating[:, :, ::1] x,
+                          const floating[:, :, ::1] hs, const floating[:, :, ::1] gates,
+                          const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
+                          clip_step, step_norms, batch_sizes):
+    cdef Py_ssize_t T = d_out.shape[0], B = d_out.shape[1], H = d_out.shape[2], I = x.shape[2]
+    cdef Py_ssize_t G = 3 * H
+    dtype = np.float32 if floating is float else np.float64
+    cdef floating[::1] work = _packed_work(batch_sizes, T, B, 2 * G + 2 * I + H, dtype)
+    # carry holds the part of ∂E/∂h_t arriving from step t+1 (or d_h_n at the end)
+    cdef floating[:, ::1] carry = _carry(dh_n, B, H, dtype)
+    # The input- and hidden-side gate gradients differ in their n block; both are kept,
+    # so that each weight gradient is one gemm over all steps.
+    delta_i_arr = np.empty((T, B, G), dtype=dtype)
+    delta_h_arr = np.empty((T, B, G), dtype=dtype)
+    cdef floating[:, :, ::1] delta_i = delta_i_arr
+    cdef floating[:, :, ::1] delta_h = delta_h_arr
+    dx_arr, dw_ih_arr, dw_hh_arr, db_ih_arr = _gradient_arrays(T, B, I, H, G, dtype,
+                                                               work is not None)
+    db_hh_arr = np.empty(G, dtype=dtype)
+    cdef floating[:, :, ::1] dx = dx_arr
+    cdef floating[:, ::1] dw_ih = dw_ih_arr
+    cdef floating[:, ::1] dw_hh = dw_hh_arr
+    cdef floating[::1] db_ih = db_ih_arr
+    cdef floating[::1] db_hh = db_hh_arr
+    cdef Loop L
+    keep = plan_backward(&L, w_hh, T, B, H, 3, clip_step, step_norms, batch_sizes)
+    L.d_out = &d_out[0, 0, 0]
+    L.hs = <void*> &hs[0, 0, 0]
+    L.gates = <void*> &gates[0, 0, 0]
+    L.carry = &carry[0, 0]
+    L.delta = &delta_i[0, 0, 0]
+    L.delta_h = &delta_h[0, 0, 0]
+    with nogil:
+        run_rows(gru_backward_rows[floating], &L)
+        # 4: dx = delta_i @ w_ih; dw_ih = delta_i.T @ x; dw_hh = delta_h.T @ hs[:-1]
+        hoisted_gradients(&delta_i[0, 0, 0], &delta_h[0, 0, 0], &x[0, 0, 0], &hs[0, 0, 0],
+                          &w_ih[0, 0], &dx[0, 0, 0], &dw_ih[0, 0], &dw_hh[0, 0], T, B, I, H, G,
+                          L.sizes, &work[0] if work is not None else NULL)
+        # db_ih = delta_i.sum(axis=(0, 1)); db_hh = delta_h.sum(axis=(0, 1))
+        column_sums(&delta_i[0, 0, 0], &db_ih[0], T * B, G)
+        column_sums(&delta_h[0, 0, 0], &db_hh[0], T * B, G)
+    return dx_arr, np.asarray(carry), dw_ih_arr, dw_hh_arr, db_ih_arr, db_hh_arr

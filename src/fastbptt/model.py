@@ -549,6 +549,18 @@ class RNN:
             with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a path
                 np.savez(f, __config__=config, **arrays)
 
+    # ----------------------------------------------------------------- inference
+
+    def predict(self, x, h0=None, lengths=None):
+        """``forward``'s (out, h_n) without keeping a cache: see :func:`fastbptt.inference.predict`."""
+        from .inference import predict
+        return predict(self, x, h0, lengths)
+
+    def step(self, x_t, state=None):
+        """One time step, x_t (B, I) -> (y_t, state): see :func:`fastbptt.inference.step`."""
+        from .inference import step
+        return step(self, x_t, state)
+
 
 def load(path, *, backend="auto"):
     """Read a model written by :meth:`RNN.save`; a damaged file raises ValueError."""

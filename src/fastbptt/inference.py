@@ -11,8 +11,8 @@ worth of states and gates per layer, whatever T is:
 
 A chunk is the whole sequence when a sequence's gates are small (a char-RNN's 25 steps), so
 the hoisted input projection stays one product; otherwise about ``CHUNK_ROWS`` rows (C·B),
-enough that the per-call costs (packing W_hh, the call itself) are a few percent of the
-products.
+at most ``MAX_CHUNK_STEPS`` steps, enough that the per-call costs (packing W_hh, the call
+itself) are a few percent of the products.
 
 A bidirectional layer is the exception: its reverse direction starts at each sequence's end,
 so a layer's whole output must exist before the layer above can start. Then each layer's
@@ -25,13 +25,20 @@ split across chunks (``step``: chunks of one step).
 """
 import numpy as np
 
+from . import _backend
 from ._validation import check_array, check_lengths
 
-__all__ = ["predict", "step", "chunk_steps", "CHUNK_ROWS", "WHOLE_SEQUENCE_ELEMENTS"]
+__all__ = ["predict", "step", "chunk_steps", "CHUNK_ROWS", "MAX_CHUNK_STEPS",
+           "WHOLE_SEQUENCE_ELEMENTS"]
 
-# Rows (steps x batch) of one chunk: the per-call packing of W_hh (G·H·H copies) is then under
-# 1% of the chunk's recurrent products (C·B·G·H·H multiply-adds).
-CHUNK_ROWS = 128
+# A chunk's rows (steps x batch): each call packs W_hh anew (G·H·H copies), which costs about
+# as much as 8 rows of the step products (G·H·H multiply-adds each, register-tiled), so 512
+# rows keep it near 1.5%.
+CHUNK_ROWS = 512
+# At most this many steps a chunk: then the memory beyond the output is under 1% of forward's
+# from T = 6,400 on, whatever B; at such small batches a step's product is memory-bound like
+# the packing, which then costs about one step in 64.
+MAX_CHUNK_STEPS = 64
 # A sequence whose gates (T·B·G·H) are at most this many elements runs as one chunk: 64 KiB of
 # float32, an L2-resident cache, and one input-projection product instead of several.
 WHOLE_SEQUENCE_ELEMENTS = 16 * 1024
@@ -44,7 +51,36 @@ def chunk_steps(T, B, gates_width):
     layer whose gates are ``gates_width`` (G·H) wide."""
     if T * B * gates_width <= WHOLE_SEQUENCE_ELEMENTS:
         return T
-    return min(T, max(1, -(-CHUNK_ROWS // B)))
+    return min(T, MAX_CHUNK_STEPS, max(1, -(-CHUNK_ROWS // B)))
+
+
+_RUNNERS = {}
+
+
+def _runner(kernels, cell):
+    """run(x (C, B, I), state (S arrays (B, H)), weights, sizes) -> (hs (C+1, B, H), the runs
+    of the state's arrays, each (C+1, B, H)): one layer-direction over a chunk, made once per
+    backend and cell."""
+    key = (kernels.__name__, cell)
+    run = _RUNNERS.get(key)
+    if run is not None:
+        return run
+    if cell == "lstm":
+        def run(x, state, w, sizes):
+            hs, cs, _ = kernels.lstm_forward(x, state[0], state[1], *w, sizes)
+            return hs, (hs, cs)
+    elif cell == "gru":
+        def run(x, state, w, sizes):
+            hs, _ = kernels.gru_forward(x, state[0], *w, sizes)
+            return hs, (hs,)
+    else:
+        relu = cell == "relu"
+
+        def run(x, state, w, sizes):
+            hs = kernels.elman_forward(x, state[0], *w, relu, sizes)
+            return hs, (hs,)
+    _RUNNERS[key] = run
+    return run
 
 
 class _Plan:
@@ -55,7 +91,6 @@ class _Plan:
                  "weights", "readout", "run")
 
     def __init__(self, model):
-        from . import _backend
         self.cell = cell = model.cell
         self.kernels = _backend.resolve(model.backend)[1]
         self.H, self.L, self.D = model.hidden_size, model.num_layers, model.num_directions
@@ -81,24 +116,7 @@ class _Plan:
             self.readout = (self._param(params, "weight_out", (O, D * H)),
                             self._param(params, "bias_out", (O,)))
             self.out_size = O
-        kernels = self.kernels
-        if cell == "lstm":
-            def run(x, state, w, sizes):
-                hs, cs, _ = kernels.lstm_forward(x, state[0], state[1], *w, sizes)
-                return hs, (hs, cs)
-        elif cell == "gru":
-            def run(x, state, w, sizes):
-                hs, _ = kernels.gru_forward(x, state[0], *w, sizes)
-                return hs, (hs,)
-        else:
-            relu = cell == "relu"
-
-            def run(x, state, w, sizes):
-                hs = kernels.elman_forward(x, state[0], *w, relu, sizes)
-                return hs, (hs,)
-        # run(x (C, B, I), state (S arrays (B, H)), weights, sizes) -> (hs (C+1, B, H), the
-        # state arrays' runs, each (C+1, B, H))
-        self.run = run
+        self.run = _runner(self.kernels, cell)
 
     def _param(self, params, name, shape):
         a = params.get(name)
@@ -188,7 +206,7 @@ def _predict_unidirectional(plan, x, state, packing):
         sizes = None if packing is None else packing.batch_sizes[start:stop]
         for k in range(L):
             hs, runs = run(layer_in, carried[k], weights[k], sizes)
-            carried[k] = [r[-1] for r in runs]
+            carried[k] = [r[-1].copy() for r in runs]   # not a view: the chunk is freed
             if packing is not None:
                 # the kernels zero a finished sequence's states: its h_n is taken at its end
                 ends = packing.ending(start, stop)
@@ -208,10 +226,14 @@ def _predict_unidirectional(plan, x, state, packing):
             if out is None:
                 out = np.empty((T, B, plan.out_size), plan.dtype)
             out[start:stop] = chunk_out
+            # this chunk's states go before the next chunk's are made
+            hs = runs = layer_in = chunk_out = None
     if packing is not None:
         final = [packing.unsort(s, axis=1) for s in final]
     else:
-        final = [np.stack([carried[k][s] for k in range(L)]) for s in range(S)]
+        # carried holds copies, never views of out
+        final = [carried[0][s][None] if L == 1 else np.stack([carried[k][s] for k in range(L)])
+                 for s in range(S)]
     return out, final
 
 
@@ -243,7 +265,7 @@ def _predict_bidirectional(plan, x, state, packing):
                 else:
                     chunk_in = layer_in[flip[start:stop], rows]
                 hs, runs = plan.run(chunk_in, carried, plan.weights[index], sizes)
-                carried = [r[-1] for r in runs]
+                carried = [r[-1].copy() for r in runs]
                 if packing is not None:
                     ends = packing.ending(start, stop)
                     if ends.size:

@@ -83,6 +83,29 @@ def _runner(kernels, cell):
     return run
 
 
+_LAYOUTS = {}
+
+
+def _layout(cell, I, H, L, D, O):
+    """((name, shape) of w_ih, w_hh, b_ih, b_hh for each layer-direction in PyTorch's order,
+    (name, shape) of the readout's weight and bias or None), made once per configuration."""
+    key = (cell, I, H, L, D, O)
+    layout = _LAYOUTS.get(key)
+    if layout is None:
+        G = _GATES[cell]
+        layers = []
+        for k in range(L):
+            I_k = I if k == 0 else D * H
+            for suffix in ("", "_reverse")[:D]:
+                layers.append(((f"weight_ih_l{k}{suffix}", (G * H, I_k)),
+                               (f"weight_hh_l{k}{suffix}", (G * H, H)),
+                               (f"bias_ih_l{k}{suffix}", (G * H,)),
+                               (f"bias_hh_l{k}{suffix}", (G * H,))))
+        readout = None if O is None else (("weight_out", (O, D * H)), ("bias_out", (O,)))
+        layout = _LAYOUTS[key] = (layers, readout)
+    return layout
+
+
 class _Plan:
     """What one call needs from the model, read once: the kernels and each layer-direction's
     weights (views of model.params, checked for shape, dtype and contiguity)."""
@@ -100,22 +123,15 @@ class _Plan:
         params = model.params
         if not isinstance(params, dict):
             raise TypeError(f"model.params must be a dict, got {type(params).__name__}")
-        G, H, D = _GATES[cell], self.H, self.D
-        self.weights = []
-        for k in range(self.L):
-            I_k = self.input_size if k == 0 else D * H
-            for suffix in ("", "_reverse")[:D]:
-                self.weights.append(tuple(
-                    self._param(params, f"{kind}_l{k}{suffix}", shape) for kind, shape in
-                    (("weight_ih", (G * H, I_k)), ("weight_hh", (G * H, H)),
-                     ("bias_ih", (G * H,)), ("bias_hh", (G * H,)))))
+        layers, readout = _layout(cell, self.input_size, self.H, self.L, self.D, model.output_size)
+        check = self._param
+        self.weights = [tuple([check(params, name, shape) for name, shape in spec])
+                        for spec in layers]
         self.readout = None
-        self.out_size = D * H
-        if model.output_size is not None:
-            O = model.output_size
-            self.readout = (self._param(params, "weight_out", (O, D * H)),
-                            self._param(params, "bias_out", (O,)))
-            self.out_size = O
+        self.out_size = self.D * self.H
+        if readout is not None:
+            self.readout = tuple([check(params, name, shape) for name, shape in readout])
+            self.out_size = model.output_size
         self.run = _runner(self.kernels, cell)
 
     def _param(self, params, name, shape):
@@ -130,6 +146,16 @@ class _Plan:
             check_array(f"params[{name!r}]", a, shape, self.dtype, finite=False,
                         copy_strided=False)
         return a
+
+    def check_input(self, name, x, ndim):
+        """x (..., I) of ``ndim`` dimensions, checked as forward checks it (check_array), in
+        a few attribute reads when it is already right."""
+        if (type(x) is np.ndarray and x.dtype == self.dtype and x.ndim == ndim and x.size
+                and x.shape[-1] == self.input_size and x.flags.c_contiguous
+                and self.kernels.all_finite(x)):
+            return x
+        return check_array(name, x, (None,) * (ndim - 1) + (self.input_size,), self.dtype,
+                           finite_check=self.kernels.all_finite)
 
     def check_state(self, name, value, B):
         """A public state (h, or (h, c) for an LSTM), checked: a list of S arrays (D·L, B, H)
@@ -162,8 +188,7 @@ def predict(model, x, h0=None, lengths=None):
     Nothing the caller passes is modified; the model's cache for ``backward`` is untouched.
     """
     plan = _Plan(model)
-    x = check_array("x", x, (None, None, plan.input_size), plan.dtype,
-                    finite_check=plan.kernels.all_finite)
+    x = plan.check_input("x", x, 3)
     T, B, _ = x.shape
     state = plan.check_state("h0", h0, B)
     packing = None if lengths is None else _Packing(check_lengths(lengths, T, B), T)
@@ -336,8 +361,7 @@ def step(model, x_t, state=None):
                          "direction reads the sequence from its end; use predict() on the "
                          "whole sequence instead")
     plan = _Plan(model)
-    x_t = check_array("x_t", x_t, (None, plan.input_size), plan.dtype,
-                      finite_check=plan.kernels.all_finite)
+    x_t = plan.check_input("x_t", x_t, 2)
     B = x_t.shape[0]
     state = plan.check_state("state", state, B)
     H, L, S = plan.H, plan.L, plan.S

@@ -35,9 +35,10 @@ __all__ = ["predict", "step", "chunk_steps", "CHUNK_ROWS", "MAX_CHUNK_STEPS",
 # as much as 8 rows of the step products (G·H·H multiply-adds each, register-tiled), so 512
 # rows keep it near 1.5%.
 CHUNK_ROWS = 512
-# At most this many steps a chunk: then the memory beyond the output is under 1% of forward's
-# from T = 6,400 on, whatever B; at such small batches a step's product is memory-bound like
-# the packing, which then costs about one step in 64.
+# At most this many steps a chunk: then the memory beyond the output is about 64/T of
+# forward's whatever B (0.5-0.8% at T = 10,000 in the tests); at batches small enough to reach
+# this cap a step's product is memory-bound like the packing, which then costs about one step
+# in 64.
 MAX_CHUNK_STEPS = 64
 # A sequence whose gates (T·B·G·H) are at most this many elements runs as one chunk: 64 KiB of
 # float32, an L2-resident cache, and one input-projection product instead of several.

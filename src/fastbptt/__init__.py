@@ -9,6 +9,7 @@
 from . import distributed, losses, optim, tasks, train
 from ._backend import available_backends
 from .clip import clip_grad_norm, clip_grad_value
+from .export import export_onnx
 from .gradcheck import GradcheckError, gradcheck
 from .model import RNN, Gradients
 from .serialization import load
@@ -22,6 +23,7 @@ __all__ = [
     "available_backends",
     "clip_grad_norm",
     "clip_grad_value",
+    "export_onnx",
     "distributed",
     "gradcheck",
     "load",

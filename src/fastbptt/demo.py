@@ -145,15 +145,15 @@ def sample(model, corpus, seed_char, n, rng):
     """Generate n characters from the model, one step at a time, starting at seed_char."""
     V = len(corpus.vocab)
     ids = corpus.encode(seed_char)
-    x = np.zeros((1, 1, V), dtype=model.dtype)
-    x[0, 0, ids[-1]] = 1
-    h = None
+    x = np.zeros((1, V), dtype=model.dtype)
+    x[0, ids[-1]] = 1
+    state = None
     out_ids = []
     for _ in range(n):
-        logits, h = model.forward(x, h)
-        p = np.exp(logits[0, 0].astype(np.float64) - logits[0, 0].max())
+        logits, state = model.step(x, state)
+        p = np.exp(logits[0].astype(np.float64) - logits[0].max())
         nxt = rng.choice(V, p=p / p.sum())
         out_ids.append(nxt)
         x[...] = 0
-        x[0, 0, nxt] = 1
+        x[0, nxt] = 1
     return corpus.decode(np.array(out_ids))

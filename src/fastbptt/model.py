@@ -522,6 +522,18 @@ class RNN:
         ``fastbptt.serialization``."""
         serialization.save(self, path)
 
+    # ----------------------------------------------------------------- inference
+
+    def predict(self, x, h0=None, lengths=None):
+        """``forward``'s (out, h_n) without keeping a cache: see :func:`fastbptt.inference.predict`."""
+        from .inference import predict
+        return predict(self, x, h0, lengths)
+
+    def step(self, x_t, state=None):
+        """One time step, x_t (B, I) -> (y_t, state): see :func:`fastbptt.inference.step`."""
+        from .inference import step
+        return step(self, x_t, state)
+
 
 def _to_numpy(value):
     """An ndarray from an array-like, a torch tensor included (detached, on the CPU)."""

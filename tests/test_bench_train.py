@@ -41,3 +41,10 @@ def test_quick_run_prints_a_row_per_case(capsys):
 def test_unknown_cases_are_refused():
     with pytest.raises(SystemExit):
         bench_train.main(["--cases", "charrnn-transformer"])
+
+
+def test_the_command_line_bench_train_runs_the_update_table(capsys):
+    from fastbptt.__main__ import main
+
+    assert main(["bench", "--train", "--quick", "--cases", "adding-irnn", "--peers", "fastbptt"]) == 0
+    assert "adding-irnn" in capsys.readouterr().out

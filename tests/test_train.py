@@ -189,3 +189,28 @@ def test_fit_checks_log_every():
         fit(model, [_data(5, 2)], steps=1, optimizer=Recorder(), log_every=0, progress=False)
     with pytest.raises(TypeError, match="log_every"):
         fit(model, [_data(5, 2)], steps=1, optimizer=Recorder(), log_every=1.5, progress=False)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fit_with_clip_norm_equals_clip_then_step(backend, dtype, tol):
+    """fit folds the global-norm clip into an fb.optim step; the parameters and the logged
+    norms equal those of clip_grad_norm followed by a plain step."""
+    batches = [_data(7, 3, seed=s) for s in range(6)]
+    batches = [(x.astype(dtype), y.astype(dtype)) for x, y in batches]
+    folded = fb.RNN(3, 6, num_layers=2, output_size=2, dtype=dtype, seed=3, backend=backend)
+    history = fit(folded, batches, steps=6, optimizer=fb.optim.Adam(folded.params, lr=1e-2),
+                  clip_norm=0.05, progress=False)
+    manual = fb.RNN(3, 6, num_layers=2, output_size=2, dtype=dtype, seed=3, backend=backend)
+    opt = fb.optim.Adam(manual.params, lr=1e-2)
+    norms = []
+    for x, y in batches:
+        out, _ = manual.forward(x)
+        _, d_out = fb.losses.mse(out, y)
+        g = manual.backward(d_out)
+        norms.append(fb.clip_grad_norm(g.params, 0.05))
+        opt.step(g.params)
+    assert max(norms) > 0.05, "the clip never clipped: the comparison would be void"
+    np.testing.assert_allclose(history.grad_norm, norms, **tol(dtype, "split"))
+    for name in manual.params:
+        np.testing.assert_allclose(folded.params[name], manual.params[name], **tol(dtype, "split"),
+                                   err_msg=name)

@@ -2,6 +2,7 @@
 
     python -m fastbptt bench [--shapes charrnn,small,medium,large] [--cell tanh|relu|lstm|gru]
                              [--lengths] [--rounds N] [--quick] [--no-torch]
+    python -m fastbptt bench --train [...]     the whole training update (see bench_train)
 
 A step is ``model.forward(x)`` then ``model.backward(d_out)`` on one layer, float32, no
 readout, with a fixed random ``d_out`` (torch: the module's forward, then
@@ -307,6 +308,9 @@ def _parse(argv):
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK_ROUNDS} rounds, no pauses: checks that it runs, not a measurement")
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
+    parser.add_argument("--train", action="store_true",
+                        help="time the whole training update (forward, loss, backward, clip, "
+                             "Adam) against PyTorch and JAX instead; --train --help for its options")
     args = parser.parse_args(argv)
     names = [s.strip() for s in args.shapes.split(",") if s.strip()]
     unknown = [s for s in names if s not in SHAPES]
@@ -319,6 +323,10 @@ def _parse(argv):
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--train" in argv:
+        from .bench_train import main as train_main
+        return train_main([a for a in argv if a != "--train"])
     """Run the comparison and print one table per shape; returns 0."""
     args = _parse(argv)
     out = sys.stdout

@@ -7,8 +7,9 @@ One update is what a user's training loop does for one batch: the forward pass, 
 (summed over the scored steps, mean over the batch), the backward pass, a global-norm clip
 at 1.0 and an Adam step, float32, on fixed data (the same x and target every round):
 
-* fastbptt: ``model.forward``, ``fb.losses``, ``model.backward(input_grad=False)``,
-  ``fb.clip_grad_norm``, ``fb.optim.Adam`` -- or ``model.train_step`` when the model has it;
+* fastbptt: ``model.forward``, ``fb.losses``, ``model.backward(input_grad=False)``, and
+  ``fb.optim.Adam.step(g.params, clip_norm=1.0)`` (the clip folded into the fused step, as
+  ``fb.train.fit`` does) -- or ``model.train_step`` when the model has it;
 * PyTorch: ``nn.RNN``/``nn.LSTM``/``nn.GRU`` and ``nn.Linear``, ``loss.backward()``,
   ``clip_grad_norm_``, ``torch.optim.Adam`` (fused where this torch has it, else foreach),
   ``torch.set_num_threads`` to fastbptt's thread count;
@@ -114,8 +115,7 @@ def fastbptt_update(case, threads):
         out, _ = model.forward(x)
         _, d_out = loss_fn(out, target, last_step=case.last_step)
         g = model.backward(d_out, **skip_dx)
-        fb.clip_grad_norm(g.params, CLIP_NORM)
-        opt.step(g.params)
+        opt.step(g.params, clip_norm=CLIP_NORM)  # the clip folded into the fused step
     return update
 
 

@@ -46,6 +46,11 @@ def check_array(name, a, shape, dtype, *, finite=True, finite_check=None, copy_s
         raise ValueError(f"{name} must have shape {want}, got {shape_str(a.shape)}")
     if any(s == 0 for s in a.shape):
         raise ValueError(f"{name} must not be empty, got shape {shape_str(a.shape)}")
+    return _contiguous_and_finite(name, a, finite, finite_check, copy_strided)
+
+
+def _contiguous_and_finite(name, a, finite, finite_check, copy_strided):
+    """The checks every array ends with: C order (a copy, or refused) and finite values."""
     if not a.flags.c_contiguous:
         if not copy_strided:
             raise ValueError(f"{name} must be C-contiguous; pass np.ascontiguousarray({name})")
@@ -119,13 +124,7 @@ def check_float_array(name, a, shape=None, *, finite=True, finite_check=None, co
         raise ValueError(f"{name} must not be empty, got shape {shape_str(a.shape)}")
     if writeable and not a.flags.writeable:
         raise ValueError(f"{name} is read-only; it is updated in place")
-    if not a.flags.c_contiguous:
-        if not copy_strided:
-            raise ValueError(f"{name} must be C-contiguous; pass np.ascontiguousarray({name})")
-        a = np.ascontiguousarray(a)
-    if finite and not (finite_check or _all_finite)(a):
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return a
+    return _contiguous_and_finite(name, a, finite, finite_check, copy_strided)
 
 
 def check_int_array(name, a, shape):

@@ -16,11 +16,15 @@ it, as the AR model's and persistence's do (the AR's coefficients are not refitt
 years either). Scores: root mean squared error of the one-year-ahead forecasts on the 50 test
 years, in sunspot numbers.
 
-Results (seed 0, float32, one run; the time is wall time on a shared 2-core machine):
+Results (float32, one run per seed; times are wall time on a 2-core machine shared with other
+jobs, so they vary threefold):
 
-    persistence  RMSE 28.6      AR(9) (statsmodels)  RMSE 24.3      GRU  RMSE 21.2 - 24   (seeds 0-2)
+    persistence            RMSE 30.35
+    AR(9) statsmodels      RMSE 16.95
+    GRU fastbptt           RMSE 17.02 (seed 0), 19.42 (seed 1), 21.67 (seed 2); 17-73 s each
 
-See the table the script prints for the run you make.
+The GRU learns the cycle (far below persistence) and about matches the linear AR(9) at its
+best seed: on 259 yearly values a linear model of the last nine years is hard to beat.
 """
 import argparse
 import time

@@ -63,7 +63,6 @@ class _Table:
 
 
 def test_evaluate_lm_with_a_fixed_table(tol):
-    V = 4
     table = np.log(np.array([[.1, .2, .3, .4], [.25, .25, .25, .25], [.7, .1, .1, .1], [.1, .1, .1, .7]]))
     ids = np.array([0, 3, 3, 2, 0, 1, 2, 2, 3, 1])
     score = tasks.evaluate_lm(_Table(table), ids, seq_length=3, batch_size=1)

@@ -370,3 +370,209 @@ def test_default_corpus():
     assert sorted(counts, key=counts.get, reverse=True)[:2] == [" ", "e"]
     x, labels = next(corpus.sequential(25))
     assert corpus.decode(labels[:, 0]) == corpus.text[1:26]
+
+
+# ------------------------------------------------------------------ language-modelling corpora
+
+WORDS = "The river runs.\nThe river remembers the rain, the rain's long-term memory.\n\nIt runs\n"
+
+
+def test_vocabulary_orders_specials_then_by_count():
+    vocab = tasks.Vocabulary.from_tokens(list("abbcccddd") + ["z"], specials=("<unk>",), unk="<unk>",
+                                         min_count=2)
+    # c and d both three times: code-point order breaks the tie; a and z (once) are dropped
+    assert vocab.tokens == ("<unk>", "c", "d", "b")
+    np.testing.assert_array_equal(vocab.encode(["d", "a", "b", "z"]), [2, 0, 3, 0])
+    assert vocab.decode([1, 2, 0]) == ["c", "d", "<unk>"]
+    assert len(vocab) == 4 and "c" in vocab and "a" not in vocab and vocab.unk == "<unk>"
+
+
+def test_vocabulary_without_unk_names_unknown_tokens():
+    vocab = tasks.Vocabulary(["x", "y"])
+    with pytest.raises(ValueError, match="'q'"):
+        vocab.encode(["x", "q"])
+    with pytest.raises(TypeError, match="sequence of str"):
+        vocab.encode("xy")
+    with pytest.raises(ValueError, match="distinct"):
+        tasks.Vocabulary(["x", "x"])
+    with pytest.raises(ValueError, match="unk"):
+        tasks.Vocabulary(["x"], unk="<unk>")
+    with pytest.raises(ValueError, match=r"\[0, 2\)"):
+        vocab.decode([2])
+    with pytest.raises(ValueError, match="min_count"):
+        tasks.Vocabulary.from_tokens(["x"], min_count=0)
+
+
+def test_word_level_tokens_end_lines_with_eos():
+    corpus = tasks.TextCorpus(WORDS, level="word", valid_fraction=0)
+    tokens = corpus.tokenize("The river runs.\nIt's a long-term <unk>, no?\n")
+    assert tokens == ["The", "river", "runs", ".", tasks.EOS,
+                      "It's", "a", "long-term", "<unk>", ",", "no", "?", tasks.EOS]
+    assert corpus.tokenize("no newline") == ["no", "newline"]
+    assert corpus.vocab.tokens[:2] == (tasks.UNK, tasks.EOS)
+    # every line of WORDS (the empty one too) ends with <eos>
+    assert (corpus.ids == corpus.vocab.encode([tasks.EOS])[0]).sum() == WORDS.count("\n")
+    assert corpus.decode(corpus.encode("The river runs.\nIt runs\n")) == "The river runs .\nIt runs\n"
+
+
+def test_word_level_min_count_makes_rare_words_unk():
+    corpus = tasks.TextCorpus(WORDS, level="word", min_count=2, valid_fraction=0)
+    words = corpus.tokenize(WORDS)
+    counts = {w: words.count(w) for w in words}
+    kept = {t for t in corpus.vocab.tokens} - {tasks.UNK, tasks.EOS}
+    assert kept == {w for w, c in counts.items() if c >= 2 and w != tasks.EOS}
+    unk = corpus.vocab.encode([tasks.UNK])[0]
+    rare = [i for i, w in enumerate(words) if counts[w] < 2]
+    assert rare and (corpus.ids[rare] == unk).all()
+    assert (np.delete(corpus.ids, rare) != unk).all()
+    assert tasks.TextCorpus(WORDS, level="word", lower=True, valid_fraction=0).vocab.encode(["the"])[0] \
+        != corpus.vocab.encode([tasks.UNK])[0]
+
+
+def test_split_builds_the_vocabulary_from_the_training_part():
+    text = "aaaabbbbab" * 9 + "abzz"   # z only in the last 4 of 94 characters
+    corpus = tasks.TextCorpus(text, level="char", valid_fraction=0.1)
+    n_valid = round(0.1 * len(text))
+    assert len(corpus.valid) == n_valid and len(corpus.train) == len(text) - n_valid
+    np.testing.assert_array_equal(np.concatenate([corpus.train, corpus.valid]), corpus.ids)
+    assert "z" not in corpus.vocab and corpus.vocab.unk == tasks.UNK
+    assert corpus.decode(corpus.valid[-2:]) == tasks.UNK * 2
+    assert corpus.decode(corpus.train) == text[:len(corpus.train)]
+    # without rare or unseen characters there is no <unk> at char level
+    plain = tasks.TextCorpus("abcabcabcabc", level="char", valid_fraction=0.25)
+    assert tasks.UNK not in plain.vocab and plain.vocab_size == 3
+    with pytest.raises(ValueError, match="'d'"):
+        plain.encode("abd")
+    for ids in (corpus.train, corpus.valid, corpus.ids):
+        assert not ids.flags.writeable
+
+
+def test_text_corpus_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="level"):
+        tasks.TextCorpus("abc", level="byte")
+    with pytest.raises(ValueError, match="valid_fraction"):
+        tasks.TextCorpus("abcdef", valid_fraction=1.0)
+    with pytest.raises(TypeError, match="valid_fraction"):
+        tasks.TextCorpus("abcdef", valid_fraction="0.1")
+    with pytest.raises(ValueError, match="too few"):
+        tasks.TextCorpus("ab", valid_fraction=0.5)
+    with pytest.raises(TypeError, match="str"):
+        tasks.TextCorpus(b"abc")
+    with pytest.raises(ValueError, match="validation"):
+        tasks.TextCorpus("abcdef", valid_fraction=0).split("valid")
+    with pytest.raises(ValueError, match="which"):
+        tasks.TextCorpus("abcdef", valid_fraction=0).split("test")
+    (tmp_path / "bin").write_bytes(b"ab\0cd")
+    with pytest.raises(ValueError, match="NUL"):
+        tasks.TextCorpus.from_file(tmp_path / "bin")
+    with pytest.raises(FileNotFoundError, match="missing"):
+        tasks.TextCorpus.from_file(tmp_path / "missing")
+
+
+def test_text_corpus_from_file_and_bundled(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text(WORDS, encoding="utf-8")
+    corpus = tasks.TextCorpus.from_file(path, level="word", valid_fraction=0.2)
+    assert corpus.source == str(path) and corpus.level == "word"
+    np.testing.assert_array_equal(corpus.ids, tasks.TextCorpus(WORDS, level="word", valid_fraction=0.2).ids)
+    bundled = tasks.TextCorpus.bundled(level="word", min_count=2)
+    assert bundled.vocab_size > 100 and len(bundled.valid) > 100
+    # min count 1: the first line comes back word for word, then its <eos>
+    full = tasks.TextCorpus.bundled(level="word")
+    first_line = full.text.split("\n")[0]
+    assert full.decode(full.train[:len(first_line.split()) + 1]) == first_line + "\n"
+
+
+def test_batchify_is_torchs_track_layout():
+    tracks = tasks.batchify(np.arange(11), 3)   # 3 tracks of 3; ids 9 and 10 dropped
+    np.testing.assert_array_equal(tracks, [[0, 3, 6], [1, 4, 7], [2, 5, 8]])
+    assert tracks.dtype == np.int64 and tracks.flags.c_contiguous
+    with pytest.raises(ValueError, match="too few"):
+        tasks.batchify(np.arange(5), 3)
+    with pytest.raises(TypeError, match="integers"):
+        tasks.batchify(np.arange(10.0), 2)
+    with pytest.raises(ValueError, match="1-D"):
+        tasks.batchify(np.zeros((4, 4), int), 2)
+    with pytest.raises(ValueError, match=">= 0"):
+        tasks.batchify(np.array([0, -1, 2, 3]), 2)
+
+
+def test_stream_chunks_tile_each_track_with_next_token_targets():
+    ids = np.arange(3 * 12)          # tracks of 12: ids 12b .. 12b + 11
+    stream = tasks.StreamBatches(ids, 5, 3)
+    assert len(stream) == 3          # 11 scored steps: chunks of 5, 5 and 1
+    chunks = [next(stream) for _ in range(3)]
+    assert [x.shape for x, _ in chunks] == [(5, 3), (5, 3), (1, 3)]
+    x_all = np.concatenate([x for x, _ in chunks])
+    y_all = np.concatenate([y for _, y in chunks])
+    np.testing.assert_array_equal(x_all, np.arange(11)[:, None] + 12 * np.arange(3))
+    np.testing.assert_array_equal(y_all, x_all + 1)
+    assert stream.epoch == 1 and stream.position == 0
+    x, _ = next(stream)              # the next epoch starts over
+    np.testing.assert_array_equal(x, chunks[0][0])
+    finite = tasks.StreamBatches(ids, 5, 3, epochs=2)
+    assert sum(1 for _ in finite) == 6
+
+
+class _IdModel:
+    """A stand-in for a model that takes ids (what fb.RNN will say with accepts_ids)."""
+
+    accepts_ids = True
+    input_size = 7
+    dtype = np.dtype(np.float32)
+
+
+def test_stream_feeds_a_model_one_hot_or_ids(dtype):
+    from fastbptt import RNN
+    corpus = tasks.TextCorpus("abcdefg" * 20, valid_fraction=0.1)
+    model = RNN(corpus.vocab_size, 3, output_size=corpus.vocab_size, dtype=dtype, seed=0)
+    x, y = next(corpus.stream("train", 4, 2, model=model))
+    ids, _ = next(corpus.stream("train", 4, 2))
+    assert x.shape == (4, 2, corpus.vocab_size) and x.dtype == dtype
+    np.testing.assert_array_equal(x, np.eye(corpus.vocab_size, dtype=dtype)[ids])
+    x_ids, _ = next(corpus.stream("train", 4, 2, model=_IdModel()))
+    np.testing.assert_array_equal(x_ids, ids)
+    assert x_ids.dtype == np.int64
+    with pytest.raises(ValueError, match="input_size"):
+        tasks.StreamBatches(np.arange(20) % 9, 4, 2, model=_IdModel())
+    with pytest.raises(TypeError, match="model"):
+        tasks.StreamBatches(np.arange(20) % 5, 4, 2, model="lstm")
+
+
+def test_model_input_checks_the_ids():
+    with pytest.raises(ValueError, match=r"ids must lie in \[0, 7\)"):
+        tasks.model_input(_IdModel(), np.array([[0, 7]]))
+    with pytest.raises(ValueError, match="ids"):
+        tasks.model_input(_IdModel(), np.array([-1]))
+    with pytest.raises(TypeError, match="ids must hold integers"):
+        tasks.model_input(_IdModel(), np.array([0.5]))
+    with pytest.raises(TypeError, match="ids must hold integers"):
+        tasks.model_input(_IdModel(), np.array([True]))
+    original = np.array([[1, 2], [3, 4]])
+    tasks.model_input(_IdModel(), original)
+    np.testing.assert_array_equal(original, [[1, 2], [3, 4]])
+
+
+def _approx(value, tol):
+    """pytest.approx at the float64 "math" tolerance: a few float64 operations apart."""
+    t = tol(np.float64, "math")
+    return pytest.approx(value, rel=t["rtol"], abs=t["atol"])
+
+
+def test_unigram_perplexity_against_hand_counts(tol):
+    # counts (2, 1, 0) + 1 over 3 + 3: p = 1/2, 1/3, 1/6; eval [0, 1]: exp(-(ln 1/2 + ln 1/3)/2) = √6
+    got = tasks.unigram_perplexity([0, 0, 1], [0, 1], 3)
+    assert got == _approx(math.sqrt(6), tol)
+    # unsmoothed: the training frequencies themselves; an unseen token has perplexity inf
+    assert tasks.unigram_perplexity([0, 0, 1], [0, 0, 1, 1], 3, smoothing=0) == _approx(
+        math.exp(-(2 * math.log(2 / 3) + 2 * math.log(1 / 3)) / 4), tol)
+    with np.errstate(divide="ignore"):
+        assert tasks.unigram_perplexity([0, 0, 1], [2], 3, smoothing=0) == math.inf
+    # with no training data the smoothed model is uniform: perplexity V
+    assert tasks.unigram_perplexity([], [0, 1, 2, 2], 5) == _approx(5, tol)
+    with pytest.raises(ValueError, match="eval_ids"):
+        tasks.unigram_perplexity([0], [], 3)
+    with pytest.raises(ValueError, match="train_ids"):
+        tasks.unigram_perplexity([3], [0], 3)
+    with pytest.raises(ValueError, match="smoothing"):
+        tasks.unigram_perplexity([0], [0], 3, smoothing=-1)

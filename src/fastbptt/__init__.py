@@ -6,7 +6,7 @@
     loss, d_out = fb.losses.mse(out, target)
     g = model.backward(d_out, clip_step=1.0)    # g.params: same keys as model.params
 """
-from . import distributed, losses, optim, tasks, train
+from . import distributed, losses, optim, plot, tasks, train
 from ._backend import available_backends
 from .clip import clip_grad_norm, clip_grad_value
 from .export import export_onnx
@@ -29,6 +29,7 @@ __all__ = [
     "load",
     "losses",
     "optim",
+    "plot",
     "tasks",
     "train",
 ]

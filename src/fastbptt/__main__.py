@@ -1,4 +1,4 @@
-"""The command line: ``python -m fastbptt {demo,char,bench} ...``."""
+"""The command line: ``python -m fastbptt {demo,char,lm,bench} ...``."""
 import argparse
 import sys
 
@@ -10,7 +10,7 @@ def main(argv=None):
         prog="python -m fastbptt",
         description="Recurrent networks trained by backpropagation through time, fast, on the CPU.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,char,bench}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,char,lm,bench}")
 
     demo = sub.add_parser(
         "demo", help="the adding problem: tanh vs IRNN vs LSTM vs GRU, vanishing gradients in numbers",
@@ -45,6 +45,12 @@ def main(argv=None):
     char.add_argument("--distributed", action="store_true",
                       help="data-parallel under mpiexec: the text in one track per rank (needs mpi4py)")
 
+    from .lm import add_arguments as lm_arguments
+    lm_arguments(sub.add_parser(
+        "lm", help="a char- or word-level language model on a text file: perplexity and samples",
+        description="Train a language model, report its validation perplexity against the "
+                    "unigram baseline, and print samples."))
+
     sub.add_parser("bench", help="compiled vs NumPy (vs PyTorch) timing table; --help for options",
                    add_help=False)
 
@@ -57,6 +63,9 @@ def main(argv=None):
     if args.command == "demo":
         from .demo import run_demo
         return run_demo(args)
+    if args.command == "lm":
+        from .lm import run_lm
+        return run_lm(args)
     from .demo import run_char
     return run_char(args)
 

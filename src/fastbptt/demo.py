@@ -83,27 +83,15 @@ def _run_demo(args, comm):
 
 
 def _plot(path, results, baseline, T):
+    from . import plot
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        fig, axes = plot.subplots(3)
     except ImportError as exc:
-        raise SystemExit(f"--plot needs matplotlib (pip install matplotlib): {exc}")
-    fig, (ax_loss, ax_flow) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for name, (history, flow) in results.items():
-        ax_loss.plot(history.step, history.loss, alpha=0.35, lw=0.8)
-        ax_loss.plot(history.eval_step, history.eval_loss, lw=2, label=name,
-                     color=ax_loss.lines[-1].get_color())
-        ax_flow.semilogy(np.arange(1, T + 1), np.maximum(flow, 1e-30), lw=2, label=name)
-    ax_loss.axhline(baseline, ls="--", color="gray", label="baseline 1/6")
-    ax_loss.set(yscale="log", xlabel="batch", ylabel="MSE (thin: train, thick: test)",
-                title=f"Adding problem, T={T}")
-    ax_loss.legend()
-    ax_flow.set(xlabel="time step t", ylabel="‖∂E/∂s_t‖",
-                title="Gradient flow from the loss at t=T back through time")
-    ax_flow.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+        raise SystemExit(f"--plot: {exc}") from None
+    plot.history({name: history for name, (history, _) in results.items()}, axes=axes[:2],
+                 baseline=baseline, ylabel="MSE", title=f"Adding problem, T={T}")
+    plot.gradient_flow({name: flow for name, (_, flow) in results.items()}, ax=axes[2], path=path,
+                       title="Gradient flow from the loss at t=T back through time")
 
 
 def run_char(args):

@@ -341,3 +341,24 @@ def test_version_1_files_load_as_models_without_embedding(tmp_path):
     loaded = fb.load(path)
     assert loaded.embedding_size is None
     np.testing.assert_array_equal(loaded.flat_params, model.flat_params)
+
+
+@pytest.mark.parametrize("tracks", [1, 3])
+def test_char_command_feeds_the_ids_of_the_sequential_chunks(tracks):
+    from fastbptt.demo import _id_chunks
+    corpus = fb.tasks.CharCorpus("the quick brown fox jumps over the lazy dog " * 3)
+    one_hot = corpus.sequential(7, tracks)
+    ids = _id_chunks(corpus, 7, tracks)
+    for _ in range(len(corpus.ids) // 7 + 3):        # past the end: both start over
+        (x, y), (i, j) = next(one_hot), next(ids)
+        np.testing.assert_array_equal(i, x.argmax(axis=2))
+        np.testing.assert_array_equal(j, y)
+
+
+def test_sample_steps_on_ids(backend):
+    from fastbptt.demo import sample
+    corpus = fb.tasks.default_corpus()
+    V = len(corpus.vocab)
+    model = fb.RNN(V, 6, output_size=V, seed=0, backend=backend)
+    text = sample(model, corpus, corpus.text[0], 20, np.random.default_rng(0))
+    assert len(text) == 20 and set(text) <= set(corpus.vocab)

@@ -362,3 +362,46 @@ def test_sample_steps_on_ids(backend):
     model = fb.RNN(V, 6, output_size=V, seed=0, backend=backend)
     text = sample(model, corpus, corpus.text[0], 20, np.random.default_rng(0))
     assert len(text) == 20 and set(text) <= set(corpus.vocab)
+
+
+_IDS_STEP = """
+import hashlib, sys
+import numpy as np
+import fastbptt as fb
+cell, embedding = sys.argv[1], (None if sys.argv[2] == "none" else int(sys.argv[2]))
+rng = np.random.default_rng(3)
+ids = rng.integers(0, 50, (20, 24))
+lengths = rng.integers(1, 21, size=24)
+model = fb.RNN(50, 64, cell=cell, num_layers=2, output_size=5, seed=1, embedding_size=embedding,
+               backend="cython")
+digest = hashlib.sha256()
+for lens in (None, lengths):
+    out, h_n = model.forward(ids, lengths=lens)
+    g = model.backward(np.ones_like(out))
+    for a in [out] + [g.params[k] for k in sorted(g.params)]:
+        digest.update(np.ascontiguousarray(a).tobytes())
+print(digest.hexdigest())
+"""
+
+
+@pytest.mark.parametrize("cell", ["tanh", "lstm", "gru"])
+@pytest.mark.parametrize("embedding", [None, 16], ids=["one-hot", "embedding"])
+def test_ids_results_do_not_depend_on_the_thread_count(compiled_backend, cell, embedding,
+                                                       tmp_path):
+    """The scatter-adds (into W_ih's columns, into the embedding's rows) sum each element in
+    row order: one OpenMP thread or two give the same bits (each count in a fresh process,
+    as tests/test_threads.py does)."""
+    import os
+    import subprocess
+    import sys
+
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(fb.__file__)))
+    digests = set()
+    for threads in (1, 2):
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads),
+                   PYTHONPATH=os.pathsep.join([package_parent, os.environ.get("PYTHONPATH", "")]))
+        run = subprocess.run([sys.executable, "-c", _IDS_STEP, cell, str(embedding).lower()],
+                             env=env, capture_output=True, text=True, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr
+        digests.add(run.stdout.strip())
+    assert len(digests) == 1

@@ -111,11 +111,11 @@ class RNN:
     dtype : "float32" or "float64"
     seed : int or None
         Seed of the initialisation; the same seed gives the same parameters.
+    backend : {"auto", "cython", "numpy"}
     embedding_size : int or None
         When given (E), PyTorch's ``nn.Embedding(input_size, E)`` runs before the layers:
         parameter ``embedding.weight`` (input_size, E), initialised N(0, 1) as torch's, first
         in ``param_shapes()``; layer 0's W_ih is then (G·H, E) and x must be ids (T, B).
-    backend : {"auto", "cython", "numpy"}
 
     Attributes
     ----------
@@ -131,8 +131,8 @@ class RNN:
     """
 
     def __init__(self, input_size, hidden_size, *, cell="tanh", num_layers=1, output_size=None,
-                 bidirectional=False, init="default", dtype="float32", seed=None, embedding_size=None,
-                 backend="auto"):
+                 bidirectional=False, init="default", dtype="float32", seed=None, backend="auto",
+                 embedding_size=None):
         self.input_size = check_positive_int("input_size", input_size)
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.num_layers = check_positive_int("num_layers", num_layers)
@@ -336,7 +336,11 @@ class RNN:
     def forward(self, x, h0=None, lengths=None, checkpoint=None):
         """Run the network over a sequence.
 
-        x (T, B, I), time-major. h0: the initial states (D·L, B, H), or None for zeros; for
+        x (T, B, I) floats, time-major, or (T, B) integer ids in [0, input_size), which mean
+            the one-hot sequence np.eye(input_size)[x] (the same outputs and gradients) without
+            building it: layer 0 gathers columns of W_ih, or the embedding's rows when the
+            model has one (then x must be ids). Of any integer dtype, strided or not (converted to
+            a contiguous intp copy when it is not one). h0: the initial states (D·L, B, H), or None for zeros; for
             an LSTM a pair (h0, c0) of such arrays. D = 2 when bidirectional, and the states
             are ordered as PyTorch's: layer 0 forward, layer 0 reverse, layer 1 forward, ...
         lengths: None, or (B,) ints in [1, T]: PyTorch's PackedSequence semantics on the padded

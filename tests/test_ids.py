@@ -405,3 +405,15 @@ def test_ids_results_do_not_depend_on_the_thread_count(compiled_backend, cell, e
         assert run.returncode == 0, run.stderr
         digests.add(run.stdout.strip())
     assert len(digests) == 1
+
+
+def test_training_checkpoint_keeps_the_embedding(backend, rng, tmp_path):
+    model = fb.RNN(V, H, output_size=V, embedding_size=4, seed=1, backend=backend)
+    ids = rng.integers(0, V, (T, B))
+    path = tmp_path / "run.ckpt"
+    fit(model, [(ids, np.roll(ids, -1, axis=0))] * 2, steps=2,
+        optimizer=fb.optim.Adam(model.params, lr=0.01), loss="cross_entropy", progress=False,
+        checkpoint=path, checkpoint_every=1)
+    loaded = fb.train.load_checkpoint(path, backend=backend).model
+    assert loaded.embedding_size == 4
+    np.testing.assert_array_equal(loaded.predict(ids)[0], model.predict(ids)[0])

@@ -129,6 +129,13 @@ DISTRIBUTED_TOL = {np.dtype(np.float64): dict(rtol=1e-10, atol=1e-10)}
 # 3e-7, so a wrong gate order or a missing linear_before_reset (errors of order 0.1) fails it.
 ONNX_TOL = {np.dtype(np.float32): dict(rtol=0.0, atol=1e-4)}
 
+# Integer ids against their one-hot rows, float64, same backend: the gather adds the same
+# products as the one-hot gemm minus exact zeros, so only the gemm's blocking of the sum (and
+# the scatter's order against the gemm's) can differ; the bound, 1e-12 (assert_close
+# scales atol by max(1, max|expected|)). A wrong column, a missed repeated id or a dropped
+# bias is of order 0.1 and fails it.
+IDS_TOL = {np.dtype(np.float64): dict(rtol=1e-12, atol=1e-12)}
+
 # Every tolerance above by the kind of comparison it serves: ``tol(dtype, kind)``.
 TOLERANCES = {
     "oracle": TOL,
@@ -142,6 +149,7 @@ TOLERANCES = {
     "effect": EFFECT_TOL,
     "distributed": DISTRIBUTED_TOL,
     "onnx": ONNX_TOL,
+    "ids": IDS_TOL,
 }
 
 # Estimates from random samples, and one approximation, against the value they approach: the

@@ -216,3 +216,49 @@ def test_every_combination_passes_the_checker():
         model = fb.RNN(3, 4, cell=cell, num_layers=L, bidirectional=bi, output_size=out, seed=0)
         proto = export_onnx(model, io.BytesIO(), with_state=st, with_lengths=ln)
         onnx.checker.check_model(proto, full_check=True)
+
+
+# ------------------------------------------------------------------ integer ids as input
+
+
+@needs_ort
+@pytest.mark.parametrize("with_lengths", [False, True], ids=["padded", "lengths"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("embedding", [None, 4], ids=["one-hot", "embedding"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_ids_export_matches_forward(cell, embedding, bidirectional, with_lengths, rng,
+                                    assert_close):
+    import onnx
+    V = 9
+    model = fb.RNN(V, H, cell=cell, num_layers=2, bidirectional=bidirectional, output_size=O,
+                   embedding_size=embedding, seed=int(rng.integers(2**31)))
+    proto = export_onnx(model, io.BytesIO(), with_lengths=with_lengths, ids=True)
+    x_input = proto.graph.input[0]
+    assert x_input.name == "x" and x_input.type.tensor_type.elem_type == onnx.TensorProto.INT64
+    ops = [n.op_type for n in proto.graph.node]
+    assert ("Gather" if embedding else "OneHot") in ops
+    sess = session(proto)
+    for T, B in SHAPES:
+        ids = rng.integers(0, V, (T, B))
+        feeds = {"x": ids.astype(np.int64)}
+        lengths = None
+        if with_lengths:
+            lengths = rng.integers(1, T + 1, B)
+            lengths[0] = T
+            feeds["lengths"] = lengths.astype(np.int32)
+        got = sess.run(None, feeds)
+        for name, actual, expected in zip(["out", "h_n", "c_n"], got,
+                                          expected_outputs(model, ids, None, lengths)):
+            assert_close(actual, expected.astype(np.float32), np.float32,
+                         f"{name} at (T, B) = ({T}, {B})", kind="onnx")
+
+
+@needs_onnx
+def test_embedding_model_exports_ids_by_default_and_refuses_floats():
+    model = fb.RNN(9, H, embedding_size=4)
+    proto = export_onnx(model, io.BytesIO())
+    assert len(proto.graph.input[0].type.tensor_type.shape.dim) == 2
+    with pytest.raises(ValueError, match=r"\bids\b.*embedding"):
+        export_onnx(model, io.BytesIO(), ids=False)
+    with pytest.raises(TypeError, match=r"\bids\b"):
+        export_onnx(fb.RNN(9, H), io.BytesIO(), ids="yes")

@@ -6,14 +6,16 @@ and two adapters onto a backend's layer functions (``_reference`` or a compiled 
 same names and signatures) that give every cell one calling convention and one return shape:
 
     cache = cell.forward(kernels, x, state0, w_ih, w_hh, b_ih, b_hh, batch_sizes)
-        x (T, B, I); state0: a tuple of the cell's state arrays (B, H) each. cache: the
+        x (T, B, I) floats, or (T, B) integer ids meaning the one-hot rows (see
+        ``_reference``'s docstring); state0: a tuple of the cell's state arrays (B, H) each. cache: the
         tuple the layer's backward needs, whose first ``cell.state_count`` entries are the
         state sequences (T+1, B, H), in the order of ``cell.states`` (state0 first).
     grads = cell.backward(kernels, d_out, d_state_n, x, cache, w_ih, w_hh, clip_step,
-                          step_norms, batch_sizes)
+                          step_norms, batch_sizes, need_dx)
         d_out (T, B, H); d_state_n: a tuple like state0 whose entries may be None, or None.
         grads: :class:`LayerGradients`, with both bias gradients always (as separate arrays,
-        also where the kernel computes one for both).
+        also where the kernel computes one for both); grads.dx is None when not ``need_dx``
+        or for ids (the kernels then skip its product).
 
 The model, gradcheck, bench and the tests read this table instead of branching on the cell's
 name; adding a cell means a row here, its oracle in ``_reference`` and its compiled kernels.
@@ -30,7 +32,7 @@ __all__ = ["CELLS", "Cell", "LayerGradients", "get"]
 class LayerGradients(NamedTuple):
     """One layer's, one direction's gradients, the same shape for every cell.
 
-    dx (T, B, I); d_state0: a tuple of (B, H) arrays, one per state array of the cell;
+    dx (T, B, I), or None (ids, or not asked for); d_state0: a tuple of (B, H) arrays, one per state array of the cell;
     dw_ih (G·H, I), dw_hh (G·H, H), db_ih, db_hh (G·H,): never the same array.
     """
 
@@ -76,10 +78,10 @@ def _elman_forward(relu, kernels, x, state0, w_ih, w_hh, b_ih, b_hh, batch_sizes
 
 
 def _elman_backward(relu, kernels, d_out, d_state_n, x, cache, w_ih, w_hh, clip_step=None,
-                    step_norms=None, batch_sizes=None):
+                    step_norms=None, batch_sizes=None, need_dx=True):
     dh_n, = _finals(d_state_n, 1)
     dx, dh0, dw_ih, dw_hh, db = kernels.elman_backward(
-        d_out, dh_n, x, cache[0], w_ih, w_hh, relu, clip_step, step_norms, batch_sizes)
+        d_out, dh_n, x, cache[0], w_ih, w_hh, relu, clip_step, step_norms, batch_sizes, need_dx)
     # b_ih and b_hh enter the pre-activation alike: the kernel's one db is the gradient of both
     return LayerGradients(dx, (dh0,), dw_ih, dw_hh, db, db.copy())
 
@@ -89,10 +91,10 @@ def _lstm_forward(kernels, x, state0, w_ih, w_hh, b_ih, b_hh, batch_sizes=None):
 
 
 def _lstm_backward(kernels, d_out, d_state_n, x, cache, w_ih, w_hh, clip_step=None,
-                   step_norms=None, batch_sizes=None):
+                   step_norms=None, batch_sizes=None, need_dx=True):
     dh_n, dc_n = _finals(d_state_n, 2)
     dx, dh0, dc0, dw_ih, dw_hh, db = kernels.lstm_backward(
-        d_out, dh_n, dc_n, x, *cache, w_ih, w_hh, clip_step, step_norms, batch_sizes)
+        d_out, dh_n, dc_n, x, *cache, w_ih, w_hh, clip_step, step_norms, batch_sizes, need_dx)
     return LayerGradients(dx, (dh0, dc0), dw_ih, dw_hh, db, db.copy())
 
 
@@ -101,10 +103,10 @@ def _gru_forward(kernels, x, state0, w_ih, w_hh, b_ih, b_hh, batch_sizes=None):
 
 
 def _gru_backward(kernels, d_out, d_state_n, x, cache, w_ih, w_hh, clip_step=None,
-                  step_norms=None, batch_sizes=None):
+                  step_norms=None, batch_sizes=None, need_dx=True):
     dh_n, = _finals(d_state_n, 1)
     dx, dh0, dw_ih, dw_hh, db_ih, db_hh = kernels.gru_backward(
-        d_out, dh_n, x, *cache, w_ih, w_hh, clip_step, step_norms, batch_sizes)
+        d_out, dh_n, x, *cache, w_ih, w_hh, clip_step, step_norms, batch_sizes, need_dx)
     return LayerGradients(dx, (dh0,), dw_ih, dw_hh, db_ih, db_hh)
 
 

@@ -65,25 +65,28 @@ cdef void elman_forward_rows(const Loop* L, Py_ssize_t r0, Py_ssize_t r1, int th
 def elman_forward(x, h0, w_ih, w_hh, b_ih, b_hh, bint relu, batch_sizes=None):
     """Run an Elman layer over a sequence; see ``_reference.elman_forward``.
 
-    x (T, B, I), h0 (B, H), w_ih (H, I), w_hh (H, H), b_ih, b_hh (H,); batch_sizes (T,)
-    intp or None. Returns hs (T+1, B, H): hs[0] = h0, hs[t] = s_t, the output and the
+    x (T, B, I) floats or (T, B) intp ids (``_ids.pxi``), h0 (B, H), w_ih (H, I), w_hh (H, H),
+    b_ih, b_hh (H,); batch_sizes (T,) intp or None. Returns hs (T+1, B, H): hs[0] = h0, hs[t] = s_t, the output and the
     backward's cache.
     """
-    if x.dtype == np.float32:
+    if w_ih.dtype == np.float32:
         return _elman_forward[float](x, h0, w_ih, w_hh, b_ih, b_hh, relu, batch_sizes)
     return _elman_forward[double](x, h0, w_ih, w_hh, b_ih, b_hh, relu, batch_sizes)
 
 
-cdef object _elman_forward(const floating[:, :, ::1] x, const floating[:, ::1] h0,
+cdef object _elman_forward(x, const floating[:, ::1] h0,
                            const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
                            const floating[::1] b_ih, const floating[::1] b_hh, bint relu,
                            batch_sizes):
-    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = w_hh.shape[0]
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = w_ih.shape[1], H = w_hh.shape[0]
+    cdef const floating* xp
+    cdef const Py_ssize_t* ids
+    keep_x = input_pointers(x, &xp, &ids)
     dtype = np.float32 if floating is float else np.float64
     hs_arr = np.empty((T + 1, B, H), dtype=dtype)
     cdef floating[:, :, ::1] hs = hs_arr
     cdef floating[::1] bias = np.add(b_ih, b_hh)
-    cdef floating[::1] work = _packed_work(batch_sizes, T, B, I + H, dtype)
+    cdef floating[::1] work = None if ids != NULL else _packed_work(batch_sizes, T, B, I + H, dtype)
     cdef Loop L
     keep = plan_loop(&L, w_hh, T, B, H, 1, False, batch_sizes)
     L.relu = relu
@@ -92,8 +95,8 @@ cdef object _elman_forward(const floating[:, :, ::1] x, const floating[:, ::1] h
     with nogil:
         memcpy(&hs[0, 0, 0], &h0[0, 0], B * H * sizeof(floating))
         # hs[1:] = x @ w_ih.T       (all steps' input projections at once)
-        input_projection(&x[0, 0, 0], &w_ih[0, 0], &hs[1, 0, 0], T, B, I, H, H, L.sizes,
-                         &work[0] if work is not None else NULL)
+        project_input(xp, ids, &w_ih[0, 0], &hs[1, 0, 0], T, B, I, H, H, L.sizes,
+                      &work[0] if work is not None else NULL)
         run_rows(elman_forward_rows[floating], &L)
     return hs_arr
 
@@ -133,30 +136,41 @@ cdef void elman_backward_rows(const Loop* L, Py_ssize_t r0, Py_ssize_t r1, int t
 
 
 def elman_backward(d_out, dh_n, x, hs, w_ih, w_hh, bint relu, clip_step=None, step_norms=None,
-                   batch_sizes=None):
+                   batch_sizes=None, bint need_dx=True):
     """Backpropagate through an Elman layer; see ``_reference.elman_backward``.
 
-    Returns (dx (T, B, I), dh0 (B, H), dw_ih (H, I), dw_hh (H, H), db (H,)).
+    Returns (dx (T, B, I), dh0 (B, H), dw_ih (H, I), dw_hh (H, H), db (H,)); dx is None when
+    not ``need_dx`` or for ids.
     """
     if d_out.dtype == np.float32:
         return _elman_backward[float](d_out, dh_n, x, hs, w_ih, w_hh, relu, clip_step, step_norms,
-                                      batch_sizes)
+                                      batch_sizes, need_dx)
     return _elman_backward[double](d_out, dh_n, x, hs, w_ih, w_hh, relu, clip_step, step_norms,
-                                   batch_sizes)
+                                   batch_sizes, need_dx)
 
 
-cdef object _elman_backward(const floating[:, :, ::1] d_out, dh_n, const floating[:, :, ::1] x,
+cdef object _elman_backward(const floating[:, :, ::1] d_out, dh_n, x,
                             const floating[:, :, ::1] hs, const floating[:, ::1] w_ih,
                             const floating[:, ::1] w_hh, bint relu, clip_step, step_norms,
-                            batch_sizes):
-    cdef Py_ssize_t T = d_out.shape[0], B = d_out.shape[1], H = d_out.shape[2], I = x.shape[2]
+                            batch_sizes, bint need_dx):
+    cdef Py_ssize_t T = d_out.shape[0], B = d_out.shape[1], H = d_out.shape[2], I = w_ih.shape[1]
+    cdef const floating* xp
+    cdef const Py_ssize_t* ids
+    keep_x = input_pointers(x, &xp, &ids)
+    need_dx = need_dx and ids == NULL
     dtype = np.float32 if floating is float else np.float64
-    cdef floating[::1] work = _packed_work(batch_sizes, T, B, H + 2 * I + H, dtype)
+    cdef floating[::1] work = (_packed_work(batch_sizes, T, B, H + 2 * I + H, dtype) if need_dx
+                               else None)
     cdef floating[:, ::1] carry = _carry(dh_n, B, H, dtype)
     delta_arr = np.empty((T, B, H), dtype=dtype)
     cdef floating[:, :, ::1] delta = delta_arr
-    dx_arr, dw_ih_arr, dw_hh_arr, db_arr = _gradient_arrays(T, B, I, H, H, dtype, work is not None)
-    cdef floating[:, :, ::1] dx = dx_arr
+    dx_arr, dw_ih_arr, dw_hh_arr, db_arr = backward_arrays(T, B, I, H, H, dtype, work is not None,
+                                                           need_dx)
+    cdef floating[:, :, ::1] dx
+    cdef floating* dxp = NULL
+    if need_dx:
+        dx = dx_arr
+        dxp = &dx[0, 0, 0]
     cdef floating[:, ::1] dw_ih = dw_ih_arr
     cdef floating[:, ::1] dw_hh = dw_hh_arr
     cdef floating[::1] db = db_arr
@@ -170,9 +184,9 @@ cdef object _elman_backward(const floating[:, :, ::1] d_out, dh_n, const floatin
     with nogil:
         run_rows(elman_backward_rows[floating], &L)
         # 3: dx = delta @ w_ih; dw_ih = delta.T @ x; dw_hh = delta.T @ hs[:-1]
-        hoisted_gradients(&delta[0, 0, 0], &delta[0, 0, 0], &x[0, 0, 0], &hs[0, 0, 0],
-                          &w_ih[0, 0], &dx[0, 0, 0], &dw_ih[0, 0], &dw_hh[0, 0], T, B, I, H, H,
-                          L.sizes, &work[0] if work is not None else NULL)
+        input_gradients(&delta[0, 0, 0], &delta[0, 0, 0], xp, ids, &hs[0, 0, 0], &w_ih[0, 0],
+                        dxp, &dw_ih[0, 0], &dw_hh[0, 0], T, B, I, H, H, L.sizes,
+                        &work[0] if work is not None else NULL)
         # db = delta.sum(axis=(0, 1))
         column_sums(&delta[0, 0, 0], &db[0], T * B, H)
     return dx_arr, np.asarray(carry), dw_ih_arr, dw_hh_arr, db_arr

@@ -141,20 +141,23 @@ cdef void gru_forward_rows(const Loop* L, Py_ssize_t r0, Py_ssize_t r1, int thre
 def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes=None):
     """Run a GRU layer over a sequence; see ``_reference.gru_forward``.
 
-    x (T, B, I), h0 (B, H), w_ih (3H, I), w_hh (3H, H), b_ih, b_hh (3H,).
+    x (T, B, I) floats or (T, B) intp ids, h0 (B, H), w_ih (3H, I), w_hh (3H, H), b_ih, b_hh (3H,).
     Returns (hs, gates): hs (T+1, B, H) from h0; gates (T, B, 4H) r, z, n, hn of each step
     (zero in finished rows, with batch_sizes).
     """
-    if x.dtype == np.float32:
+    if w_ih.dtype == np.float32:
         return _gru_forward[float](x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes)
     return _gru_forward[double](x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes)
 
 
-cdef object _gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] h0,
+cdef object _gru_forward(x, const floating[:, ::1] h0,
                          const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
                          const floating[::1] b_ih, const floating[::1] b_hh, batch_sizes):
-    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = w_hh.shape[1]
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = w_ih.shape[1], H = w_hh.shape[1]
     cdef Py_ssize_t G = 3 * H
+    cdef const floating* xp
+    cdef const Py_ssize_t* ids
+    keep_x = input_pointers(x, &xp, &ids)
     dtype = np.float32 if floating is float else np.float64
     hs_arr = np.empty((T + 1, B, H), dtype=dtype)
     gates_arr = np.empty((T, B, 4 * H), dtype=dtype)
@@ -163,7 +166,7 @@ cdef object _gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] h0,
     # gh: one step's hidden-side products (B, 3H), kept apart because r multiplies its n block
     cdef floating[:, ::1] gh = np.empty((B, G), dtype=dtype)
     cdef floating[::1] bias = np.add(b_ih, b_hh)
-    cdef floating[::1] work = _packed_work(batch_sizes, T, B, I + G, dtype)
+    cdef floating[::1] work = None if ids != NULL else _packed_work(batch_sizes, T, B, I + G, dtype)
     cdef Loop L
     keep = plan_loop(&L, w_hh, T, B, H, 3, False, batch_sizes)
     L.hs = &hs[0, 0, 0]
@@ -175,8 +178,8 @@ cdef object _gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] h0,
     with nogil:
         memcpy(&hs[0, 0, 0], &h0[0, 0], B * H * sizeof(floating))
         # gates[:, :, :3H] = x @ w_ih.T     (all steps' input projections at once)
-        input_projection(&x[0, 0, 0], &w_ih[0, 0], &gates[0, 0, 0], T, B, I, G, 4 * H, L.sizes,
-                         &work[0] if work is not None else NULL)
+        project_input(xp, ids, &w_ih[0, 0], &gates[0, 0, 0], T, B, I, G, 4 * H, L.sizes,
+                      &work[0] if work is not None else NULL)
         run_rows(gru_forward_rows[floating], &L)
     return hs_arr, gates_arr
 
@@ -224,26 +227,32 @@ cdef void gru_backward_rows(const Loop* L, Py_ssize_t r0, Py_ssize_t r1, int thr
 
 
 def gru_backward(d_out, dh_n, x, hs, gates, w_ih, w_hh, clip_step=None, step_norms=None,
-                 batch_sizes=None):
+                 batch_sizes=None, bint need_dx=True):
     """Backpropagate through a GRU layer; see ``_reference.gru_backward`` (and its clipping).
 
-    Returns (dx (T, B, I), dh0 (B, H), dw_ih (3H, I), dw_hh (3H, H), db_ih (3H,), db_hh (3H,)).
+    Returns (dx (T, B, I), dh0 (B, H), dw_ih (3H, I), dw_hh (3H, H), db_ih (3H,), db_hh (3H,));
+    dx is None when not ``need_dx`` or for ids.
     """
     if d_out.dtype == np.float32:
         return _gru_backward[float](d_out, dh_n, x, hs, gates, w_ih, w_hh, clip_step, step_norms,
-                                    batch_sizes)
+                                    batch_sizes, need_dx)
     return _gru_backward[double](d_out, dh_n, x, hs, gates, w_ih, w_hh, clip_step, step_norms,
-                                 batch_sizes)
+                                 batch_sizes, need_dx)
 
 
-cdef object _gru_backward(const floating[:, :, ::1] d_out, dh_n, const floating[:, :, ::1] x,
+cdef object _gru_backward(const floating[:, :, ::1] d_out, dh_n, x,
                           const floating[:, :, ::1] hs, const floating[:, :, ::1] gates,
                           const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
-                          clip_step, step_norms, batch_sizes):
-    cdef Py_ssize_t T = d_out.shape[0], B = d_out.shape[1], H = d_out.shape[2], I = x.shape[2]
+                          clip_step, step_norms, batch_sizes, bint need_dx):
+    cdef Py_ssize_t T = d_out.shape[0], B = d_out.shape[1], H = d_out.shape[2], I = w_ih.shape[1]
     cdef Py_ssize_t G = 3 * H
+    cdef const floating* xp
+    cdef const Py_ssize_t* ids
+    keep_x = input_pointers(x, &xp, &ids)
+    need_dx = need_dx and ids == NULL
     dtype = np.float32 if floating is float else np.float64
-    cdef floating[::1] work = _packed_work(batch_sizes, T, B, 2 * G + 2 * I + H, dtype)
+    cdef floating[::1] work = (_packed_work(batch_sizes, T, B, 2 * G + 2 * I + H, dtype) if need_dx
+                               else None)
     # carry holds the part of ∂E/∂h_t arriving from step t+1 (or d_h_n at the end)
     cdef floating[:, ::1] carry = _carry(dh_n, B, H, dtype)
     # The input- and hidden-side gate gradients differ in their n block; both are kept,
@@ -252,10 +261,14 @@ cdef object _gru_backward(const floating[:, :, ::1] d_out, dh_n, const floating[
     delta_h_arr = np.empty((T, B, G), dtype=dtype)
     cdef floating[:, :, ::1] delta_i = delta_i_arr
     cdef floating[:, :, ::1] delta_h = delta_h_arr
-    dx_arr, dw_ih_arr, dw_hh_arr, db_ih_arr = _gradient_arrays(T, B, I, H, G, dtype,
-                                                               work is not None)
+    dx_arr, dw_ih_arr, dw_hh_arr, db_ih_arr = backward_arrays(T, B, I, H, G, dtype,
+                                                              work is not None, need_dx)
     db_hh_arr = np.empty(G, dtype=dtype)
-    cdef floating[:, :, ::1] dx = dx_arr
+    cdef floating[:, :, ::1] dx
+    cdef floating* dxp = NULL
+    if need_dx:
+        dx = dx_arr
+        dxp = &dx[0, 0, 0]
     cdef floating[:, ::1] dw_ih = dw_ih_arr
     cdef floating[:, ::1] dw_hh = dw_hh_arr
     cdef floating[::1] db_ih = db_ih_arr
@@ -271,9 +284,9 @@ cdef object _gru_backward(const floating[:, :, ::1] d_out, dh_n, const floating[
     with nogil:
         run_rows(gru_backward_rows[floating], &L)
         # 4: dx = delta_i @ w_ih; dw_ih = delta_i.T @ x; dw_hh = delta_h.T @ hs[:-1]
-        hoisted_gradients(&delta_i[0, 0, 0], &delta_h[0, 0, 0], &x[0, 0, 0], &hs[0, 0, 0],
-                          &w_ih[0, 0], &dx[0, 0, 0], &dw_ih[0, 0], &dw_hh[0, 0], T, B, I, H, G,
-                          L.sizes, &work[0] if work is not None else NULL)
+        input_gradients(&delta_i[0, 0, 0], &delta_h[0, 0, 0], xp, ids, &hs[0, 0, 0],
+                        &w_ih[0, 0], dxp, &dw_ih[0, 0], &dw_hh[0, 0], T, B, I, H, G, L.sizes,
+                        &work[0] if work is not None else NULL)
         # db_ih = delta_i.sum(axis=(0, 1)); db_hh = delta_h.sum(axis=(0, 1))
         column_sums(&delta_i[0, 0, 0], &db_ih[0], T * B, G)
         column_sums(&delta_h[0, 0, 0], &db_hh[0], T * B, G)

@@ -170,6 +170,7 @@ cdef object _linear_backward(const floating[:, ::1] dy, const floating[:, ::1] x
     return dx_arr, dw_arr, db_arr
 
 
+include "_ids.pxi"
 include "_elman.pxi"
 include "_lstm.pxi"
 include "_gru.pxi"

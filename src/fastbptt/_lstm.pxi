@@ -137,21 +137,24 @@ cdef void lstm_forward_rows(const Loop* L, Py_ssize_t r0, Py_ssize_t r1, int thr
 def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes=None):
     """Run an LSTM layer over a sequence; see ``_reference.lstm_forward``.
 
-    x (T, B, I), h0, c0 (B, H), w_ih (4H, I), w_hh (4H, H), b_ih, b_hh (4H,).
+    x (T, B, I) floats or (T, B) intp ids (``_ids.pxi``), h0, c0 (B, H), w_ih (4H, I), w_hh (4H, H), b_ih, b_hh (4H,).
     Returns (hs, cs, gates): hs, cs (T+1, B, H) from h0, c0; gates (T, B, 4H) the
     activations i, f, g, o of each step (zero in finished rows, with batch_sizes).
     """
-    if x.dtype == np.float32:
+    if w_ih.dtype == np.float32:
         return _lstm_forward[float](x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes)
     return _lstm_forward[double](x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes)
 
 
-cdef object _lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] h0,
+cdef object _lstm_forward(x, const floating[:, ::1] h0,
                           const floating[:, ::1] c0, const floating[:, ::1] w_ih,
                           const floating[:, ::1] w_hh, const floating[::1] b_ih,
                           const floating[::1] b_hh, batch_sizes):
-    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = w_hh.shape[1]
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = w_ih.shape[1], H = w_hh.shape[1]
     cdef Py_ssize_t G = 4 * H
+    cdef const floating* xp
+    cdef const Py_ssize_t* ids
+    keep_x = input_pointers(x, &xp, &ids)
     dtype = np.float32 if floating is float else np.float64
     hs_arr = np.empty((T + 1, B, H), dtype=dtype)
     cs_arr = np.empty((T + 1, B, H), dtype=dtype)
@@ -160,7 +163,7 @@ cdef object _lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] h0
     cdef floating[:, :, ::1] cs = cs_arr
     cdef floating[:, :, ::1] gates = gates_arr
     cdef floating[::1] bias = np.add(b_ih, b_hh)
-    cdef floating[::1] work = _packed_work(batch_sizes, T, B, I + G, dtype)
+    cdef floating[::1] work = None if ids != NULL else _packed_work(batch_sizes, T, B, I + G, dtype)
     cdef Loop L
     keep = plan_loop(&L, w_hh, T, B, H, 4, False, batch_sizes)
     L.hs = &hs[0, 0, 0]
@@ -171,8 +174,8 @@ cdef object _lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] h0
         memcpy(&hs[0, 0, 0], &h0[0, 0], B * H * sizeof(floating))
         memcpy(&cs[0, 0, 0], &c0[0, 0], B * H * sizeof(floating))
         # gates = x @ w_ih.T        (all steps' input projections at once)
-        input_projection(&x[0, 0, 0], &w_ih[0, 0], &gates[0, 0, 0], T, B, I, G, G, L.sizes,
-                         &work[0] if work is not None else NULL)
+        project_input(xp, ids, &w_ih[0, 0], &gates[0, 0, 0], T, B, I, G, G, L.sizes,
+                      &work[0] if work is not None else NULL)
         run_rows(lstm_forward_rows[floating], &L)
     return hs_arr, cs_arr, gates_arr
 
@@ -214,34 +217,45 @@ cdef void lstm_backward_rows(const Loop* L, Py_ssize_t r0, Py_ssize_t r1, int th
 
 
 def lstm_backward(d_out, dh_n, dc_n, x, hs, cs, gates, w_ih, w_hh, clip_step=None,
-                  step_norms=None, batch_sizes=None):
+                  step_norms=None, batch_sizes=None, bint need_dx=True):
     """Backpropagate through an LSTM layer; see ``_reference.lstm_backward``.
 
-    Returns (dx (T, B, I), dh0 (B, H), dc0 (B, H), dw_ih (4H, I), dw_hh (4H, H), db (4H,)).
+    Returns (dx (T, B, I), dh0 (B, H), dc0 (B, H), dw_ih (4H, I), dw_hh (4H, H), db (4H,));
+    dx is None when not ``need_dx`` or for ids.
     """
     if d_out.dtype == np.float32:
         return _lstm_backward[float](d_out, dh_n, dc_n, x, hs, cs, gates, w_ih, w_hh,
-                                     clip_step, step_norms, batch_sizes)
+                                     clip_step, step_norms, batch_sizes, need_dx)
     return _lstm_backward[double](d_out, dh_n, dc_n, x, hs, cs, gates, w_ih, w_hh,
-                                  clip_step, step_norms, batch_sizes)
+                                  clip_step, step_norms, batch_sizes, need_dx)
 
 
 cdef object _lstm_backward(const floating[:, :, ::1] d_out, dh_n, dc_n,
-                           const floating[:, :, ::1] x, const floating[:, :, ::1] hs,
+                           x, const floating[:, :, ::1] hs,
                            const floating[:, :, ::1] cs, const floating[:, :, ::1] gates,
                            const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
-                           clip_step, step_norms, batch_sizes):
-    cdef Py_ssize_t T = d_out.shape[0], B = d_out.shape[1], H = d_out.shape[2], I = x.shape[2]
+                           clip_step, step_norms, batch_sizes, bint need_dx):
+    cdef Py_ssize_t T = d_out.shape[0], B = d_out.shape[1], H = d_out.shape[2], I = w_ih.shape[1]
     cdef Py_ssize_t G = 4 * H
+    cdef const floating* xp
+    cdef const Py_ssize_t* ids
+    keep_x = input_pointers(x, &xp, &ids)
+    need_dx = need_dx and ids == NULL
     dtype = np.float32 if floating is float else np.float64
-    cdef floating[::1] work = _packed_work(batch_sizes, T, B, G + 2 * I + H, dtype)
+    cdef floating[::1] work = (_packed_work(batch_sizes, T, B, G + 2 * I + H, dtype) if need_dx
+                               else None)
     # carry_h, carry_c hold the parts of ∂E/∂h_t, ∂E/∂c_t arriving from step t+1
     cdef floating[:, ::1] carry_h = _carry(dh_n, B, H, dtype)
     cdef floating[:, ::1] carry_c = _carry(dc_n, B, H, dtype)
     delta_arr = np.empty((T, B, G), dtype=dtype)
     cdef floating[:, :, ::1] delta = delta_arr
-    dx_arr, dw_ih_arr, dw_hh_arr, db_arr = _gradient_arrays(T, B, I, H, G, dtype, work is not None)
-    cdef floating[:, :, ::1] dx = dx_arr
+    dx_arr, dw_ih_arr, dw_hh_arr, db_arr = backward_arrays(T, B, I, H, G, dtype, work is not None,
+                                                           need_dx)
+    cdef floating[:, :, ::1] dx
+    cdef floating* dxp = NULL
+    if need_dx:
+        dx = dx_arr
+        dxp = &dx[0, 0, 0]
     cdef floating[:, ::1] dw_ih = dw_ih_arr
     cdef floating[:, ::1] dw_hh = dw_hh_arr
     cdef floating[::1] db = db_arr
@@ -256,9 +270,9 @@ cdef object _lstm_backward(const floating[:, :, ::1] d_out, dh_n, dc_n,
     with nogil:
         run_rows(lstm_backward_rows[floating], &L)
         # 3: dx = delta @ w_ih; dw_ih = delta.T @ x; dw_hh = delta.T @ hs[:-1]
-        hoisted_gradients(&delta[0, 0, 0], &delta[0, 0, 0], &x[0, 0, 0], &hs[0, 0, 0],
-                          &w_ih[0, 0], &dx[0, 0, 0], &dw_ih[0, 0], &dw_hh[0, 0], T, B, I, H, G,
-                          L.sizes, &work[0] if work is not None else NULL)
+        input_gradients(&delta[0, 0, 0], &delta[0, 0, 0], xp, ids, &hs[0, 0, 0], &w_ih[0, 0],
+                        dxp, &dw_ih[0, 0], &dw_hh[0, 0], T, B, I, H, G, L.sizes,
+                        &work[0] if work is not None else NULL)
         # db = delta.sum(axis=(0, 1))
         column_sums(&delta[0, 0, 0], &db[0], T * B, G)
     return dx_arr, np.asarray(carry_h), np.asarray(carry_c), dw_ih_arr, dw_hh_arr, db_arr

@@ -21,6 +21,12 @@ rows of the cache are zero from its end on (its outputs past the end are zero, a
 last state is hs[length], not hs[T]); its d_out there is ignored, and the d_h_n given for it
 flows back unchanged to its last step. None means every row runs every step.
 
+Input ids: every layer function takes x either as floats (T, B, I) or as integer ids (T, B)
+in [0, I), which mean the one-hot rows np.eye(I)[x] without building them: the input
+projection x_t W_ihᵀ is then the gather W_ih[:, x_t]ᵀ and dW_ih += δ_tᵀ x_t the scatter-add
+dW_ih[:, x_t] += δ_tᵀ (``_project_input``, ``_add_input_gradient``); there is no dx. The
+backward functions' ``need_dx=False`` leaves dx out (None) for float inputs too.
+
 The callers (``model.py``) validate shapes, dtypes and contiguity; these functions trust them.
 """
 import numpy as np
@@ -44,6 +50,29 @@ def _running(batch_sizes, t, B):
     return B if batch_sizes is None else int(batch_sizes[t])
 
 
+def _is_ids(x):
+    return x.dtype.kind in "iu"
+
+
+def _project_input(x_t, w_ih):
+    """x_t W_ihᵀ: x_t (n, I) floats, or (n,) ids whose one-hot rows pick columns of W_ih."""
+    return w_ih.T[x_t] if _is_ids(x_t) else x_t @ w_ih.T
+
+
+def _add_input_gradient(dw_ih, delta, x_t):
+    """dW_ih += δᵀ x_t, for ids the scatter-add dW_ih[:, x_t] += δᵀ (repeated ids summed, in
+    row order)."""
+    if _is_ids(x_t):
+        np.add.at(dw_ih.T, x_t, delta)
+    else:
+        dw_ih += delta.T @ x_t
+
+
+def _input_gradient_array(x, need_dx):
+    """The zeroed dx (T, B, I) a backward fills, or None for ids or when not ``need_dx``."""
+    return np.zeros_like(x) if need_dx and not _is_ids(x) else None
+
+
 def _activation_derivative(s, relu):
     """f'(pre-activation) from the saved output s = f(pre-activation)."""
     if relu:
@@ -58,20 +87,20 @@ def elman_forward(x, h0, w_ih, w_hh, b_ih, b_hh, relu, batch_sizes=None):
     Returns hs (T+1, B, H) with hs[0] = h0 and hs[t] = s_t: the layer's output is hs[1:],
     its final state hs[T], and hs is the whole cache the backward pass needs.
     """
-    T, B, _ = x.shape
+    T, B = x.shape[:2]
     H = w_hh.shape[0]
-    hs = np.empty((T + 1, B, H), dtype=x.dtype)
+    hs = np.empty((T + 1, B, H), dtype=w_ih.dtype)
     hs[0] = h0
     for t in range(1, T + 1):
         n = _running(batch_sizes, t - 1, B)
-        pre = x[t - 1, :n] @ w_ih.T + b_ih + hs[t - 1, :n] @ w_hh.T + b_hh
+        pre = _project_input(x[t - 1, :n], w_ih) + b_ih + hs[t - 1, :n] @ w_hh.T + b_hh
         hs[t, :n] = np.maximum(pre, 0) if relu else np.tanh(pre)
         hs[t, n:] = 0                                       # finished sequences
     return hs
 
 
 def elman_backward(d_out, dh_n, x, hs, w_ih, w_hh, relu, clip_step=None, step_norms=None,
-                   batch_sizes=None):
+                   batch_sizes=None, need_dx=True):
     """Backpropagate through an Elman layer run by :func:`elman_forward`.
 
     d_out (T, B, H): ∂E/∂s_t from above (the readout or the next layer), per step.
@@ -83,11 +112,12 @@ def elman_backward(d_out, dh_n, x, hs, w_ih, w_hh, relu, clip_step=None, step_no
         gradient reaching each step (the vanishing/exploding gradient diagnostic); 0 where
         a sequence has finished.
     batch_sizes (T,) or None: see the module's docstring.
+    need_dx: False (or ids as x) gives dx = None.
     Returns (dx (T, B, I), dh0 (B, H), dw_ih (H, I), dw_hh (H, H), db (H,)); db is the
     gradient of both b_ih and b_hh.
     """
     T, B, H = d_out.shape
-    dx = np.zeros_like(x)
+    dx = _input_gradient_array(x, need_dx)
     dw_ih = np.zeros_like(w_ih)
     dw_hh = np.zeros_like(w_hh)
     db = np.zeros(H, dtype=d_out.dtype)
@@ -103,9 +133,10 @@ def elman_backward(d_out, dh_n, x, hs, w_ih, w_hh, relu, clip_step=None, step_no
         if clip_step is not None:
             delta = _clip_rows(delta, clip_step)
         dw_hh += delta.T @ hs[t - 1, :n]                    # dW_hh += δ_tᵀ s_{t-1}
-        dw_ih += delta.T @ x[t - 1, :n]                     # dW_ih += δ_tᵀ x_t
+        _add_input_gradient(dw_ih, delta, x[t - 1, :n])      # dW_ih += δ_tᵀ x_t
         db += delta.sum(axis=0)                             # db += Σ_b δ_t
-        dx[t - 1, :n] = delta @ w_ih                        # dx_t = δ_t W_ih
+        if dx is not None:
+            dx[t - 1, :n] = delta @ w_ih                        # dx_t = δ_t W_ih
         ds[:n] = delta @ w_hh                               # ∂E/∂s_{t-1} through the recurrence
     return dx, ds, dw_ih, dw_hh, db
 
@@ -156,16 +187,16 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes=None):
     cache the backward pass needs (it recomputes tanh(c_t) from cs rather than storing it).
     With ``batch_sizes`` (see the module's docstring), finished rows of gates are zero.
     """
-    T, B, _ = x.shape
+    T, B = x.shape[:2]
     H = w_hh.shape[1]
-    hs = np.empty((T + 1, B, H), dtype=x.dtype)
-    cs = np.empty((T + 1, B, H), dtype=x.dtype)
-    gates = np.zeros((T, B, 4 * H), dtype=x.dtype)
+    hs = np.empty((T + 1, B, H), dtype=w_ih.dtype)
+    cs = np.empty((T + 1, B, H), dtype=w_ih.dtype)
+    gates = np.zeros((T, B, 4 * H), dtype=w_ih.dtype)
     hs[0] = h0
     cs[0] = c0
     for t in range(1, T + 1):
         n = _running(batch_sizes, t - 1, B)
-        pre = x[t - 1, :n] @ w_ih.T + b_ih + hs[t - 1, :n] @ w_hh.T + b_hh    # (n, 4H)
+        pre = _project_input(x[t - 1, :n], w_ih) + b_ih + hs[t - 1, :n] @ w_hh.T + b_hh    # (n, 4H)
         i = _sigmoid(pre[:, 0 * H:1 * H])                               # input gate
         f = _sigmoid(pre[:, 1 * H:2 * H])                               # forget gate
         g = np.tanh(pre[:, 2 * H:3 * H])                                # cell candidate
@@ -179,7 +210,7 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes=None):
 
 
 def lstm_backward(d_out, dh_n, dc_n, x, hs, cs, gates, w_ih, w_hh, clip_step=None,
-                  step_norms=None, batch_sizes=None):
+                  step_norms=None, batch_sizes=None, need_dx=True):
     """Backpropagate through an LSTM layer run by :func:`lstm_forward`.
 
     d_out (T, B, H): ∂E/∂h_t from above, per step. dh_n, dc_n (B, H) or None: ∂E/∂h_T and
@@ -193,11 +224,12 @@ def lstm_backward(d_out, dh_n, dc_n, x, hs, cs, gates, w_ih, w_hh, clip_step=Non
     step_norms (T, B) or None: when given, filled with ‖∂E/∂h_t‖ of each row (0 where a
         sequence has finished).
     batch_sizes (T,) or None: see the module's docstring.
+    need_dx: False (or ids as x) gives dx = None.
     Returns (dx (T, B, I), dh0 (B, H), dc0 (B, H), dw_ih (4H, I), dw_hh (4H, H), db (4H,));
     db is the gradient of both b_ih and b_hh.
     """
     T, B, H = d_out.shape
-    dx = np.zeros_like(x)
+    dx = _input_gradient_array(x, need_dx)
     dw_ih = np.zeros_like(w_ih)
     dw_hh = np.zeros_like(w_hh)
     db = np.zeros(4 * H, dtype=d_out.dtype)
@@ -224,9 +256,10 @@ def lstm_backward(d_out, dh_n, dc_n, x, hs, cs, gates, w_ih, w_hh, clip_step=Non
         if clip_step is not None:
             delta = _clip_rows(delta, clip_step)
         dw_hh += delta.T @ hs[t - 1, :n]                    # dW_hh += δ_tᵀ h_{t-1}
-        dw_ih += delta.T @ x[t - 1, :n]                     # dW_ih += δ_tᵀ x_t
+        _add_input_gradient(dw_ih, delta, x[t - 1, :n])      # dW_ih += δ_tᵀ x_t
         db += delta.sum(axis=0)                             # db += Σ_b δ_t
-        dx[t - 1, :n] = delta @ w_ih                        # dx_t = δ_t W_ih
+        if dx is not None:
+            dx[t - 1, :n] = delta @ w_ih                        # dx_t = δ_t W_ih
         dh_all[:n] = delta @ w_hh                           # ∂E/∂h_{t-1} through the gates
         dc_all[:n] = dc * f                                 # ∂E/∂c_{t-1}, through f ⊙ c_{t-1}
     return dx, dh_all, dc_all, dw_ih, dw_hh, db
@@ -249,14 +282,14 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes=None):
     that cannot be recovered from the others without redoing the product h_{t-1} W_hnᵀ.
     With ``batch_sizes`` (see the module's docstring), finished rows of gates are zero.
     """
-    T, B, _ = x.shape
+    T, B = x.shape[:2]
     H = w_hh.shape[1]
-    hs = np.empty((T + 1, B, H), dtype=x.dtype)
-    gates = np.zeros((T, B, 4 * H), dtype=x.dtype)
+    hs = np.empty((T + 1, B, H), dtype=w_ih.dtype)
+    gates = np.zeros((T, B, 4 * H), dtype=w_ih.dtype)
     hs[0] = h0
     for t in range(1, T + 1):
         n_run = _running(batch_sizes, t - 1, B)
-        gi = x[t - 1, :n_run] @ w_ih.T + b_ih                           # (n, 3H) input side
+        gi = _project_input(x[t - 1, :n_run], w_ih) + b_ih             # (n, 3H) input side
         gh = hs[t - 1, :n_run] @ w_hh.T + b_hh                          # (n, 3H) hidden side
         r = _sigmoid(gi[:, 0 * H:1 * H] + gh[:, 0 * H:1 * H])           # reset gate
         z = _sigmoid(gi[:, 1 * H:2 * H] + gh[:, 1 * H:2 * H])           # update gate
@@ -269,7 +302,7 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes=None):
 
 
 def gru_backward(d_out, dh_n, x, hs, gates, w_ih, w_hh, clip_step=None, step_norms=None,
-                 batch_sizes=None):
+                 batch_sizes=None, need_dx=True):
     """Backpropagate through a GRU layer run by :func:`gru_forward`.
 
     d_out (T, B, H): ∂E/∂h_t from above, per step. dh_n (B, H) or None: ∂E/∂h_T from beyond
@@ -287,10 +320,11 @@ def gru_backward(d_out, dh_n, x, hs, gates, w_ih, w_hh, clip_step=None, step_nor
     step_norms (T, B) or None: when given, filled with ‖∂E/∂h_t‖ of each row (0 where a
         sequence has finished).
     batch_sizes (T,) or None: see the module's docstring.
+    need_dx: False (or ids as x) gives dx = None.
     Returns (dx (T, B, I), dh0 (B, H), dw_ih (3H, I), dw_hh (3H, H), db_ih (3H,), db_hh (3H,)).
     """
     T, B, H = d_out.shape
-    dx = np.zeros_like(x)
+    dx = _input_gradient_array(x, need_dx)
     dw_ih = np.zeros_like(w_ih)
     dw_hh = np.zeros_like(w_hh)
     db_ih = np.zeros(3 * H, dtype=d_out.dtype)
@@ -317,11 +351,12 @@ def gru_backward(d_out, dh_n, x, hs, gates, w_ih, w_hh, clip_step=None, step_nor
         delta_h = np.concatenate([delta_i[:, :2 * H],        # gh_r, gh_z enter as gi_r, gi_z do
                                   delta_i[:, 2 * H:] * r],   # gh_n = hn enters as r ⊙ hn
                                  axis=1)                     # δh_t (B, 3H)
-        dw_ih += delta_i.T @ x[t - 1, :m]                   # dW_ih += δi_tᵀ x_t
+        _add_input_gradient(dw_ih, delta_i, x[t - 1, :m])    # dW_ih += δi_tᵀ x_t
         dw_hh += delta_h.T @ h_prev                         # dW_hh += δh_tᵀ h_{t-1}
         db_ih += delta_i.sum(axis=0)                        # db_ih += Σ_b δi_t
         db_hh += delta_h.sum(axis=0)                        # db_hh += Σ_b δh_t
-        dx[t - 1, :m] = delta_i @ w_ih                      # dx_t = δi_t W_ih
+        if dx is not None:
+            dx[t - 1, :m] = delta_i @ w_ih                      # dx_t = δi_t W_ih
         dh_all[:m] = delta_h @ w_hh + dh * z                # ∂E/∂h_{t-1}: gates, and z ⊙ h_{t-1}
     return dx, dh_all, dw_ih, dw_hh, db_ih, db_hh
 

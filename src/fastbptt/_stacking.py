@@ -62,7 +62,8 @@ class Stack:
         return param_names(k, reverse)
 
     def forward(self, params, x, state, sizes, flip):
-        """Run every layer and direction over x (T, B, I) from state (S, D·L, B, H).
+        """Run every layer and direction over x (T, B, I), or ids (T, B) into layer 0, from
+        state (S, D·L, B, H).
 
         sizes: the kernels' batch_sizes, or None; flip: ``Packing.flip``, or None.
         Returns a :class:`StackRun`.
@@ -92,8 +93,8 @@ class Stack:
         carry (S, D·L, B, H): ∂E/∂(final states) on entry, ∂E/∂(initial states) on return
         (updated in place). norms: None, or (D·L, T, B) to fill with ‖∂E/∂h_t‖.
         accumulate(name, value) receives every parameter gradient. Returns ∂E/∂x (T, B, I),
-        or None when not ``input_grad`` (the first layer's dx is then neither reversed nor
-        summed over directions; the kernels still compute it).
+        or None when not ``input_grad`` (the kernels then skip the first layer's dx) or when
+        x is ids (T, B).
         """
         D, H, backward = self.num_directions, self.hidden_size, self.cell.backward
         T, B = d_top.shape[:2]
@@ -110,11 +111,11 @@ class Stack:
                 dir_norms = None if norms is None else np.empty((T, B), d_top.dtype)
                 g = backward(self.kernels, np.ascontiguousarray(d_dir), tuple(carry[:, index]),
                              layer_in, run.runs[index], params[names[0]], params[names[1]],
-                             clip_step, dir_norms, sizes)
+                             clip_step, dir_norms, sizes, k > 0 or input_grad)
                 carry[:, index] = g.d_state0
                 if norms is not None:
                     norms[index] = reverse_time(dir_norms, flip) if d else dir_norms
-                if k > 0 or input_grad:
+                if g.dx is not None:
                     dx = reverse_time(g.dx, flip) if d else g.dx
                     d_in = dx if d_in is None else d_in + dx
                 for name, value in zip(names, (g.dw_ih, g.dw_hh, g.db_ih, g.db_hh)):

@@ -111,7 +111,7 @@ def _run_char(args, comm):
           f"H={args.hidden}, {args.seq_length}-step chunks, Adagrad lr {args.lr}")
     rng = np.random.default_rng(args.seed)
     tracks = 1 if comm is None else comm.Get_size()
-    stream = distributed.shards_of(corpus.sequential(args.seq_length, tracks, dtype=model.dtype), comm)
+    stream = distributed.shards_of(_id_chunks(corpus, args.seq_length, tracks), comm)
     smooth = -np.log(1.0 / V) * args.seq_length
     done = 0
     started = time.perf_counter()
@@ -129,12 +129,26 @@ def _run_char(args, comm):
     return 0
 
 
+def _id_chunks(corpus, T, tracks):
+    """``corpus.sequential(T, tracks)``'s stream of chunks as ids: (inputs (T, B), labels
+    (T, B)), the model gathering its input weights' columns instead of multiplying one-hot
+    rows. The same chunks in the same order (B tracks, starting over at the end)."""
+    corpus.sequential(T, tracks)            # its checks: the text is long enough
+    track_len = (len(corpus.ids) - 1) // tracks
+    starts = np.arange(tracks) * track_len
+    position = 0
+    while True:
+        if position + T > track_len:
+            position = 0
+        idx = np.arange(position, position + T)[:, None] + starts
+        position += T
+        yield corpus.ids[idx], corpus.ids[idx + 1]
+
+
 def sample(model, corpus, seed_char, n, rng):
     """Generate n characters from the model, one step at a time, starting at seed_char."""
     V = len(corpus.vocab)
-    ids = corpus.encode(seed_char)
-    x = np.zeros((1, V), dtype=model.dtype)
-    x[0, ids[-1]] = 1
+    x = corpus.encode(seed_char)[-1:]       # ids (1,): a batch of one
     state = None
     out_ids = []
     for _ in range(n):
@@ -142,6 +156,5 @@ def sample(model, corpus, seed_char, n, rng):
         p = np.exp(logits[0].astype(np.float64) - logits[0].max())
         nxt = rng.choice(V, p=p / p.sum())
         out_ids.append(nxt)
-        x[...] = 0
-        x[0, nxt] = 1
+        x = np.array([nxt])
     return corpus.decode(np.array(out_ids))

@@ -16,6 +16,10 @@ What differs between PyTorch's layout (the model's) and ONNX's is settled here, 
 * outputs: ONNX's Y is (T, D, B, H); the model's (T, B, D·H) with the directions side by side,
   so every layer's Y is transposed and reshaped before the next layer or the readout.
 
+Integer ids as input (``ids=True``, and always for a model with an embedding): ``x`` is then
+(T, B) int64; a model's embedding is a Gather of its rows, a plain model's ids are made into
+their one-hot rows by ONNX's OneHot before the first layer (the operators take floats only).
+
 Variable lengths use the operators' ``sequence_lens`` (PyTorch's PackedSequence semantics:
 each sequence stops at its own length, the reverse direction runs within it); the outputs
 past each sequence's end are set to zero after the readout, as ``forward`` gives them.
@@ -29,6 +33,8 @@ import os
 import numpy as np
 
 __all__ = ["export_onnx", "MIN_OPSET"]
+
+EMBEDDING = "embedding.weight"   # the model's name for its embedding (model.EMBEDDING)
 
 # Squeeze and Unsqueeze take their axes as an input from opset 13, Reshape gained ``allowzero``
 # and the recurrent operators ``layout`` at 14: the graph below is written for 14 and later.
@@ -54,7 +60,7 @@ def _import_onnx():
     return onnx
 
 
-def export_onnx(model, path, *, with_state=False, with_lengths=False, opset=17):
+def export_onnx(model, path, *, with_state=False, with_lengths=False, ids=None, opset=17):
     """Write ``model`` as an ONNX graph to ``path`` and return the ``onnx.ModelProto``.
 
     model: a :class:`fastbptt.RNN` (any cell, layers, directions, with or without readout).
@@ -63,13 +69,17 @@ def export_onnx(model, path, *, with_state=False, with_lengths=False, opset=17):
         (D·L, B, H), and ``c0`` for an LSTM; otherwise they are zero.
     with_lengths: when True the graph takes ``lengths`` (B,) int32, each in [1, T]: the
         sequences' own lengths, as ``forward(x, lengths=...)``.
+    ids: True makes ``x`` integer ids (T, B) int64 in [0, input_size), as ``forward`` takes
+        them; None (the default) means True for a model with an embedding, else False. A
+        model with an embedding takes ids only (False raises).
     opset: the ONNX operator set version, at least 14.
 
     Inputs: ``x`` (T, B, I) float32 with T and B dynamic, then ``h0``, ``c0``, ``lengths``
     as asked for. Outputs: ``out`` (T, B, O) with a readout, else (T, B, D·H); ``h_n``
     (D·L, B, H); ``c_n`` (D·L, B, H) for an LSTM. They equal ``model.forward``'s (float32
     rounding aside). The graph cannot check ``lengths``: values outside [1, T] give the
-    runtime's answer, not an error.
+    runtime's answer, not an error; nor ids (outside [0, input_size): the runtime's error
+    for an embedding's Gather, a zero or wrapped one-hot row otherwise).
     """
     onnx = _import_onnx()
     if isinstance(with_state, (bool, np.bool_)) is False:
@@ -82,10 +92,18 @@ def export_onnx(model, path, *, with_state=False, with_lengths=False, opset=17):
     if not MIN_OPSET <= opset <= newest:
         raise ValueError(f"opset must lie in [{MIN_OPSET}, {newest}] (the installed onnx "
                          f"{onnx.__version__} knows up to {newest}), got {opset}")
+    embedding = getattr(model, "embedding_size", None)
+    if ids is None:
+        ids = embedding is not None
+    if not isinstance(ids, (bool, np.bool_)):
+        raise TypeError(f"ids must be a bool or None, got {ids!r}")
+    if embedding is not None and not ids:
+        raise ValueError("ids=False: a model with an embedding takes integer ids only")
     if not (isinstance(path, (str, os.PathLike)) or hasattr(path, "write")):
         raise TypeError(f"path must be a file path or a binary file object, got {type(path).__name__}")
     weights = _exportable_weights(model)
-    proto = _build(onnx, model, weights, bool(with_state), bool(with_lengths), int(opset))
+    proto = _build(onnx, model, weights, bool(with_state), bool(with_lengths), bool(ids),
+                   int(opset))
     onnx.checker.check_model(proto, full_check=True)
     if hasattr(path, "write"):
         path.write(proto.SerializeToString())
@@ -108,8 +126,13 @@ def _exportable_weights(model):
     G = len(_ONNX_GATE_ORDER[model.cell])
     H, D = model.hidden_size, model.num_directions
     shapes = {}
+    first_in = model.input_size
+    embedding = getattr(model, "embedding_size", None)
+    if embedding is not None:
+        shapes[EMBEDDING] = (model.input_size, embedding)
+        first_in = embedding
     for k in range(model.num_layers):
-        I_k = model.input_size if k == 0 else D * H
+        I_k = first_in if k == 0 else D * H
         for suffix in ("", "_reverse")[:D]:
             shapes[f"weight_ih_l{k}{suffix}"] = (G * H, I_k)
             shapes[f"weight_hh_l{k}{suffix}"] = (G * H, H)
@@ -124,7 +147,7 @@ def _exportable_weights(model):
     extra = [name for name in params if name not in shapes]
     if extra:
         raise ValueError(f"model.params holds {extra}, which export_onnx cannot export "
-                         "(it exports recurrent layers and the linear readout)")
+                         "(it exports an embedding, recurrent layers and the linear readout)")
     missing = [name for name in shapes if name not in params]
     if missing:
         raise ValueError(f"model.params lacks {missing}")
@@ -182,12 +205,25 @@ def _layer_weights(model, weights, k):
     return np.stack(W), np.stack(R), np.stack(Bias)
 
 
-def _build(onnx, model, weights, with_state, with_lengths, opset):
+def _first_input(g, model, weights, ids):
+    """The first layer's input from the graph's x: x itself, an embedding's rows (Gather), or
+    the one-hot rows of plain ids (OneHot)."""
+    if not ids:
+        return "x"
+    if EMBEDDING in weights:
+        return g.node("Gather", [g.const("embedding", weights[EMBEDDING]), "x"], "embedded", axis=0)
+    depth = g.const("depth", np.array([model.input_size], dtype=np.int64))
+    values = g.const("one_hot_values", np.array([0, 1], dtype=np.float32))
+    return g.node("OneHot", ["x", depth, values], "one_hot", axis=-1)
+
+
+def _build(onnx, model, weights, with_state, with_lengths, ids, opset):
     helper, TensorProto = onnx.helper, onnx.TensorProto
     cell, H, L, D = model.cell, model.hidden_size, model.num_layers, model.num_directions
     is_lstm = cell == "lstm"
     g = _Graph(onnx)
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "B", model.input_size])]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.INT64, ["T", "B"]) if ids else
+              helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "B", model.input_size])]
     state_names = ("h0", "c0") if is_lstm else ("h0",)
     if with_state:
         inputs += [helper.make_tensor_value_info(s, TensorProto.FLOAT, [D * L, "B", H])
@@ -201,7 +237,7 @@ def _build(onnx, model, weights, with_state, with_lengths, opset):
         attrs["activations"] = ["Tanh" if cell == "tanh" else "Relu"] * D
     elif cell == "gru":
         attrs["linear_before_reset"] = 1    # PyTorch's GRU: r multiplies (W_hn h + b_hn)
-    layer_in, finals = "x", [[] for _ in state_names]
+    layer_in, finals = _first_input(g, model, weights, ids), [[] for _ in state_names]
     flat = g.const("flat_shape", np.array([0, 0, D * H], dtype=np.int64))
     for k in range(L):
         W, R, Bias = _layer_weights(model, weights, k)
@@ -252,16 +288,17 @@ def _build(onnx, model, weights, with_state, with_lengths, opset):
     # The oldest IR version the opset allows, so that older runtimes read the file too.
     proto = helper.make_model_gen_version(graph, opset_imports=opsets,
                                           producer_name="fastbptt",
-                                          doc_string=_describe(model, with_state, with_lengths))
+                                          doc_string=_describe(model, with_state, with_lengths, ids))
     return proto
 
 
-def _describe(model, with_state, with_lengths):
+def _describe(model, with_state, with_lengths, ids):
     D = model.num_directions
     parts = [f"fastbptt RNN: cell={model.cell}, input_size={model.input_size}, "
              f"hidden_size={model.hidden_size}, num_layers={model.num_layers}, "
              f"bidirectional={D == 2}, output_size={model.output_size}",
-             "inputs: x (T, B, I) float32" + (", h0 (D*L, B, H)" if with_state else "")
+             f"embedding_size={getattr(model, 'embedding_size', None)}",
+             ("inputs: x (T, B) int64 ids" if ids else "inputs: x (T, B, I) float32") + (", h0 (D*L, B, H)" if with_state else "")
              + (", c0 (D*L, B, H)" if with_state and model.cell == "lstm" else "")
              + (", lengths (B,) int32 in [1, T]" if with_lengths else ""),
              "outputs: out, h_n" + (", c_n" if model.cell == "lstm" else "")]

@@ -27,6 +27,7 @@ import numpy as np
 
 from . import _backend
 from ._validation import check_array, check_lengths
+from .model import EMBEDDING, check_ids
 
 __all__ = ["predict", "step", "chunk_steps", "CHUNK_ROWS", "MAX_CHUNK_STEPS",
            "WHOLE_SEQUENCE_ELEMENTS"]
@@ -112,7 +113,7 @@ class _Plan:
     weights (views of model.params, checked for shape, dtype and contiguity)."""
 
     __slots__ = ("cell", "kernels", "H", "L", "D", "S", "dtype", "input_size", "out_size",
-                 "weights", "readout", "run")
+                 "weights", "readout", "run", "embedding", "model")
 
     def __init__(self, model):
         self.cell = cell = model.cell
@@ -124,8 +125,13 @@ class _Plan:
         params = model.params
         if not isinstance(params, dict):
             raise TypeError(f"model.params must be a dict, got {type(params).__name__}")
-        layers, readout = _layout(cell, self.input_size, self.H, self.L, self.D, model.output_size)
+        first_in = model.embedding_size or self.input_size
+        layers, readout = _layout(cell, first_in, self.H, self.L, self.D, model.output_size)
         check = self._param
+        self.model = model
+        self.embedding = None
+        if model.embedding_size is not None:
+            self.embedding = check(params, EMBEDDING, (self.input_size, model.embedding_size))
         self.weights = [tuple([check(params, name, shape) for name, shape in spec])
                         for spec in layers]
         self.readout = None
@@ -149,8 +155,16 @@ class _Plan:
         return a
 
     def check_input(self, name, x, ndim):
-        """x (..., I) of ``ndim`` dimensions, checked as forward checks it (check_array), in
+        """Layer 0's input from x: ids (...) of ``ndim - 1`` dimensions (embedded when the
+        model has an embedding), or floats (..., I) of ``ndim`` dimensions, checked as forward
+        checks them (check_array), in
         a few attribute reads when it is already right."""
+        if type(x) is np.ndarray and x.dtype.kind in "iu" and x.ndim == ndim - 1:
+            ids = check_ids(name, x, (None,) * (ndim - 1), self.input_size)
+            return ids if self.embedding is None else np.take(self.embedding, ids, axis=0)
+        if self.embedding is not None or (type(x) is np.ndarray and x.ndim == ndim - 1):
+            # not ids the model takes: its checks word the error
+            return self.model._check_input(name, x, (None,) * (ndim - 1) + (self.input_size,))[0]
         if (type(x) is np.ndarray and x.dtype == self.dtype and x.ndim == ndim and x.size
                 and x.shape[-1] == self.input_size and x.flags.c_contiguous
                 and self.kernels.all_finite(x)):
@@ -180,7 +194,7 @@ class _Plan:
 def predict(model, x, h0=None, lengths=None):
     """``model.forward(x, h0, lengths)``'s (out, h_n), keeping nothing for ``backward``.
 
-    x (T, B, I); h0 (D·L, B, H) or None (zeros), for an LSTM a pair (h0, c0); lengths None
+    x (T, B, I), or integer ids (T, B) as ``forward`` takes them; h0 (D·L, B, H) or None (zeros), for an LSTM a pair (h0, c0); lengths None
     or (B,) ints in [1, T] (PyTorch's PackedSequence semantics, as in ``forward``).
     Returns out (T, B, O) with a readout, else (T, B, D·H), zero past each sequence's end;
     h_n (D·L, B, H) (an LSTM: (h_n, c_n)), each sequence's state at its own last step.
@@ -190,7 +204,7 @@ def predict(model, x, h0=None, lengths=None):
     """
     plan = _Plan(model)
     x = plan.check_input("x", x, 3)
-    T, B, _ = x.shape
+    T, B = x.shape[:2]
     state = plan.check_state("h0", h0, B)
     packing = None if lengths is None else _Packing(check_lengths(lengths, T, B), T)
     if plan.D == 1:
@@ -214,7 +228,7 @@ def _readout(plan, top):
 
 
 def _predict_unidirectional(plan, x, state, packing):
-    T, B, _ = x.shape
+    T, B = x.shape[:2]
     H, L, S = plan.H, plan.L, plan.S
     C = chunk_steps(T, B, _GATES[plan.cell] * H)
     if state is None:
@@ -264,7 +278,7 @@ def _predict_unidirectional(plan, x, state, packing):
 
 
 def _predict_bidirectional(plan, x, state, packing):
-    T, B, _ = x.shape
+    T, B = x.shape[:2]
     H, L, D, S = plan.H, plan.L, plan.D, plan.S
     C = chunk_steps(T, B, _GATES[plan.cell] * H)
     if state is None:
@@ -352,7 +366,7 @@ class _Packing:
 def step(model, x_t, state=None):
     """One time step of a unidirectional model: (y_t, state).
 
-    x_t (B, I); state: the previous call's, or None for zeros: (L, B, H), for an LSTM a pair
+    x_t (B, I), or integer ids (B,); state: the previous call's, or None for zeros: (L, B, H), for an LSTM a pair
     (h, c) of such arrays (``forward``'s h0/h_n layout). Returns y_t (B, O) with a readout,
     else (B, H), and the new state (new arrays; the one passed in is not modified). Chained
     over a sequence, the steps give ``predict``'s outputs and final state.

@@ -28,13 +28,15 @@ from ._validation import (
     check_positive_int,
     check_positive_number,
     check_seed,
+    shape_str,
 )
 
 CELLS = tuple(_cells.CELLS)
 INITS = ("default", "identity", "orthogonal")
 
 CONFIG_KEYS = ("input_size", "hidden_size", "cell", "num_layers", "output_size",
-               "bidirectional", "init", "dtype", "seed")
+               "bidirectional", "init", "dtype", "seed", "embedding_size")
+EMBEDDING = "embedding.weight"  # torch.nn.Embedding's parameter, under nn.Module's name for it
 FORMAT_VERSION = serialization.FORMAT_VERSION
 load = serialization.load
 
@@ -48,7 +50,7 @@ class Gradients:
     flat: (P,) every parameter's gradient in one array, in ``model.param_shapes()`` order,
         laid out as ``model.flat_params``.
     x: (T, B, I), the gradient with respect to the input sequence; None when backward was
-        called with ``input_grad=False``.
+        called with ``input_grad=False``, or when x was ids.
     h0: (D·L, B, H), the gradient with respect to the initial state; for an LSTM a pair
         (h, c) of such arrays, like ``h0``.
     step_norms: (D·L, T, B) ‖∂E/∂h_t‖ of each layer and direction, step and sequence, when
@@ -75,14 +77,16 @@ class _Segment(NamedTuple):
 
 
 class _ForwardCache(NamedTuple):
-    """What forward keeps for backward: x (T, B, I), sorted longest first when ``packing``
-    is given; the segments; the parameters forward ran with; the packing (None without
-    lengths)."""
+    """What forward keeps for backward: x, layer 0's input ((T, B, I) floats, (T, B) ids, or
+    the embedded ids (T, B, E)), sorted longest first when ``packing`` is given; the segments;
+    the parameters forward ran with; the packing (None without lengths); ids (T, B), sorted
+    as x, when an embedding made x from them, else None."""
 
     x: np.ndarray
     segments: list
     params: dict
     packing: Optional[Packing]
+    ids: Optional[np.ndarray] = None
 
     @property
     def checkpointed(self):
@@ -108,6 +112,10 @@ class RNN:
     seed : int or None
         Seed of the initialisation; the same seed gives the same parameters.
     backend : {"auto", "cython", "numpy"}
+    embedding_size : int or None
+        When given (E), PyTorch's ``nn.Embedding(input_size, E)`` runs before the layers:
+        parameter ``embedding.weight`` (input_size, E), initialised N(0, 1) as torch's, first
+        in ``param_shapes()``; layer 0's W_ih is then (G·H, E) and x must be ids (T, B).
 
     Attributes
     ----------
@@ -123,7 +131,8 @@ class RNN:
     """
 
     def __init__(self, input_size, hidden_size, *, cell="tanh", num_layers=1, output_size=None,
-                 bidirectional=False, init="default", dtype="float32", seed=None, backend="auto"):
+                 bidirectional=False, init="default", dtype="float32", seed=None, backend="auto",
+                 embedding_size=None):
         self.input_size = check_positive_int("input_size", input_size)
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.num_layers = check_positive_int("num_layers", num_layers)
@@ -133,6 +142,8 @@ class RNN:
         self.bidirectional = check_bool("bidirectional", bidirectional)
         self.dtype = as_float_dtype(dtype)
         self.seed = check_seed("seed", seed)
+        self.embedding_size = (None if embedding_size is None
+                               else check_positive_int("embedding_size", embedding_size))
         self.backend, self._kernels = _backend.resolve(backend)
         self._cell = _cells.CELLS[self.cell]
         self._stack = Stack(self._cell, self._kernels, self.num_layers, self.num_directions,
@@ -200,8 +211,12 @@ class RNN:
     def _param_layout(self):
         G, H = self._cell.gates, self.hidden_size
         shapes = {}
+        first_in = self.input_size
+        if self.embedding_size is not None:
+            shapes[EMBEDDING] = (self.input_size, self.embedding_size)
+            first_in = self.embedding_size
         for k in range(self.num_layers):
-            I_k = self.input_size if k == 0 else H * self.num_directions
+            I_k = first_in if k == 0 else H * self.num_directions
             for suffix in ("", "_reverse")[: self.num_directions]:
                 shapes[f"weight_ih_l{k}{suffix}"] = (G * H, I_k)
                 shapes[f"weight_hh_l{k}{suffix}"] = (G * H, H)
@@ -222,6 +237,8 @@ class RNN:
                 fan_in = H * self.num_directions
                 b = 1.0 / np.sqrt(fan_in)
                 value = rng.uniform(-b, b, shape)
+            elif name == EMBEDDING:
+                value = rng.standard_normal(shape)   # nn.Embedding's default, whatever init
             elif self.init == "identity":
                 if name.startswith("weight_hh"):
                     value = np.eye(H)
@@ -266,6 +283,31 @@ class RNN:
     def _check(self, name, a, shape):
         return check_array(name, a, shape, self.dtype, finite_check=self._kernels.all_finite)
 
+    def _check_input(self, name, x, shape):
+        """x as the layers take it: floats of ``shape`` ((T, B, I) or (B, I)) checked, or
+        integer ids of ``shape[:-1]`` in [0, input_size) as a C-contiguous intp copy (then
+        True beside it). A model with an embedding takes ids only."""
+        if _is_integer_array(x) and x.ndim == len(shape) - 1:
+            return check_ids(name, x, shape[:-1], self.input_size), True
+        ids_words = f"integer ids {_shape_words(shape[:-1])} in [0, {self.input_size})"
+        if self.embedding_size is not None:
+            kind = f"{x.dtype} of shape {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
+            raise TypeError(f"{name} of a model with an embedding must be {ids_words}, got {kind}")
+        if isinstance(x, np.ndarray) and x.dtype.kind in "iub":
+            raise TypeError(f"{name} must have dtype {self.dtype} (floats {_shape_words(shape)}) or "
+                            f"be {ids_words}, got {x.dtype} of shape {x.shape}")
+        if isinstance(x, np.ndarray) and x.ndim == len(shape) - 1:
+            raise ValueError(f"{name} must have shape {_shape_words(shape)} (floats) or be "
+                             f"{ids_words}, got {x.dtype} of shape {x.shape}")
+        return self._check(name, x, shape), False
+
+    def _embed(self, params, ids):
+        """Layer 0's input from ids (T, B): the embedding's rows (T, B, E), or the ids
+        themselves without an embedding."""
+        if self.embedding_size is None:
+            return ids
+        return np.take(params[EMBEDDING], ids, axis=0)
+
     # ----------------------------------------------------------------- states
 
     def _state_in(self, name, value, B):
@@ -294,7 +336,11 @@ class RNN:
     def forward(self, x, h0=None, lengths=None, checkpoint=None):
         """Run the network over a sequence.
 
-        x (T, B, I), time-major. h0: the initial states (D·L, B, H), or None for zeros; for
+        x (T, B, I) floats, time-major, or (T, B) integer ids in [0, input_size), which mean
+            the one-hot sequence np.eye(input_size)[x] (the same outputs and gradients) without
+            building it: layer 0 gathers columns of W_ih, or the embedding's rows when the
+            model has one (then x must be ids). Of any integer dtype, strided or not (converted to
+            a contiguous intp copy when it is not one). h0: the initial states (D·L, B, H), or None for zeros; for
             an LSTM a pair (h0, c0) of such arrays. D = 2 when bidirectional, and the states
             are ordered as PyTorch's: layer 0 forward, layer 0 reverse, layer 1 forward, ...
         lengths: None, or (B,) ints in [1, T]: PyTorch's PackedSequence semantics on the padded
@@ -313,8 +359,8 @@ class RNN:
         The cache for ``backward`` is kept; x must not change before ``backward``.
         """
         self._checked_params()
-        x = self._check("x", x, (None, None, self.input_size))
-        T, B, _ = x.shape
+        x, ids = self._check_input("x", x, (None, None, self.input_size))
+        T, B = x.shape[:2]
         if checkpoint is None:
             segment = T
         else:
@@ -333,6 +379,9 @@ class RNN:
             final = np.empty_like(state)
             flip = packing.flip
         params = self._params_for_cache()  # the inputs are all checked: the run starts here
+        tokens = x if ids and self.embedding_size is not None else None
+        if ids:
+            x = self._embed(params, x)
         starts = range(0, T, segment)
         segments, out = [], None
         for start in starts:
@@ -368,7 +417,7 @@ class RNN:
                 out[packing.finished] = 0   # the states are zero there; the readout's bias is not
             out = packing.unsort(out)
             state = packing.unsort(final, axis=2)
-        self._cache = _ForwardCache(x, segments, params, packing)
+        self._cache = _ForwardCache(x, segments, params, packing, tokens)
         return out, self._state_out(state)
 
     __call__ = forward
@@ -388,7 +437,8 @@ class RNN:
             the backward sweep (so a batch gives the same result as its rows one by one).
         step_norms: when True, ``g.step_norms`` (D·L, T, B) holds ‖∂E/∂h_t‖ of every layer,
             direction, step and sequence (0 past a sequence's end, with lengths).
-        input_grad: False leaves out ∂E/∂x (``g.x`` is None), which training never needs.
+        input_grad: False leaves out ∂E/∂x (``g.x`` is None; the kernels skip its product),
+            which training never needs. Ids have no ∂E/∂x: ``g.x`` is None for them.
         Returns :class:`Gradients`. Gradients are taken at the parameters forward ran with,
         whatever was written into ``model.params`` since.
         """
@@ -396,10 +446,13 @@ class RNN:
         if cache is None:
             raise RuntimeError("backward() was called before forward(): there is no cache to backpropagate through")
         x, params, packing = cache.x, cache.params, cache.packing
-        T, B, _ = x.shape
+        T, B = x.shape[:2]
         D, H = self.num_directions, self.hidden_size
         clip_step = check_positive_number("clip_step", clip_step)
-        input_grad = check_bool("input_grad", input_grad)
+        embedded = cache.ids is not None
+        input_grad = check_bool("input_grad", input_grad) and x.ndim == 3 and not embedded
+        # the embedding's gradient is made of layer 0's dx, which the caller never sees
+        want_dx = input_grad or embedded
         out_size = D * H if self.output_size is None else self.output_size
         d_out = self._check("d_out", d_out, (T, B, out_size))
         carry = self._state_in("d_h_n", d_h_n, B)
@@ -428,7 +481,7 @@ class RNN:
                 grads[name] = value
 
         d_x = None
-        if input_grad and len(cache.segments) > 1:
+        if want_dx and len(cache.segments) > 1:
             d_x = np.empty(x.shape, dtype=self.dtype)
         for seg in reversed(cache.segments):
             start, stop = seg.start, seg.stop
@@ -445,13 +498,16 @@ class RNN:
                 accumulate("bias_out", db)
             d_top = self._stack.backward(params, run, d_top, carry, seg.batch_sizes, flip, clip_step,
                                          None if norms is None else norms[:, start:stop], accumulate,
-                                         input_grad)
-            if input_grad and d_x is None:
+                                         want_dx)
+            if want_dx and d_x is None:
                 d_x = d_top
-            elif input_grad:
+            elif want_dx:
                 d_x[start:stop] = d_top
-        if input_grad:
+        if want_dx:
             d_x = np.ascontiguousarray(d_x)
+        if embedded:
+            grads[EMBEDDING] = _embedding_gradient(cache.ids, d_x, self.input_size)
+            d_x = None
         if packing is not None:
             if input_grad:
                 d_x = packing.unsort(d_x)
@@ -530,9 +586,44 @@ class RNN:
         return predict(self, x, h0, lengths)
 
     def step(self, x_t, state=None):
-        """One time step, x_t (B, I) -> (y_t, state): see :func:`fastbptt.inference.step`."""
+        """One time step, x_t (B, I) or ids (B,) -> (y_t, state): see :func:`fastbptt.inference.step`."""
         from .inference import step
         return step(self, x_t, state)
+
+
+def _is_integer_array(x):
+    return isinstance(x, np.ndarray) and x.dtype.kind in "iu"
+
+
+def _shape_words(shape):
+    """(*, *, 65) for (None, None, 65): check_array's way of writing a wanted shape."""
+    return shape_str("*" if e is None else e for e in shape)
+
+
+def check_ids(name, x, shape, size):
+    """Integer ids x of ``shape`` (entries None for any size) in [0, size), as a C-contiguous
+    intp array (a copy when x is of another dtype or strided: the caller's array is never
+    written). Anything else is a TypeError/ValueError naming ``name``."""
+    if not _is_integer_array(x):
+        kind = x.dtype if isinstance(x, np.ndarray) else type(x).__name__
+        raise TypeError(f"{name} must be integer ids {_shape_words(shape)} in [0, {size}), got {kind}")
+    if x.ndim != len(shape) or any(e is not None and e != s for e, s in zip(shape, x.shape)):
+        raise ValueError(f"{name} of ids must have shape {_shape_words(shape)}, got {x.shape}")
+    if x.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {x.shape}")
+    low, high = x.min(), x.max()
+    if low < 0 or high >= size:
+        bad = low if low < 0 else high
+        raise ValueError(f"{name} holds id {int(bad)}, outside [0, {size}) (input_size {size})")
+    return np.ascontiguousarray(x, dtype=np.intp)
+
+
+def _embedding_gradient(ids, d_x, size):
+    """∂E/∂(embedding.weight) (V, E): the rows of d_x (T, B, E) summed into the rows their ids
+    (T, B) picked, in the ids' order, so that the sums' bits never depend on threads."""
+    grad = np.zeros((size, d_x.shape[-1]), dtype=d_x.dtype)
+    np.add.at(grad, ids.reshape(-1), d_x.reshape(-1, d_x.shape[-1]))
+    return grad
 
 
 def _to_numpy(value):

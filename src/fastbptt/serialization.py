@@ -13,7 +13,9 @@ import numpy as np
 
 __all__ = ["FORMAT_VERSION", "load", "save"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 1 had no ``embedding_size`` (version 2 added it): its files are models without one.
+READABLE_VERSIONS = (1, 2)
 
 
 def save(model, path):
@@ -52,8 +54,11 @@ def load(path, *, backend="auto"):
         version = config.pop("format_version")
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path!s} has a damaged configuration: {exc}") from exc
-    if version != FORMAT_VERSION:
-        raise ValueError(f"{path!s} has format version {version}; this fastbptt reads {FORMAT_VERSION}")
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
+        raise ValueError(f"{path!s} has format version {version}; this fastbptt reads "
+                         f"{', '.join(map(str, READABLE_VERSIONS))}")
+    if version == 1 and "embedding_size" not in config:
+        config["embedding_size"] = None
     if set(config) != set(CONFIG_KEYS):
         raise ValueError(f"{path!s} has a damaged configuration: keys {sorted(config)}, "
                          f"expected {sorted(CONFIG_KEYS)}")

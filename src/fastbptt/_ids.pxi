@@ -1,0 +1,93 @@
+# A layer's input as the cell kernels take it (included by _kernels.pyx, before the cells):
+# floats x (T, B, I), or integer ids (T, B) in [0, I) meaning the one-hot rows np.eye(I)[x]
+# (see ``_reference``'s docstring). For ids the hoisted input projection x W_ihᵀ is a gather
+# of W_ih's columns and dW_ih = Σ δᵀ x a scatter-add into them; there is no dx. The backward
+# kernels' ``need_dx=False`` skips the dx product for float inputs too.
+
+
+cdef object input_pointers(x, const floating** values, const Py_ssize_t** ids):
+    """Point ``values`` at float x (T, B, I) or ``ids`` at intp ids (T, B) (the other NULL),
+    C-contiguous both, as the model makes them; returns the view to keep while they are
+    used."""
+    cdef const Py_ssize_t[:, ::1] id_view
+    cdef const floating[:, :, ::1] x_view
+    values[0] = NULL
+    ids[0] = NULL
+    if x.dtype.kind in "iu":
+        id_view = x
+        ids[0] = &id_view[0, 0]
+        return id_view
+    x_view = x
+    values[0] = &x_view[0, 0, 0]
+    return x_view
+
+
+cdef inline void gather_columns(const Py_ssize_t* ids, const floating* w_ih, floating* out,
+                                Py_ssize_t rows, Py_ssize_t I, Py_ssize_t G,
+                                Py_ssize_t stride) noexcept nogil:
+    """out[r, :G] = w_ih[:, ids[r]] for each of the rows (out's row stride ``stride``): the
+    product of one-hot rows with w_ihᵀ (G, I). Every row is written, finished ones too (the
+    time loops zero those)."""
+    cdef Py_ssize_t r, j
+    cdef floating* o
+    for r in range(rows):
+        o = out + r * stride
+        for j in range(G):
+            o[j] = w_ih[j * I + ids[r]]
+
+
+cdef inline void scatter_columns(const floating* delta, const Py_ssize_t* ids, floating* dw_ih,
+                                 Py_ssize_t rows, Py_ssize_t I, Py_ssize_t G) noexcept nogil:
+    """dw_ih (G, I) = Σ_r δ[r]ᵀ onehot(ids[r]): dw_ih[:, ids[r]] += δ[r] (rows, G), zeroed
+    first. Each element sums its rows in row order, one row of dw_ih at a time, so the bits
+    never depend on a thread count."""
+    cdef Py_ssize_t r, j
+    cdef floating* row
+    memset(dw_ih, 0, G * I * sizeof(floating))
+    for j in range(G):
+        row = dw_ih + j * I
+        for r in range(rows):
+            row[ids[r]] += delta[r * G + j]
+
+
+cdef inline void project_input(const floating* x, const Py_ssize_t* ids, const floating* w_ih,
+                               floating* out, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
+                               Py_ssize_t G, Py_ssize_t stride, const Py_ssize_t* sizes,
+                               floating* work) noexcept nogil:
+    """out[t, b, :G] = x[t, b] W_ihᵀ for every step at once: ``input_projection``'s gemm for
+    float x, the gather of W_ih's columns for ids."""
+    if ids != NULL:
+        gather_columns(ids, w_ih, out, T * B, I, G, stride)
+    else:
+        input_projection(x, w_ih, out, T, B, I, G, stride, sizes, work)
+
+
+cdef inline void input_gradients(const floating* d_in, const floating* d_rec, const floating* x,
+                                 const Py_ssize_t* ids, const floating* h_prev,
+                                 const floating* w_ih, floating* dx, floating* dw_ih,
+                                 floating* dw_hh, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
+                                 Py_ssize_t H, Py_ssize_t G, const Py_ssize_t* sizes,
+                                 floating* work) noexcept nogil:
+    """dx (when dx is not NULL), dW_ih, dW_hh after a backward sweep: ``hoisted_gradients``
+    with dx; without it, dW_hh and dW_ih (a gemm for float x, the scatter for ids) over all
+    T·B rows, whose finished rows have zero δ's."""
+    if dx != NULL:
+        hoisted_gradients(d_in, d_rec, x, h_prev, w_ih, dx, dw_ih, dw_hh, T, B, I, H, G, sizes,
+                          work)
+        return
+    # dw_hh = d_rec.T @ h_prev                  (G, TB) @ (TB, H)
+    matmul(True, False, G, H, T * B, d_rec, G, h_prev, H, False, dw_hh, H)
+    if ids != NULL:
+        scatter_columns(d_in, ids, dw_ih, T * B, I, G)
+    else:
+        # dw_ih = d_in.T @ x                    (G, TB) @ (TB, I)
+        matmul(True, False, G, I, T * B, d_in, G, x, I, False, dw_ih, I)
+
+
+cdef tuple backward_arrays(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t G,
+                           dtype, bint packed_rows, bint need_dx):
+    """``_gradient_arrays``, with dx None when not ``need_dx`` (ids never need it)."""
+    dx, dw_ih, dw_hh, db = _gradient_arrays(T, B, I if need_dx else 0, H, G, dtype, packed_rows)
+    if need_dx:
+        return dx, dw_ih, dw_hh, db
+    return None, np.empty((G, I), dtype=dtype), dw_hh, db

@@ -515,21 +515,30 @@ def test_stream_chunks_tile_each_track_with_next_token_targets():
 
 
 class _IdModel:
-    """A stand-in for a model that takes ids (what fb.RNN will say with accepts_ids)."""
+    """A stand-in for a model that takes ids, as fb.RNN says with accepts_ids."""
 
     accepts_ids = True
     input_size = 7
     dtype = np.dtype(np.float32)
 
 
+class _OneHotModel:
+    """A stand-in for a model that takes float input only (no accepts_ids)."""
+
+    def __init__(self, input_size, dtype):
+        self.input_size, self.dtype = input_size, np.dtype(dtype)
+
+
 def test_stream_feeds_a_model_one_hot_or_ids(dtype):
     from fastbptt import RNN
     corpus = tasks.TextCorpus("abcdefg" * 20, valid_fraction=0.1)
-    model = RNN(corpus.vocab_size, 3, output_size=corpus.vocab_size, dtype=dtype, seed=0)
-    x, y = next(corpus.stream("train", 4, 2, model=model))
     ids, _ = next(corpus.stream("train", 4, 2))
+    x, y = next(corpus.stream("train", 4, 2, model=_OneHotModel(corpus.vocab_size, dtype)))
     assert x.shape == (4, 2, corpus.vocab_size) and x.dtype == dtype
     np.testing.assert_array_equal(x, np.eye(corpus.vocab_size, dtype=dtype)[ids])
+    model = RNN(corpus.vocab_size, 3, output_size=corpus.vocab_size, dtype=dtype, seed=0)
+    x_model, _ = next(corpus.stream("train", 4, 2, model=model))
+    np.testing.assert_array_equal(x_model, ids)      # fb.RNN takes the ids themselves
     x_ids, _ = next(corpus.stream("train", 4, 2, model=_IdModel()))
     np.testing.assert_array_equal(x_ids, ids)
     assert x_ids.dtype == np.int64

@@ -130,6 +130,9 @@ class RNN:
         Every parameter in one contiguous array, in ``param_shapes()`` order.
     """
 
+    #: forward, predict and step take integer ids (T, B) as the one-hot sequence
+    accepts_ids = True
+
     def __init__(self, input_size, hidden_size, *, cell="tanh", num_layers=1, output_size=None,
                  bidirectional=False, init="default", dtype="float32", seed=None, backend="auto",
                  embedding_size=None):

@@ -52,11 +52,20 @@ class Case:
     last_step: bool
     init: str = "default"
     rounds: int = 200
+    ids: bool = False        # fastbptt takes integer ids (T, B); the peers their one-hot
+    embedding: int = 0       # E > 0: an embedding (V = I, E) before the layer, ids for all
+
+    @property
+    def layer_input(self):
+        """The recurrent layer's input width: E with an embedding, else I."""
+        return self.embedding or self.I
 
     def __str__(self):
         scored = "last step" if self.last_step else "every step"
+        given = (f", embedding E={self.embedding}" if self.embedding
+                 else ", fastbptt fed ids" if self.ids else "")
         return (f"{self.cell} T={self.T} B={self.B} I={self.I} H={self.H} O={self.O}, "
-                f"{self.loss} at {scored}")
+                f"{self.loss} at {scored}{given}")
 
 
 CASES = {
@@ -67,6 +76,13 @@ CASES = {
     "adding-gru": Case("gru", 100, 16, 2, 100, 1, "mse", True, rounds=300),
     "small-gru": Case("gru", 100, 32, 32, 128, 10, "cross_entropy", True, rounds=100),
     "medium-lstm": Case("lstm", 50, 64, 256, 512, 10, "cross_entropy", True, rounds=10),
+    # integer ids: the char-RNN fed ids instead of one-hot, and a word-level language model
+    "charrnn-tanh-ids": Case("tanh", 25, 1, 65, 100, 65, "cross_entropy", False, rounds=2000,
+                             ids=True),
+    "charrnn-lstm-ids": Case("lstm", 25, 1, 65, 100, 65, "cross_entropy", False, rounds=1000,
+                             ids=True),
+    "wordlm-lstm": Case("lstm", 35, 20, 10_000, 256, 10_000, "cross_entropy", False, rounds=5,
+                        embedding=256),
 }
 PEERS = ("fastbptt", "torch", "jax")
 LABELS = {"fastbptt": "fastbptt", "torch": "torch", "jax": "JAX (jit)"}
@@ -76,9 +92,9 @@ def case_data(case, seed=0):
     """The fixed batch every implementation trains on: x (T, B, I) and the target -- int
     labels (T, B) or (B,) for cross-entropy, values (T, B, O) or (B, O) for mse."""
     rng = np.random.default_rng(seed)
-    if case.loss == "cross_entropy" and case.I == case.O:   # a char-RNN: one-hot characters
+    if case.loss == "cross_entropy" and case.I == case.O:   # a language model: next token
         ids = rng.integers(0, case.I, (case.T + 1, case.B))
-        x = np.eye(case.I, dtype=DTYPE)[ids[:-1]]
+        x = ids[:-1] if case.ids or case.embedding else np.eye(case.I, dtype=DTYPE)[ids[:-1]]
         target = ids[1:]
     else:
         x = rng.standard_normal((case.T, case.B, case.I)).astype(DTYPE)
@@ -98,7 +114,8 @@ def fastbptt_update(case, threads):
     """A no-argument callable doing one fastbptt update (and nothing else)."""
     import fastbptt as fb
 
-    model = fb.RNN(case.I, case.H, cell=case.cell, output_size=case.O, init=case.init, seed=0)
+    model = fb.RNN(case.I, case.H, cell=case.cell, output_size=case.O, init=case.init, seed=0,
+                   embedding_size=case.embedding or None)
     x, target = case_data(case)
     opt = fb.optim.Adam(model.params, lr=LR)
     loss_fn = getattr(fb.losses, case.loss)
@@ -124,24 +141,30 @@ def torch_update(case, threads):
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    width = case.layer_input
     if case.cell in ("tanh", "relu"):
-        rnn = torch.nn.RNN(case.I, case.H, nonlinearity=case.cell)
+        rnn = torch.nn.RNN(width, case.H, nonlinearity=case.cell)
     else:
-        rnn = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[case.cell](case.I, case.H)
+        rnn = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[case.cell](width, case.H)
     readout = torch.nn.Linear(case.H, case.O)
+    embed = torch.nn.Embedding(case.I, case.embedding) if case.embedding else None
     params = list(rnn.parameters()) + list(readout.parameters())
+    if embed is not None:
+        params += list(embed.parameters())
     try:
         opt = torch.optim.Adam(params, lr=LR, fused=True)
     except (RuntimeError, TypeError, ValueError):  # no fused CPU Adam in this torch
         opt = torch.optim.Adam(params, lr=LR, foreach=True)
     x_np, target_np = case_data(case)
+    if case.ids and not case.embedding:
+        x_np = np.eye(case.I, dtype=DTYPE)[x_np]
     x = torch.from_numpy(x_np)
     target = torch.from_numpy(target_np)
     B = case.B
 
     def update():
         opt.zero_grad(set_to_none=True)
-        out, _ = rnn(x)
+        out, _ = rnn(embed(x) if embed is not None else x)
         y = readout(out[-1] if case.last_step else out)
         if case.loss == "cross_entropy":
             loss = torch.nn.functional.cross_entropy(y.reshape(-1, case.O), target.reshape(-1),
@@ -166,8 +189,11 @@ def jax_update(case, threads):
 
     def uniform(*shape):
         return jnp.asarray(rng.uniform(-bound, bound, shape).astype(DTYPE))
-    params = {"w_ih": uniform(G * H, I), "w_hh": uniform(G * H, H), "b_ih": uniform(G * H),
-              "b_hh": uniform(G * H), "w_out": uniform(O, H), "b_out": uniform(O)}
+    params = {"w_ih": uniform(G * H, case.layer_input), "w_hh": uniform(G * H, H),
+              "b_ih": uniform(G * H), "b_hh": uniform(G * H), "w_out": uniform(O, H),
+              "b_out": uniform(O)}
+    if case.embedding:
+        params["embedding"] = jnp.asarray(rng.standard_normal((I, case.embedding)).astype(DTYPE))
     if case.init == "identity":
         params["w_hh"] = jnp.eye(H, dtype=DTYPE)
 
@@ -194,6 +220,8 @@ def jax_update(case, threads):
     def loss(p, x, target):
         zeros = jnp.zeros((B, H), DTYPE)
         state = (zeros, zeros) if case.cell == "lstm" else zeros
+        if case.embedding:
+            x = p["embedding"][x]
         _, hs = jax.lax.scan(lambda s, x_t: cell(p, s, x_t), state, x)
         y = (hs[-1] if case.last_step else hs) @ p["w_out"].T + p["b_out"]
         if case.loss == "cross_entropy":
@@ -211,6 +239,8 @@ def jax_update(case, threads):
         return optax.apply_updates(p, updates), s, value
 
     x_np, target_np = case_data(case)
+    if case.ids and not case.embedding:
+        x_np = np.eye(case.I, dtype=DTYPE)[x_np]
     x, target = jnp.asarray(x_np), jnp.asarray(target_np)
     carry = [params, opt_state]
 

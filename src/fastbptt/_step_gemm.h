@@ -300,8 +300,8 @@ static int fb_matmul(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrd
    contiguous rows in FB_DOT lanes (GCC's vector type: one register in the AVX builds, two in
    the baseline's), eight rows of w at a time, so each chunk of a's row is loaded once for
    eight independent chains. The order of every sum is fixed whatever the build or the
-   thread count: the lanes' partial sums, added pairwise (fb_hsum8, fb_hsum), then the tail
-   of k one by one, then c's old value when accumulating. */
+   thread count: the lanes' partial sums (the tail of k one more chunk of them), added
+   pairwise (fb_hsum8, fb_hsum), then c's old value when accumulating. */
 #define FB_DOT 8
 typedef float fb_dotv __attribute__((vector_size(FB_DOT * sizeof(float))));
 #define FB_DOT_ROWS 8
@@ -342,9 +342,18 @@ static inline fb_dotv fb_hsum8(const fb_dotv* s) {
 static void fb_dot_rows(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a,
                         const float* w, float* c, int accumulate) {
     ptrdiff_t k0 = k - k % FB_DOT;
+    /* The tail of k (k % FB_DOT elements) as one more chunk: the last FB_DOT elements of the
+       row, with the lanes the chunks before already covered zeroed in a's copy, so a zero
+       product adds nothing. Below FB_DOT elements, scalar sums. */
+    int tail = k0 < k && k >= FB_DOT;
     for (ptrdiff_t i = 0; i < m; i++) {
         const float* ar = a + i * k;
         float* row = c + i * n;
+        fb_dotv xt = (fb_dotv){0};
+        if (tail) {
+            xt = fb_dot_load(ar + k - FB_DOT);
+            for (int l = 0; l < FB_DOT - (int)(k - k0); l++) xt[l] = 0;
+        }
         ptrdiff_t j = 0;
         for (; j + FB_DOT_ROWS <= n; j += FB_DOT_ROWS) {
             const float* wj = w + j * k;
@@ -354,11 +363,16 @@ static void fb_dot_rows(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a,
                 fb_dotv x = fb_dot_load(ar + kk);
                 for (int r = 0; r < FB_DOT_ROWS; r++) s[r] += x * fb_dot_load(wj + r * k + kk);
             }
+            if (tail)
+                for (int r = 0; r < FB_DOT_ROWS; r++)
+                    s[r] += xt * fb_dot_load(wj + r * k + k - FB_DOT);
             fb_dotv sum = fb_hsum8(s);
-            for (ptrdiff_t kk = k0; kk < k; kk++) {
-                fb_dotv col;
-                for (int r = 0; r < FB_DOT_ROWS; r++) col[r] = wj[r * k + kk];
-                sum += ar[kk] * col;
+            if (!tail) {
+                for (ptrdiff_t kk = k0; kk < k; kk++) {
+                    fb_dotv col;
+                    for (int r = 0; r < FB_DOT_ROWS; r++) col[r] = wj[r * k + kk];
+                    sum += ar[kk] * col;
+                }
             }
             if (accumulate) sum += fb_dot_load(row + j);
             memcpy(row + j, &sum, sizeof(sum));
@@ -367,8 +381,10 @@ static void fb_dot_rows(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a,
             const float* wj = w + j * k;
             fb_dotv s0 = (fb_dotv){0};
             for (ptrdiff_t kk = 0; kk < k0; kk += FB_DOT) s0 += fb_dot_load(ar + kk) * fb_dot_load(wj + kk);
+            if (tail) s0 += xt * fb_dot_load(wj + k - FB_DOT);
             float sum = fb_hsum(s0);
-            for (ptrdiff_t kk = k0; kk < k; kk++) sum += ar[kk] * wj[kk];
+            if (!tail)
+                for (ptrdiff_t kk = k0; kk < k; kk++) sum += ar[kk] * wj[kk];
             row[j] = accumulate ? sum + row[j] : sum;
         }
     }

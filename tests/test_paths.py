@@ -16,8 +16,9 @@ from fastbptt import _reference
 
 CELLS = ["tanh", "relu", "lstm", "gru"]
 # (small_step, transposed_step, shard_step): which thresholds force which path. A gated
-# cell's forward never takes the plain loop, and its backward of a single sequence (B = 1)
-# always does at these sizes (SMALL_GATED_STEP is not tunable): test_paths_route_as_named.
+# cell's single sequence (B = 1) always takes a plain loop at these sizes (SMALL_GATED_STEP
+# is not tunable), except float64's forward; the float32 forward's plain loop is the dot
+# form ("dot"), the others' the axpy form ("loop"): test_paths_route_as_named.
 PATHS = {
     "loop": (1 << 60, 1 << 60, 0),     # every Elman product in the plain loop (B = 1 gated too)
     "gemm": (0, 1 << 60, 0),           # a gemm per step (float32 own, float64 BLAS), never sharded
@@ -30,9 +31,10 @@ GATES = {"tanh": 1, "relu": 1, "lstm": 4, "gru": 3}
 def expected_step_path(path, cell, dtype, B, backward):
     """The per-step product each PATHS setting is meant to force, for H = 7: what the
     thresholds promise, written out here rather than asked of the kernels."""
-    if cell in ("tanh", "relu") and path == "loop":
-        return "loop"
-    if cell in ("lstm", "gru") and backward and B == 1:
+    small = (cell in ("tanh", "relu") and path == "loop") or (cell in ("lstm", "gru") and B == 1)
+    if small and dtype == np.float32 and not backward:
+        return "dot"
+    if small and (backward or cell in ("tanh", "relu")):
         return "loop"
     if dtype == np.float32:
         return "packed"
@@ -81,9 +83,13 @@ def test_paths_route_as_named(compiled_kernels, path, cell, B, backward, dtype):
 
 def test_default_thresholds_route_by_size(compiled_kernels):
     """Without forcing: a char-RNN step (1x100 @ 100x100, 10K multiply-adds) in the plain
-    loop; a batch of 32 at H = 128 on the own gemm (float32) or BLAS (float64, 16K weights);
+    loop (float32's forward in dot form, on W_hh as stored; the LSTM's too); a batch of 32 at H = 128 on the own gemm (float32) or BLAS (float64, 16K weights);
     float64 from 48K weights (H = 256) transposed."""
-    assert compiled_kernels._step_path(np.float32, 1, 1, 100, False) == "loop"
+    assert compiled_kernels._step_path(np.float32, 1, 1, 100, False) == "dot"
+    assert compiled_kernels._step_path(np.float64, 1, 1, 100, False) == "loop"
+    assert compiled_kernels._step_path(np.float32, 4, 1, 100, False) == "dot"
+    assert compiled_kernels._step_path(np.float64, 4, 1, 100, False) == "blas"
+    assert compiled_kernels._step_path(np.float32, 1, 1, 100, True) == "loop"
     assert compiled_kernels._step_path(np.float32, 1, 32, 128, False) == "packed"
     assert compiled_kernels._step_path(np.float64, 1, 32, 128, True) == "blas"
     assert compiled_kernels._step_path(np.float64, 1, 32, 256, True) == "transposed"

@@ -130,3 +130,60 @@ def test_openmp_detection_sees_this_builds_team(compiled_kernels):
     OpenMP build."""
     if compiled_kernels.threads() > 1:
         assert _built_with_openmp(compiled_kernels)
+
+
+@pytest.fixture
+def restore_threads():
+    before = fb.get_num_threads()
+    yield
+    fb.set_num_threads(before)
+
+
+def test_set_num_threads_round_trips(restore_threads):
+    fb.set_num_threads(1)
+    assert fb.get_num_threads() == 1
+    fb.set_num_threads(3)
+    assert fb.get_num_threads() == 3
+
+
+@pytest.mark.parametrize("bad, error", [(0, ValueError), (-2, ValueError), (1.5, TypeError),
+                                        ("2", TypeError), (True, TypeError), (None, TypeError)])
+def test_set_num_threads_refuses_bad_counts(restore_threads, bad, error):
+    before = fb.get_num_threads()
+    with pytest.raises(error, match="n must"):
+        fb.set_num_threads(bad)
+    assert fb.get_num_threads() == before
+
+
+def test_the_kernels_team_follows_set_num_threads(compiled_kernels, restore_threads):
+    """The kernels plan their OpenMP team from the setting: a float32 batch of 64 with few
+    weights runs in one shard per thread, or whole on one thread."""
+    fb.set_num_threads(1)
+    assert compiled_kernels.threads() == 1
+    assert compiled_kernels._shard_bounds(64, 16 * 16) is None
+    fb.set_num_threads(2)
+    assert compiled_kernels.threads() == 2
+    assert len(compiled_kernels._shard_bounds(64, 16 * 16)) == 3
+
+
+@pytest.mark.parametrize("cell", ["tanh", "lstm", "gru"])
+@pytest.mark.parametrize("B, hidden", [(1, 100), (24, 16), (4, 160)],
+                         ids=["single-dot", "sharded", "packed"])
+def test_results_are_the_same_bits_on_any_thread_count(backend, cell, B, hidden, restore_threads):
+    """A float32 forward and backward through a readout give the same bits on 1, 2 and 3
+    threads, on each per-step path (a single sequence's plain loops, a batch in shards,
+    the own gemm's panels)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((7, B, 5)).astype(np.float32)
+    d = rng.standard_normal((7, B, 3)).astype(np.float32)
+    runs = []
+    for n in (1, 2, 3):
+        fb.set_num_threads(n)
+        model = fb.RNN(5, hidden, cell=cell, output_size=3, dtype="float32", seed=1, backend=backend)
+        out, h_n = model.forward(x)
+        g = model.backward(d)
+        runs.append([out, h_n] + [g.params[k] for k in sorted(g.params)])
+    assert any(np.any(a != 0) for a in runs[0])
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            np.testing.assert_array_equal(a, b)

@@ -7,7 +7,7 @@
     g = model.backward(d_out, clip_step=1.0)    # g.params: same keys as model.params
 """
 from . import distributed, losses, optim, plot, tasks, train
-from ._backend import available_backends
+from ._backend import available_backends, get_num_threads, set_num_threads
 from .clip import clip_grad_norm, clip_grad_value
 from .export import export_onnx
 from .gradcheck import GradcheckError, gradcheck
@@ -24,6 +24,8 @@ __all__ = [
     "clip_grad_norm",
     "clip_grad_value",
     "export_onnx",
+    "get_num_threads",
+    "set_num_threads",
     "distributed",
     "gradcheck",
     "load",

@@ -105,3 +105,27 @@ def resolve(backend):
         )
         _warned = True
     return "numpy", _reference
+
+
+_numpy_threads = 1
+
+
+def set_num_threads(n):
+    """Set how many threads the compiled float32 kernels run on (their OpenMP team), for the
+    kernels this Python thread calls; n ≥ 1. Results do not depend on it (the same bits on
+    any number of threads). With the NumPy backend only the number is kept."""
+    global _numpy_threads
+    if isinstance(n, bool) or not isinstance(n, int) and not hasattr(n, "__index__"):
+        raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
+    n = int(n.__index__())
+    if n < 1:
+        raise ValueError(f"set_num_threads: n must be at least 1, got {n}")
+    if _compiled is not None:
+        _compiled.set_num_threads(n)
+    _numpy_threads = n
+
+
+def get_num_threads():
+    """How many threads the compiled kernels run on when called from this Python thread
+    (OMP_NUM_THREADS, threadpoolctl or ``set_num_threads``); with NumPy, the number set."""
+    return _compiled.threads() if _compiled is not None else _numpy_threads

@@ -22,6 +22,10 @@ cdef long SHARD_STEP = 256 * 1024
 cdef Py_ssize_t SHARD_ROWS = 8
 
 
+cdef extern from "_step_gemm.h" nogil:
+    void fb_set_threads(int n)
+
+
 cdef struct Loop:
     # One time loop, forward or backward, of any cell; filled once by ``plan_loop`` and the
     # kernel, read by its ``*_rows`` function.
@@ -197,3 +201,13 @@ def _shard_bounds(Py_ssize_t B, Py_ssize_t weights, batch_sizes=None):
     """The row bounds a float32 time loop over B rows with this many recurrent weights
     would run in (None: whole), on this many threads as OpenMP allows now: for the tests."""
     return _shards(False, B, weights, batch_sizes, fb_max_threads())
+
+
+def set_num_threads(n):
+    """Set how many threads the float32 kernels' OpenMP team has, for kernels called from
+    this thread (OpenMP keeps the setting per calling thread); n ≥ 1."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"n must be an int, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    fb_set_threads(min(int(n), 1 << 20))

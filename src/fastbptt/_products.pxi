@@ -10,8 +10,12 @@
 #   ``ProductPath``s once per kernel call (``plan_loop`` in _plans.pxi stores it in the
 #   loop's ``StepProduct``; ``_step_path`` reports it) and ``step_product`` runs it at every
 #   step:
-#     PRODUCT_LOOP        a plain loop (``small_matmul_acc``), for products too small for
-#                         any gemm's overhead (a char-RNN step is 1x100 @ 100x100);
+#     PRODUCT_LOOP        backward: a plain loop (``small_matmul_acc``), for products too
+#                         small for any gemm's overhead (a char-RNN step is 1x100 @ 100x100);
+#     PRODUCT_DOT         float32 forward, the same sizes: dot products along the rows of
+#                         W_hh as it is stored (``fb_dot_rows``), so nothing is copied or
+#                         packed per call (packing a 400x100 W_hh costs 13 µs, a whole
+#                         char-RNN LSTM step 1.5);
 #     PRODUCT_PACKED      float32: the own gemm (``fb_gemm``) on weights packed once;
 #     PRODUCT_TRANSPOSED  float64, many weights: BLAS with the batch rows as its m
 #                         (``gemm_into_transposed``) and a transposed add into place;
@@ -34,15 +38,22 @@ cdef long TRANSPOSED_STEP = 48 * 1024
 # pool; the float32 kernels leave such products to it (``matmul``).
 cdef double BLAS_ONE_THREAD = 65536 * 4
 
-# The backward sweep of a single sequence (B = 1) multiplies one row δ_t (1, G·H) by W_hh
-# (G·H, H) per step in a plain loop up to this many multiply-adds (G·H·H), and by a gemm
-# above it or for B > 1. Measured here (scipy-openblas 0.3.30, float32, whole backward at
+# A single sequence's (B = 1) per-step product over a gated cell's W_hh runs in a plain loop
+# up to this many multiply-adds (G·H·H), and by a gemm above it or for B > 1: backward,
+# δ_t (1, G·H) @ W_hh (G·H, H) in axpy form; forward, s_{t-1} (1, H) @ W_hhᵀ as dot products
+# along W_hh's rows (the per-step weights stream from L2 at this size either way, and the
+# loop saves the gemm's packing, 13 µs a call at H = 100). Measured here (scipy-openblas 0.3.30, float32, whole backward at
 # T = 25): for one row the loop is 0-10 % faster than sgemm at H = 64-200 on a quiet
 # machine, and up to 2x faster (noisily) while the other core is busy; from B = 2 up,
 # sgemm is 1.4-2.5x faster than the loop at every size tried. The forward pass has no small
 # path: its loop would need W_hhᵀ row-major, and that copy (12 µs at H = 100, 40 µs at
-# H = 128) costs more than the loop saves over tens of steps.
+# H = 128) costs more than the loop saves over tens of steps; the dot form needs no copy.
 cdef long SMALL_GATED_STEP = 256 * 1024
+
+
+cdef extern from "_step_gemm.h" nogil:
+    void fb_dot_rows(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a, const float* w,
+                     float* c, bint accumulate)
 
 
 cdef enum ProductPath:
@@ -50,9 +61,10 @@ cdef enum ProductPath:
     PRODUCT_PACKED
     PRODUCT_TRANSPOSED
     PRODUCT_BLAS
+    PRODUCT_DOT
 
 # The names ``_step_path`` reports, in ProductPath's order.
-PRODUCT_PATH_NAMES = ("loop", "packed", "transposed", "blas")
+PRODUCT_PATH_NAMES = ("loop", "packed", "transposed", "blas", "dot")
 
 
 cdef struct StepProduct:
@@ -61,20 +73,20 @@ cdef struct StepProduct:
     # the kernel's dtype (void*: a Cython struct cannot hold a fused type).
     ProductPath path
     const void* b          # B row-major (k, n), or NULL (PRODUCT_LOOP; PRODUCT_BLAS if set)
-    const void* b_t        # Bᵀ row-major (n, k), or NULL (PRODUCT_TRANSPOSED; PRODUCT_BLAS
-                           # when b is NULL)
+    const void* b_t        # Bᵀ row-major (n, k), or NULL (PRODUCT_DOT, PRODUCT_TRANSPOSED;
+                           # PRODUCT_BLAS when b is NULL)
     const float* packed    # PRODUCT_PACKED: B packed by ``_step_weights``
     void* scratch          # PRODUCT_TRANSPOSED: n·B elements for the transposed product
 
 
 cdef inline bint step_is_small(Py_ssize_t gates, Py_ssize_t B, Py_ssize_t H,
                                bint backward) noexcept nogil:
-    """Whether a time loop's per-step product (B rows, gates·H by H weights) runs in the plain
-    loop: an Elman step up to SMALL_STEP multiply-adds; a gated cell's only in the backward
-    of a single sequence (SMALL_GATED_STEP)."""
+    """Whether a time loop's per-step product (B rows, gates·H by H weights) runs in a plain
+    loop: an Elman step up to SMALL_STEP multiply-adds; a gated cell's only for a single
+    sequence (SMALL_GATED_STEP)."""
     if gates == 1:
         return B * H * H <= SMALL_STEP
-    return backward and B == 1 and gates * H * H <= SMALL_GATED_STEP
+    return B == 1 and gates * H * H <= SMALL_GATED_STEP
 
 
 cdef inline ProductPath step_path(bint is_double, Py_ssize_t gates, Py_ssize_t B, Py_ssize_t H,
@@ -82,7 +94,11 @@ cdef inline ProductPath step_path(bint is_double, Py_ssize_t gates, Py_ssize_t B
     """How a time loop's per-step product runs (see the top of this file); gates: 1 for an
     Elman cell, 4 for an LSTM, 3 for a GRU."""
     if step_is_small(gates, B, H, backward):
-        return PRODUCT_LOOP
+        if not (backward or is_double):
+            return PRODUCT_DOT
+        if backward or gates == 1:
+            return PRODUCT_LOOP
+        # float64 gated forward: its loop would need W_hhᵀ copied (see SMALL_GATED_STEP)
     if not is_double:
         return PRODUCT_PACKED
     if gates * H * H >= TRANSPOSED_STEP:
@@ -102,6 +118,9 @@ cdef inline void step_product(const StepProduct* p, Py_ssize_t m, Py_ssize_t n, 
         if not accumulate:
             memset(c, 0, m * n * sizeof(floating))
         small_matmul_acc(a, b, c, m, k, n)
+    elif p.path == PRODUCT_DOT:
+        if floating is float:
+            fb_dot_rows(m, n, k, a, b_t, c, accumulate)
     elif p.path == PRODUCT_PACKED:
         if floating is float:
             fb_gemm(m, n, k, a, k, False, p.packed, c, n, accumulate, threads)

@@ -62,6 +62,16 @@ static int fb_max_threads(void) {
 #endif
 }
 
+/* Set the team size of the calling thread's later parallel regions (every build of the
+   kernels shares one OpenMP runtime, so one call serves them all). */
+static void fb_set_threads(int n) {
+#ifdef _OPENMP
+    omp_set_num_threads(n);
+#else
+    (void)n;
+#endif
+}
+
 /* Floats in the packed form of a k x n operand. */
 static size_t fb_packed_size(ptrdiff_t n, ptrdiff_t k) {
     return (size_t)((n + FB_NR - 1) / FB_NR) * (size_t)k * FB_NR;
@@ -281,6 +291,103 @@ static int fb_matmul(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrd
     }
     free(raw);
     return 0;
+}
+
+/* c (m, n) = a (m, k) @ wᵀ, or += when accumulate; w (n, k) row-major as a recurrent weight
+   matrix is stored, so that nothing is packed or copied per call: the forward per-step
+   product of a single sequence (a char-RNN step is 1x100 @ 100x400), where packing W_hh
+   (13 µs at H = 100) costs as much as ten steps. Each c[i, j] is a dot product of two
+   contiguous rows in FB_DOT lanes (GCC's vector type: one register in the AVX builds, two in
+   the baseline's), eight rows of w at a time, so each chunk of a's row is loaded once for
+   eight independent chains. The order of every sum is fixed whatever the build or the
+   thread count: the lanes' partial sums (the tail of k one more chunk of them), added
+   pairwise (fb_hsum8, fb_hsum), then c's old value when accumulating. */
+#define FB_DOT 8
+typedef float fb_dotv __attribute__((vector_size(FB_DOT * sizeof(float))));
+#define FB_DOT_ROWS 8
+
+static inline fb_dotv fb_dot_load(const float* p) {
+    fb_dotv v;
+    memcpy(&v, p, sizeof(v));
+    return v;
+}
+
+/* The sum of v's lanes, ((0+1) + (2+3)) + ((4+5) + (6+7)): the order fb_hsum8 adds in. */
+static inline float fb_hsum(fb_dotv v) {
+    float s[FB_DOT];
+    memcpy(s, &v, sizeof(v));
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
+/* fb_hsum of eight vectors at once, lane r of the result that of s[r]: three rounds of
+   shuffles and adds instead of eight reductions' scalar chains (which cost as much as the
+   dot products themselves at k = 100). */
+static inline fb_dotv fb_hsum8(const fb_dotv* s) {
+#define FB_EVEN(x, y) __builtin_shufflevector(x, y, 0, 8, 2, 10, 4, 12, 6, 14)
+#define FB_ODD(x, y) __builtin_shufflevector(x, y, 1, 9, 3, 11, 5, 13, 7, 15)
+    fb_dotv u0 = FB_EVEN(s[0], s[1]) + FB_ODD(s[0], s[1]);
+    fb_dotv u1 = FB_EVEN(s[2], s[3]) + FB_ODD(s[2], s[3]);
+    fb_dotv u2 = FB_EVEN(s[4], s[5]) + FB_ODD(s[4], s[5]);
+    fb_dotv u3 = FB_EVEN(s[6], s[7]) + FB_ODD(s[6], s[7]);
+#undef FB_EVEN
+#undef FB_ODD
+    fb_dotv v0 = __builtin_shufflevector(u0, u1, 0, 1, 8, 9, 4, 5, 12, 13)
+               + __builtin_shufflevector(u0, u1, 2, 3, 10, 11, 6, 7, 14, 15);
+    fb_dotv v1 = __builtin_shufflevector(u2, u3, 0, 1, 8, 9, 4, 5, 12, 13)
+               + __builtin_shufflevector(u2, u3, 2, 3, 10, 11, 6, 7, 14, 15);
+    return __builtin_shufflevector(v0, v1, 0, 1, 2, 3, 8, 9, 10, 11)
+         + __builtin_shufflevector(v0, v1, 4, 5, 6, 7, 12, 13, 14, 15);
+}
+
+static void fb_dot_rows(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a,
+                        const float* w, float* c, int accumulate) {
+    ptrdiff_t k0 = k - k % FB_DOT;
+    /* The tail of k (k % FB_DOT elements) as one more chunk: the last FB_DOT elements of the
+       row, with the lanes the chunks before already covered zeroed in a's copy, so a zero
+       product adds nothing. Below FB_DOT elements, scalar sums. */
+    int tail = k0 < k && k >= FB_DOT;
+    for (ptrdiff_t i = 0; i < m; i++) {
+        const float* ar = a + i * k;
+        float* row = c + i * n;
+        fb_dotv xt = (fb_dotv){0};
+        if (tail) {
+            xt = fb_dot_load(ar + k - FB_DOT);
+            for (int l = 0; l < FB_DOT - (int)(k - k0); l++) xt[l] = 0;
+        }
+        ptrdiff_t j = 0;
+        for (; j + FB_DOT_ROWS <= n; j += FB_DOT_ROWS) {
+            const float* wj = w + j * k;
+            fb_dotv s[FB_DOT_ROWS];
+            for (int r = 0; r < FB_DOT_ROWS; r++) s[r] = (fb_dotv){0};
+            for (ptrdiff_t kk = 0; kk < k0; kk += FB_DOT) {
+                fb_dotv x = fb_dot_load(ar + kk);
+                for (int r = 0; r < FB_DOT_ROWS; r++) s[r] += x * fb_dot_load(wj + r * k + kk);
+            }
+            if (tail)
+                for (int r = 0; r < FB_DOT_ROWS; r++)
+                    s[r] += xt * fb_dot_load(wj + r * k + k - FB_DOT);
+            fb_dotv sum = fb_hsum8(s);
+            if (!tail) {
+                for (ptrdiff_t kk = k0; kk < k; kk++) {
+                    fb_dotv col;
+                    for (int r = 0; r < FB_DOT_ROWS; r++) col[r] = wj[r * k + kk];
+                    sum += ar[kk] * col;
+                }
+            }
+            if (accumulate) sum += fb_dot_load(row + j);
+            memcpy(row + j, &sum, sizeof(sum));
+        }
+        for (; j < n; j++) {
+            const float* wj = w + j * k;
+            fb_dotv s0 = (fb_dotv){0};
+            for (ptrdiff_t kk = 0; kk < k0; kk += FB_DOT) s0 += fb_dot_load(ar + kk) * fb_dot_load(wj + kk);
+            if (tail) s0 += xt * fb_dot_load(wj + k - FB_DOT);
+            float sum = fb_hsum(s0);
+            if (!tail)
+                for (ptrdiff_t kk = k0; kk < k; kk++) sum += ar[kk] * wj[kk];
+            row[j] = accumulate ? sum + row[j] : sum;
+        }
+    }
 }
 
 #endif

@@ -22,6 +22,7 @@ I, H, O = 5, 8, 3
 def small_chunks(monkeypatch):
     """Chunks of a few steps, so that short sequences run in many of them."""
     monkeypatch.setattr(inference, "WHOLE_SEQUENCE_ELEMENTS", 0)
+    monkeypatch.setattr(inference, "WHOLE_SEQUENCE_STEPS", 0)
     monkeypatch.setattr(inference, "CHUNK_ROWS", 16)
     monkeypatch.setattr(inference, "MAX_CHUNK_STEPS", 8)
 
@@ -228,6 +229,7 @@ def test_predict_runs_on_parameters_rebound_in_another_memory_order(lstm, rng):
 
 def test_chunks_cover_whole_small_sequences_and_bounded_rows_otherwise():
     assert inference.chunk_steps(25, 1, 4 * 100) == 25        # a char-RNN sequence: one chunk
+    assert inference.chunk_steps(100, 32, 4 * 128) == 100     # a short sequence: one chunk
     for T, B, width in itertools.product((1000, 10_000), (1, 4, 64, 500), (128, 2048)):
         C = inference.chunk_steps(T, B, width)
         assert 1 <= C <= T

@@ -26,6 +26,7 @@ split across chunks (``step``: chunks of one step).
 import numpy as np
 
 from . import _backend
+from ._packing import Packing
 from ._validation import check_array, check_lengths
 from .model import EMBEDDING, check_ids
 
@@ -211,7 +212,7 @@ def predict(model, x, h0=None, lengths=None):
     x = plan.check_input("x", x, 3)
     T, B = x.shape[:2]
     state = plan.check_state("h0", h0, B)
-    packing = None if lengths is None else _Packing(check_lengths(lengths, T, B), T)
+    packing = None if lengths is None else Packing.of(check_lengths(lengths, T, B), T)
     if plan.D == 1:
         out, final = _predict_unidirectional(plan, x, state, packing)
     else:
@@ -254,7 +255,7 @@ def _predict_unidirectional(plan, x, state, packing):
             carried[k] = [r[-1].copy() for r in runs]   # not a view: the chunk is freed
             if packing is not None:
                 # the kernels zero a finished sequence's states: its h_n is taken at its end
-                ends = packing.ending(start, stop)
+                ends = packing.ending_in(start, stop)
                 if ends.size:
                     steps = packing.lengths[ends] - start
                     for s, r in zip(final, runs):
@@ -312,7 +313,7 @@ def _predict_bidirectional(plan, x, state, packing):
                 hs, runs = plan.run(chunk_in, carried, plan.weights[index], sizes)
                 carried = [r[-1].copy() for r in runs]
                 if packing is not None:
-                    ends = packing.ending(start, stop)
+                    ends = packing.ending_in(start, stop)
                     if ends.size:
                         steps = packing.lengths[ends] - start
                         for s, r in zip(final, runs):
@@ -337,35 +338,6 @@ def _predict_bidirectional(plan, x, state, packing):
         out = packing.unsort(out)
         final = [packing.unsort(s, axis=1) for s in final]
     return out, final
-
-
-class _Packing:
-    """A batch of variable lengths as the kernels run it (see ``forward``): sorted longest
-    first, so that the sequences still running at any step are a prefix of the batch.
-
-    lengths (B,): sorted; batch_sizes (T,) intp: sequences running at each step; finished
-    (T, B): True past each sorted sequence's end; flip (T, B): the time index that reverses
-    each sorted sequence within its own length (steps past its end stay in place)."""
-
-    def __init__(self, lengths, T):
-        self.order = np.argsort(-lengths, kind="stable")
-        self.inverse = np.argsort(self.order)
-        self.lengths = lengths[self.order]
-        steps = np.arange(T)[:, None]
-        self.finished = steps >= self.lengths
-        self.batch_sizes = np.ascontiguousarray(np.count_nonzero(~self.finished, axis=1),
-                                                dtype=np.intp)
-        self.flip = np.where(self.finished, steps, self.lengths - 1 - steps)
-
-    def sort(self, a, axis=1):
-        return np.take(a, self.order, axis=axis)
-
-    def unsort(self, a, axis=1):
-        return np.take(a, self.inverse, axis=axis)
-
-    def ending(self, start, stop):
-        """The sorted rows whose sequences end within steps start..stop-1."""
-        return np.flatnonzero((self.lengths > start) & (self.lengths <= stop))
 
 
 def step(model, x_t, state=None):

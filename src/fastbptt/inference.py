@@ -254,12 +254,7 @@ def _predict_unidirectional(plan, x, state, packing):
             hs, runs = run(layer_in, carried[k], weights[k], sizes)
             carried[k] = [r[-1].copy() for r in runs]   # not a view: the chunk is freed
             if packing is not None:
-                # the kernels zero a finished sequence's states: its h_n is taken at its end
-                ends = packing.ending_in(start, stop)
-                if ends.size:
-                    steps = packing.lengths[ends] - start
-                    for s, r in zip(final, runs):
-                        s[k, ends] = r[steps, ends]
+                _take_final_states(final, k, runs, packing, start, stop)
             layer_in = hs[1:]
         chunk_out = _readout(plan, layer_in)
         if packing is not None:
@@ -281,6 +276,17 @@ def _predict_unidirectional(plan, x, state, packing):
         final = [carried[0][s][None] if L == 1 else np.stack([carried[k][s] for k in range(L)])
                  for s in range(S)]
     return out, final
+
+
+def _take_final_states(final, index, runs, packing, start, stop):
+    """Into final[s][index], the states of the sorted sequences that end within steps
+    start..stop-1, taken from this chunk's runs (the kernels zero a finished sequence's
+    states, so its h_n must be taken at its own end)."""
+    ends = packing.ending_in(start, stop)
+    if ends.size:
+        steps = packing.lengths[ends] - start
+        for s, r in zip(final, runs):
+            s[index, ends] = r[steps, ends]
 
 
 def _predict_bidirectional(plan, x, state, packing):
@@ -313,11 +319,7 @@ def _predict_bidirectional(plan, x, state, packing):
                 hs, runs = plan.run(chunk_in, carried, plan.weights[index], sizes)
                 carried = [r[-1].copy() for r in runs]
                 if packing is not None:
-                    ends = packing.ending_in(start, stop)
-                    if ends.size:
-                        steps = packing.lengths[ends] - start
-                        for s, r in zip(final, runs):
-                            s[index, ends] = r[steps, ends]
+                    _take_final_states(final, index, runs, packing, start, stop)
                 cols = slice(d * H, (d + 1) * H)
                 if d == 0:
                     top[start:stop, :, cols] = hs[1:]

@@ -100,6 +100,23 @@ def run_layer(kernels, cell, a, sizes=None, clip_step=0.5):
     return list(cache), list(grads.values()), norms
 
 
+def assert_layer_matches_oracle(kernels, cell, a, sizes, dtype, label, assert_close, *,
+                                check_norms=True):
+    """One layer of ``cell`` run through ``kernels`` and through the NumPy oracle with
+    :func:`run_layer`: every cache array, gradient and (``check_norms``) step norm equal at
+    the oracle tolerance of ``dtype`` ("gated" for cells with gates)."""
+    from fastbptt import _reference
+
+    kind = "gated" if CELLS[cell].gates > 1 else "oracle"
+    expected = run_layer(_reference, cell, a, sizes)
+    actual = run_layer(kernels, cell, a, sizes)
+    for what, exp, act in zip(("cache", "gradients"), expected[:2], actual[:2]):
+        for i, (e, g) in enumerate(zip(exp, act)):
+            assert_close(g, e, dtype, f"{label} {cell} {what}[{i}]", kind=kind)
+    if check_norms:
+        assert_close(actual[2], expected[2], dtype, f"{label} {cell} step norms", kind=kind)
+
+
 def random_state(rng, cell, shape):
     """A random recurrent state of ``shape`` as the model takes it: an array, or for a cell
     whose state is several arrays (an LSTM's (h, c)) a tuple of them."""

@@ -12,7 +12,7 @@ large enough to shard (B = 19).
 import numpy as np
 import pytest
 
-from fastbptt import _reference
+from _support import assert_layer_matches_oracle
 
 CELLS = ["tanh", "relu", "lstm", "gru"]
 # (small_step, transposed_step, shard_step): which thresholds force which path. A gated
@@ -54,16 +54,10 @@ def path(request, compiled_kernels):
                                       (19, None), (19, RAGGED_19)],
                          ids=["B5", "B5-lengths", "B1", "B1-lengths", "B19", "B19-lengths"])
 def test_every_path_matches_the_oracle(compiled_kernels, path, cell, B, sizes, dtype, rng, assert_close,
-                                       layer_arrays, run_layer):
+                                       layer_arrays):
     a = layer_arrays(rng, cell, 6, B, 3, 7, dtype)
     sizes = None if sizes is None else np.array(sizes, dtype=np.intp)
-    kind = "gated" if cell in ("lstm", "gru") else "oracle"
-    expected = run_layer(_reference, cell, a, sizes)
-    actual = run_layer(compiled_kernels, cell, a, sizes)
-    for what, exp, act in zip(("cache", "gradients"), expected[:2], actual[:2]):
-        for i, (e, g) in enumerate(zip(exp, act)):
-            assert_close(g, e, dtype, f"{path} {cell} {what}[{i}]", kind=kind)
-    assert_close(actual[2], expected[2], dtype, f"{path} {cell} step norms", kind=kind)
+    assert_layer_matches_oracle(compiled_kernels, cell, a, sizes, dtype, path, assert_close)
 
 
 @pytest.mark.parametrize("cell", CELLS)

@@ -83,7 +83,7 @@ cdef object _elman_forward(x, const floating[:, ::1] h0,
     cdef const Py_ssize_t* ids
     keep_x = input_pointers(x, &xp, &ids)
     dtype = np.float32 if floating is float else np.float64
-    hs_arr = np.empty((T + 1, B, H), dtype=dtype)
+    hs_arr = pooled_empty((T + 1, B, H), dtype=dtype)
     cdef floating[:, :, ::1] hs = hs_arr
     cdef floating[::1] bias = np.add(b_ih, b_hh)
     cdef floating[::1] work = None if ids != NULL else _packed_work(batch_sizes, T, B, I + H, dtype)
@@ -162,7 +162,7 @@ cdef object _elman_backward(const floating[:, :, ::1] d_out, dh_n, x,
     cdef floating[::1] work = (_packed_work(batch_sizes, T, B, H + 2 * I + H, dtype) if need_dx
                                else None)
     cdef floating[:, ::1] carry = _carry(dh_n, B, H, dtype)
-    delta_arr = np.empty((T, B, H), dtype=dtype)
+    delta_arr = pooled_empty((T, B, H), dtype=dtype)
     cdef floating[:, :, ::1] delta = delta_arr
     dx_arr, dw_ih_arr, dw_hh_arr, db_arr = backward_arrays(T, B, I, H, H, dtype, work is not None,
                                                            need_dx)

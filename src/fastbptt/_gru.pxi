@@ -159,12 +159,12 @@ cdef object _gru_forward(x, const floating[:, ::1] h0,
     cdef const Py_ssize_t* ids
     keep_x = input_pointers(x, &xp, &ids)
     dtype = np.float32 if floating is float else np.float64
-    hs_arr = np.empty((T + 1, B, H), dtype=dtype)
-    gates_arr = np.empty((T, B, 4 * H), dtype=dtype)
+    hs_arr = pooled_empty((T + 1, B, H), dtype=dtype)
+    gates_arr = pooled_empty((T, B, 4 * H), dtype=dtype)
     cdef floating[:, :, ::1] hs = hs_arr
     cdef floating[:, :, ::1] gates = gates_arr
     # gh: one step's hidden-side products (B, 3H), kept apart because r multiplies its n block
-    cdef floating[:, ::1] gh = np.empty((B, G), dtype=dtype)
+    cdef floating[:, ::1] gh = pooled_empty((B, G), dtype=dtype)
     cdef floating[::1] bias = np.add(b_ih, b_hh)
     cdef floating[::1] work = None if ids != NULL else _packed_work(batch_sizes, T, B, I + G, dtype)
     cdef Loop L
@@ -257,13 +257,13 @@ cdef object _gru_backward(const floating[:, :, ::1] d_out, dh_n, x,
     cdef floating[:, ::1] carry = _carry(dh_n, B, H, dtype)
     # The input- and hidden-side gate gradients differ in their n block; both are kept,
     # so that each weight gradient is one gemm over all steps.
-    delta_i_arr = np.empty((T, B, G), dtype=dtype)
-    delta_h_arr = np.empty((T, B, G), dtype=dtype)
+    delta_i_arr = pooled_empty((T, B, G), dtype=dtype)
+    delta_h_arr = pooled_empty((T, B, G), dtype=dtype)
     cdef floating[:, :, ::1] delta_i = delta_i_arr
     cdef floating[:, :, ::1] delta_h = delta_h_arr
     dx_arr, dw_ih_arr, dw_hh_arr, db_ih_arr = backward_arrays(T, B, I, H, G, dtype,
                                                               work is not None, need_dx)
-    db_hh_arr = np.empty(G, dtype=dtype)
+    db_hh_arr = pooled_empty(G, dtype=dtype)
     cdef floating[:, :, ::1] dx
     cdef floating* dxp = NULL
     if need_dx:

@@ -90,4 +90,4 @@ cdef tuple backward_arrays(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t 
     dx, dw_ih, dw_hh, db = _gradient_arrays(T, B, I if need_dx else 0, H, G, dtype, packed_rows)
     if need_dx:
         return dx, dw_ih, dw_hh, db
-    return None, np.empty((G, I), dtype=dtype), dw_hh, db
+    return None, pooled_empty((G, I), dtype=dtype), dw_hh, db

@@ -1,13 +1,14 @@
 """Compiled BPTT kernels: the twins of ``_reference.py``, same names, same signatures.
 
 Each ``def`` checks nothing the model has not checked already (bounds checks are off: the
-Python layer validates shapes, dtypes and contiguity first), allocates its outputs with
-NumPy, then runs all of its work in one ``with nogil:`` block.
+Python layer validates shapes, dtypes and contiguity first), allocates its outputs as
+NumPy arrays (large ones from ``_pool.pxi``), then runs all of its work in one ``with nogil:`` block.
 
 One compiled module per CPU build (``_kernels_avx2.pyx`` and ``_kernels_avx512.pyx`` include
 this file), written in files by concern and included here, so that every helper inlines
 into every loop of each build:
 
+* ``_pool.pxi``: large work arrays whose memory stays resident between calls;
 * ``_elementwise.pxi``: tanh and σ as the loops evaluate them, row norms and clipping;
 * ``_products.pxi``: the one place that chooses how a product runs (plain loop, fastbptt's
   own packed gemm, BLAS, or BLAS transposed) and runs it, hoisted or per step;
@@ -91,6 +92,7 @@ cdef extern from *:
     int fastbptt_has_avx2() nogil
     int fastbptt_has_avx512() nogil
 
+include "_pool.pxi"
 include "_elementwise.pxi"
 include "_products.pxi"
 include "_plans.pxi"
@@ -134,7 +136,7 @@ def linear_forward(x, w, b):
 
 cdef object _linear_forward(const floating[:, ::1] x, const floating[:, ::1] w, const floating[::1] b):
     cdef Py_ssize_t M = x.shape[0], K = x.shape[1], N = w.shape[0], m
-    y_arr = np.empty((M, N), dtype=np.float32 if floating is float else np.float64)
+    y_arr = pooled_empty((M, N), dtype=np.float32 if floating is float else np.float64)
     cdef floating[:, ::1] y = y_arr
     with nogil:
         for m in range(M):
@@ -154,8 +156,8 @@ def linear_backward(dy, x, w):
 cdef object _linear_backward(const floating[:, ::1] dy, const floating[:, ::1] x, const floating[:, ::1] w):
     cdef Py_ssize_t M = dy.shape[0], N = dy.shape[1], K = x.shape[1]
     dtype = np.float32 if floating is float else np.float64
-    dx_arr = np.empty((M, K), dtype=dtype)
-    dw_arr = np.empty((N, K), dtype=dtype)
+    dx_arr = pooled_empty((M, K), dtype=dtype)
+    dw_arr = pooled_empty((N, K), dtype=dtype)
     db_arr = np.empty(N, dtype=dtype)
     cdef floating[:, ::1] dx = dx_arr
     cdef floating[:, ::1] dw = dw_arr

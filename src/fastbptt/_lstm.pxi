@@ -156,9 +156,9 @@ cdef object _lstm_forward(x, const floating[:, ::1] h0,
     cdef const Py_ssize_t* ids
     keep_x = input_pointers(x, &xp, &ids)
     dtype = np.float32 if floating is float else np.float64
-    hs_arr = np.empty((T + 1, B, H), dtype=dtype)
-    cs_arr = np.empty((T + 1, B, H), dtype=dtype)
-    gates_arr = np.empty((T, B, G), dtype=dtype)
+    hs_arr = pooled_empty((T + 1, B, H), dtype=dtype)
+    cs_arr = pooled_empty((T + 1, B, H), dtype=dtype)
+    gates_arr = pooled_empty((T, B, G), dtype=dtype)
     cdef floating[:, :, ::1] hs = hs_arr
     cdef floating[:, :, ::1] cs = cs_arr
     cdef floating[:, :, ::1] gates = gates_arr
@@ -247,7 +247,7 @@ cdef object _lstm_backward(const floating[:, :, ::1] d_out, dh_n, dc_n,
     # carry_h, carry_c hold the parts of ∂E/∂h_t, ∂E/∂c_t arriving from step t+1
     cdef floating[:, ::1] carry_h = _carry(dh_n, B, H, dtype)
     cdef floating[:, ::1] carry_c = _carry(dc_n, B, H, dtype)
-    delta_arr = np.empty((T, B, G), dtype=dtype)
+    delta_arr = pooled_empty((T, B, G), dtype=dtype)
     cdef floating[:, :, ::1] delta = delta_arr
     dx_arr, dw_ih_arr, dw_hh_arr, db_arr = backward_arrays(T, B, I, H, G, dtype, work is not None,
                                                            need_dx)

@@ -72,7 +72,7 @@ cdef object _packed_work(batch_sizes, Py_ssize_t T, Py_ssize_t B, Py_ssize_t per
     if batch_sizes is None:
         return None
     rows = int(np.sum(batch_sizes))
-    return None if rows == T * B else np.empty(max(rows * per_row, 1), dtype=dtype)
+    return None if rows == T * B else pooled_empty(max(rows * per_row, 1), dtype=dtype)
 
 
 cdef object _shards(bint single, Py_ssize_t B, Py_ssize_t weights, batch_sizes, int threads):
@@ -97,13 +97,13 @@ cdef object _shards(bint single, Py_ssize_t B, Py_ssize_t weights, batch_sizes, 
 
 cdef object _scratch(Py_ssize_t size, dtype, bint wanted):
     """A scratch buffer for ``step_product``'s transposed orientation (float64), or None."""
-    return np.empty(max(size, 1), dtype=dtype) if wanted and dtype == np.float64 else None
+    return pooled_empty(max(size, 1), dtype=dtype) if wanted and dtype == np.float64 else None
 
 
 cdef object _carry(d_state, Py_ssize_t B, Py_ssize_t H, dtype):
     """A backward sweep's carry (B, H), starting from the gradient of the final state (a
     copy: the sweep overwrites it) or zero."""
-    return (np.zeros((B, H), dtype=dtype) if d_state is None
+    return (pooled_zeros((B, H), dtype=dtype) if d_state is None
             else np.array(d_state, dtype=dtype, order="C"))
 
 
@@ -112,8 +112,8 @@ cdef tuple _gradient_arrays(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t
     """A backward's outputs beside the state gradients: dx (T, B, I), dw_ih (G, I),
     dw_hh (G, H), db (G,); dx zero when packed_rows (the packed gradients place dx's running
     rows only)."""
-    dx = np.zeros((T, B, I), dtype=dtype) if packed_rows else np.empty((T, B, I), dtype=dtype)
-    return dx, np.empty((G, I), dtype=dtype), np.empty((G, H), dtype=dtype), np.empty(G, dtype=dtype)
+    dx = pooled_zeros((T, B, I), dtype=dtype) if packed_rows else pooled_empty((T, B, I), dtype=dtype)
+    return dx, pooled_empty((G, I), dtype=dtype), pooled_empty((G, H), dtype=dtype), pooled_empty(G, dtype=dtype)
 
 
 cdef tuple plan_loop(Loop* L, const floating[:, ::1] w_hh, Py_ssize_t T, Py_ssize_t B,

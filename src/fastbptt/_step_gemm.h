@@ -264,6 +264,24 @@ static void fb_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrdi
     }
 }
 
+/* The calling thread's buffer for fb_matmul's packed B, of at least size floats, aligned:
+ * kept between calls and grown when a product needs more, so that its pages are not faulted
+ * in again at every product (fresh multi-MB blocks from malloc are). NULL if it cannot grow.
+ * Held until the thread ends (at most FB_KB rows of the widest B the thread multiplied). */
+static float* fb_pack_buffer(size_t size) {
+    static __thread float* buffer = NULL;
+    static __thread size_t capacity = 0;
+    if (size > capacity) {
+        size_t bytes = (size * sizeof(float) + 4095) & ~(size_t)4095;
+        float* grown = (float*)aligned_alloc(4096, bytes);
+        if (grown == NULL) return NULL;
+        free(buffer);
+        buffer = grown;
+        capacity = bytes / sizeof(float);
+    }
+    return buffer;
+}
+
 /* C (m x n, row-major, ldc) = op(A) . op(B), or += when accumulate, for products whose B is
  * used once: A as in fb_gemm; B (k x n) is b[kk * ldb + j], or with b_transposed b[j * ldb + kk]
  * (B is the transpose of the row-major array at b), packed here FB_KB of its rows at a time.
@@ -279,9 +297,8 @@ static int fb_matmul(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrd
         return 0;
     }
     ptrdiff_t kb_max = k < FB_KB ? k : FB_KB;
-    void* raw = malloc(fb_packed_size(n, kb_max) * sizeof(float) + FB_ALIGN);
-    if (raw == NULL) return -1;
-    float* work = (float*)(((uintptr_t)raw + FB_ALIGN - 1) & ~(uintptr_t)(FB_ALIGN - 1));
+    float* work = fb_pack_buffer(fb_packed_size(n, kb_max));
+    if (work == NULL) return -1;
     for (ptrdiff_t k0 = 0; k0 < k; k0 += FB_KB) {
         ptrdiff_t kb = k - k0 < FB_KB ? k - k0 : FB_KB;
         if (b_transposed) fb_pack_transposed(b + k0, n, kb, ldb, work, threads);
@@ -289,7 +306,6 @@ static int fb_matmul(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrd
         fb_gemm(m, n, kb, a_transposed ? a + k0 * lda : a + k0, lda, a_transposed, work, c, ldc,
                 accumulate || k0 > 0, threads);
     }
-    free(raw);
     return 0;
 }
 

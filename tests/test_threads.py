@@ -187,3 +187,121 @@ def test_results_are_the_same_bits_on_any_thread_count(backend, cell, B, hidden,
     for other in runs[1:]:
         for a, b in zip(runs[0], other):
             np.testing.assert_array_equal(a, b)
+
+
+# --------------------------------------------------------------------------- the team's size
+# Each kind of float32 call runs on the whole team or on one thread, whichever its timings
+# favour (``_team.pxi``). The policy is tested on simulated timings (``_team_replay``), which
+# are exact; the real clock only in what it must never change: the results and the caller's
+# setting.
+
+CALLS = 4000
+
+
+def explorations(sizes, choice):
+    """The indices of the calls that did not run on ``choice``, after the first four."""
+    return [i for i, s in enumerate(sizes) if i >= 4 and s != choice]
+
+
+def test_quiet_machine_runs_nearly_every_call_on_the_whole_team(compiled_kernels):
+    """Team calls 1.8x faster than one thread's (a quiet machine): after the first four calls
+    (two of each size), all but the explorations run on the team, the explorations grow
+    sparser, and they cost under 1 % of the time."""
+    sizes = compiled_kernels._team_replay([1.0] * CALLS, [1.8] * CALLS)
+    assert sizes[:4] == [0, 0, 1, 1]
+    tries = explorations(sizes, 0)
+    assert len(tries) <= 20
+    gaps = np.diff(tries)
+    assert np.all(gaps[1:] >= gaps[:-1]) and gaps[-1] >= 200
+    assert len(tries) * 0.8 / CALLS < 0.01
+
+
+def test_busy_machine_runs_nearly_every_call_on_one_thread(compiled_kernels):
+    """Team calls 30x slower than one thread's (a peer descheduled at every meeting): after
+    the first calls, one thread; the team's explorations cost at most 2 % of the time."""
+    sizes = compiled_kernels._team_replay([30.0] * CALLS, [1.0] * CALLS)
+    assert len(explorations(sizes, 1)) <= 4
+    spent = sum(30.0 if s == 0 else 1.0 for s in sizes[4:])
+    assert spent <= 1.02 * (CALLS - 4) + 30.0
+
+
+def test_the_choice_follows_the_machine_from_quiet_to_busy_and_back(compiled_kernels):
+    """Quiet, then busy from call 1000, then quiet from call 2000: one thread from the call
+    after the first busy one (which shows the change) on, the team again within the exploration interval that the busy phase set
+    (the team's loss there over the budget, here 15.7 / 0.02 calls) and a confirming call."""
+    team = [1.0] * 1000 + [30.0] * 1000 + [1.0] * 2000
+    sizes = compiled_kernels._team_replay(team, [1.8] * 4000)
+    assert sizes[1000] == 0 and all(s == 1 for s in sizes[1001:1009])
+    back = next(i for i in range(2000, 4000) if sizes[i] == 0 and sizes[i + 1] == 0
+                and sizes[i + 2] == 0)
+    assert back <= 2000 + int(29.0 / 1.8 / 0.02) + 2
+    assert sum(sizes[back:]) <= 12
+
+
+def test_one_lucky_exploration_does_not_move_the_choice(compiled_kernels):
+    """Busy: an exploration that happens to find the team fast once is not followed by a
+    switch unless the next call confirms it."""
+    team = [30.0] * CALLS
+    one = [1.0] * CALLS
+    first = explorations(compiled_kernels._team_replay(team, one), 1)[0]
+    team[first] = 0.5                       # lucky once
+    sizes = compiled_kernels._team_replay(team, one)
+    assert sizes[first] == 0 and sizes[first + 1] == 0      # the confirming try
+    assert all(s == 1 for s in sizes[first + 2:first + 50])
+
+
+def test_choosing_the_size_leaves_results_and_the_setting_unchanged(compiled_kernels,
+                                                                     restore_threads):
+    """With the choice on, the calls that run on one thread (the first calls of each kind
+    include two) give the same bits as with it off, the caller's team size reads the same
+    throughout, and no cap outlives a call, also one that raises inside the kernel."""
+    fb.set_num_threads(2)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((30, 32, 6)).astype(np.float32)
+    runs = {}
+    for adaptive in (False, True):
+        compiled_kernels._adaptive_threads(adaptive)
+        try:
+            model = fb.RNN(6, 64, cell="lstm", output_size=2, dtype="float32", seed=4)
+            steps = []
+            for _ in range(6):
+                out, _ = model.forward(x)
+                g = model.backward(np.cos(out))
+                steps.append((out, g.flat.copy()))
+                assert fb.get_num_threads() == 2
+            runs[adaptive] = steps
+        finally:
+            compiled_kernels._adaptive_threads(True)
+    for (a, ga), (b, gb) in zip(runs[False], runs[True]):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(ga, gb)
+    w = rng.standard_normal((8, 6)).astype(np.float32)
+    for _ in range(3):                      # the third call of its kind runs on one thread
+        compiled_kernels.linear_forward(x[0], w, np.zeros(8, np.float32))
+    with pytest.raises(ValueError):
+        compiled_kernels.linear_forward(x[0], w, np.zeros(8, np.float64))
+    assert len(compiled_kernels._shard_bounds(64, 16 * 16)) == 3   # the team, uncapped
+
+
+def test_adaptive_threads_can_be_switched_off_from_the_environment(compiled_kernels, tmp_path):
+    """FASTBPTT_ADAPTIVE_THREADS=0 keeps every call on the whole team: nothing is measured."""
+    import os
+    import subprocess
+    import sys
+
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(fb.__file__)))
+    code = ("import numpy as np, fastbptt as fb\n"
+            "from fastbptt import _backend\n"
+            "m = fb.RNN(3, 8, dtype='float32')\n"
+            "for _ in range(5): m.forward(np.zeros((4, 2, 3), np.float32))\n"
+            "print(len(_backend._compiled._team_choices()))\n")
+    for value, seen in (("0", "0"), ("1", None)):
+        env = dict(os.environ, FASTBPTT_ADAPTIVE_THREADS=value, OMP_NUM_THREADS="2",
+                   PYTHONPATH=os.pathsep.join([package_parent, os.environ.get("PYTHONPATH", "")]))
+        run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr
+        if seen is not None:
+            assert run.stdout.strip() == seen
+        elif _built_with_openmp(compiled_kernels):
+            assert int(run.stdout) >= 1

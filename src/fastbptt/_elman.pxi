@@ -69,8 +69,13 @@ def elman_forward(x, h0, w_ih, w_hh, b_ih, b_hh, bint relu, batch_sizes=None):
     b_ih, b_hh (H,); batch_sizes (T,) intp or None. Returns hs (T+1, B, H): hs[0] = h0, hs[t] = s_t, the output and the
     backward's cache.
     """
+    cdef TeamCall call
     if w_ih.dtype == np.float32:
-        return _elman_forward[float](x, h0, w_ih, w_hh, b_ih, b_hh, relu, batch_sizes)
+        call = layer_call(TEAM_ELMAN_FORWARD, x, w_ih, w_hh, batch_sizes)
+        try:
+            return _elman_forward[float](x, h0, w_ih, w_hh, b_ih, b_hh, relu, batch_sizes)
+        finally:
+            team_leave(call)
     return _elman_forward[double](x, h0, w_ih, w_hh, b_ih, b_hh, relu, batch_sizes)
 
 
@@ -142,9 +147,14 @@ def elman_backward(d_out, dh_n, x, hs, w_ih, w_hh, bint relu, clip_step=None, st
     Returns (dx (T, B, I), dh0 (B, H), dw_ih (H, I), dw_hh (H, H), db (H,)); dx is None when
     not ``need_dx`` or for ids.
     """
+    cdef TeamCall call
     if d_out.dtype == np.float32:
-        return _elman_backward[float](d_out, dh_n, x, hs, w_ih, w_hh, relu, clip_step, step_norms,
-                                      batch_sizes, need_dx)
+        call = layer_call(TEAM_ELMAN_BACKWARD, d_out, w_ih, w_hh, batch_sizes)
+        try:
+            return _elman_backward[float](d_out, dh_n, x, hs, w_ih, w_hh, relu, clip_step,
+                                          step_norms, batch_sizes, need_dx)
+        finally:
+            team_leave(call)
     return _elman_backward[double](d_out, dh_n, x, hs, w_ih, w_hh, relu, clip_step, step_norms,
                                    batch_sizes, need_dx)
 

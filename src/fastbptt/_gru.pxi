@@ -145,8 +145,13 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes=None):
     Returns (hs, gates): hs (T+1, B, H) from h0; gates (T, B, 4H) r, z, n, hn of each step
     (zero in finished rows, with batch_sizes).
     """
+    cdef TeamCall call
     if w_ih.dtype == np.float32:
-        return _gru_forward[float](x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes)
+        call = layer_call(TEAM_GRU_FORWARD, x, w_ih, w_hh, batch_sizes)
+        try:
+            return _gru_forward[float](x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes)
+        finally:
+            team_leave(call)
     return _gru_forward[double](x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes)
 
 
@@ -233,9 +238,14 @@ def gru_backward(d_out, dh_n, x, hs, gates, w_ih, w_hh, clip_step=None, step_nor
     Returns (dx (T, B, I), dh0 (B, H), dw_ih (3H, I), dw_hh (3H, H), db_ih (3H,), db_hh (3H,));
     dx is None when not ``need_dx`` or for ids.
     """
+    cdef TeamCall call
     if d_out.dtype == np.float32:
-        return _gru_backward[float](d_out, dh_n, x, hs, gates, w_ih, w_hh, clip_step, step_norms,
-                                    batch_sizes, need_dx)
+        call = layer_call(TEAM_GRU_BACKWARD, d_out, w_ih, w_hh, batch_sizes)
+        try:
+            return _gru_backward[float](d_out, dh_n, x, hs, gates, w_ih, w_hh, clip_step,
+                                        step_norms, batch_sizes, need_dx)
+        finally:
+            team_leave(call)
     return _gru_backward[double](d_out, dh_n, x, hs, gates, w_ih, w_hh, clip_step, step_norms,
                                  batch_sizes, need_dx)
 

@@ -2,13 +2,15 @@
 
 Each ``def`` checks nothing the model has not checked already (bounds checks are off: the
 Python layer validates shapes, dtypes and contiguity first), allocates its outputs as
-NumPy arrays (large ones from ``_pool.pxi``), then runs all of its work in one ``with nogil:`` block.
+NumPy arrays (large ones from ``_pool.pxi``), then runs all of its work in one ``with nogil:``
+block.
 
 One compiled module per CPU build (``_kernels_avx2.pyx`` and ``_kernels_avx512.pyx`` include
 this file), written in files by concern and included here, so that every helper inlines
 into every loop of each build:
 
 * ``_pool.pxi``: large work arrays whose memory stays resident between calls;
+* ``_team.pxi``: each kind of call's team size (all threads or one), chosen by timing;
 * ``_elementwise.pxi``: tanh and σ as the loops evaluate them, row norms and clipping;
 * ``_products.pxi``: the one place that chooses how a product runs (plain loop, fastbptt's
   own packed gemm, BLAS, or BLAS transposed) and runs it, hoisted or per step;
@@ -93,6 +95,7 @@ cdef extern from *:
     int fastbptt_has_avx512() nogil
 
 include "_pool.pxi"
+include "_team.pxi"
 include "_elementwise.pxi"
 include "_products.pxi"
 include "_plans.pxi"
@@ -113,8 +116,9 @@ def _tuning(small_step=None, transposed_step=None, shard_step=None):
 
 
 def threads():
-    """How many threads the float32 kernels' OpenMP team has (OMP_NUM_THREADS, threadpoolctl)."""
-    return fb_max_threads()
+    """How many threads the float32 kernels' OpenMP team has (OMP_NUM_THREADS, threadpoolctl,
+    ``set_num_threads``); a call runs on all of them or, where that measures faster, one."""
+    return fb_team_threads()
 
 
 def cpu_features():
@@ -129,8 +133,13 @@ def cpu_features():
 
 def linear_forward(x, w, b):
     """y = x wᵀ + b: x (M, K), w (N, K), b (N,) -> y (M, N)."""
+    cdef TeamCall call
     if x.dtype == np.float32:
-        return _linear_forward[float](x, w, b)
+        call = team_enter(TEAM_LINEAR_FORWARD, x.shape[0], x.shape[1], w.shape[0], 0, False)
+        try:
+            return _linear_forward[float](x, w, b)
+        finally:
+            team_leave(call)
     return _linear_forward[double](x, w, b)
 
 
@@ -148,8 +157,13 @@ cdef object _linear_forward(const floating[:, ::1] x, const floating[:, ::1] w, 
 
 def linear_backward(dy, x, w):
     """Gradients of y = x wᵀ + b: dy (M, N), x (M, K) -> (dx (M, K), dw (N, K), db (N,))."""
+    cdef TeamCall call
     if dy.dtype == np.float32:
-        return _linear_backward[float](dy, x, w)
+        call = team_enter(TEAM_LINEAR_BACKWARD, dy.shape[0], dy.shape[1], x.shape[1], 0, False)
+        try:
+            return _linear_backward[float](dy, x, w)
+        finally:
+            team_leave(call)
     return _linear_backward[double](dy, x, w)
 
 

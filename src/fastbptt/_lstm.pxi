@@ -141,8 +141,13 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes=None):
     Returns (hs, cs, gates): hs, cs (T+1, B, H) from h0, c0; gates (T, B, 4H) the
     activations i, f, g, o of each step (zero in finished rows, with batch_sizes).
     """
+    cdef TeamCall call
     if w_ih.dtype == np.float32:
-        return _lstm_forward[float](x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes)
+        call = layer_call(TEAM_LSTM_FORWARD, x, w_ih, w_hh, batch_sizes)
+        try:
+            return _lstm_forward[float](x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes)
+        finally:
+            team_leave(call)
     return _lstm_forward[double](x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes)
 
 
@@ -223,9 +228,14 @@ def lstm_backward(d_out, dh_n, dc_n, x, hs, cs, gates, w_ih, w_hh, clip_step=Non
     Returns (dx (T, B, I), dh0 (B, H), dc0 (B, H), dw_ih (4H, I), dw_hh (4H, H), db (4H,));
     dx is None when not ``need_dx`` or for ids.
     """
+    cdef TeamCall call
     if d_out.dtype == np.float32:
-        return _lstm_backward[float](d_out, dh_n, dc_n, x, hs, cs, gates, w_ih, w_hh,
-                                     clip_step, step_norms, batch_sizes, need_dx)
+        call = layer_call(TEAM_LSTM_BACKWARD, d_out, w_ih, w_hh, batch_sizes)
+        try:
+            return _lstm_backward[float](d_out, dh_n, dc_n, x, hs, cs, gates, w_ih, w_hh,
+                                         clip_step, step_norms, batch_sizes, need_dx)
+        finally:
+            team_leave(call)
     return _lstm_backward[double](d_out, dh_n, dc_n, x, hs, cs, gates, w_ih, w_hh,
                                   clip_step, step_norms, batch_sizes, need_dx)
 

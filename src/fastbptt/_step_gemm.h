@@ -54,12 +54,28 @@
 typedef float fb_vf __attribute__((vector_size(FB_VW * 4)));                 /* aligned */
 typedef float fb_vfu __attribute__((vector_size(FB_VW * 4), aligned(4)));    /* unaligned */
 
-static int fb_max_threads(void) {
+/* The calling thread's cap on its team for the current kernel call (0: none; _team.pxi). */
+static __thread int fb_thread_cap = 0;
+
+/* The team size OpenMP gives the calling thread's parallel regions (OMP_NUM_THREADS,
+   threadpoolctl, set_num_threads), before any cap. */
+static int fb_team_threads(void) {
 #ifdef _OPENMP
     return omp_get_max_threads();
 #else
     return 1;
 #endif
+}
+
+/* How many threads this call's products and loops share: the team, or fewer when capped. */
+static int fb_max_threads(void) {
+    int n = fb_team_threads();
+    return fb_thread_cap > 0 && fb_thread_cap < n ? fb_thread_cap : n;
+}
+
+/* Cap the calling thread's team at n threads for what it runs next (0 lifts the cap). */
+static void fb_cap_threads(int n) {
+    fb_thread_cap = n;
 }
 
 /* Set the team size of the calling thread's later parallel regions (every build of the
@@ -231,7 +247,9 @@ static void fb_block(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t p0, ptrdiff_t p1, ptr
  *   the row-major array at a);
  *   B (k x n): packed by fb_pack or fb_pack_transposed with this n and k.
  * threads > 1 shares the work among that many OpenMP threads: blocks of FB_MC rows when
- * there are enough of them, else the panels (a time step's few batch rows). */
+ * there are enough of them, else one range of rows per thread when the panels are few too,
+ * else the panels (a time step's few batch rows against many weights). Row ranges start at
+ * whole register tiles, so each element is tiled, and summed, as on one thread. */
 static void fb_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrdiff_t lda,
                     int a_transposed, const float* packed, float* c, ptrdiff_t ldc,
                     int accumulate, int threads) {
@@ -251,6 +269,19 @@ static void fb_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrdi
             ptrdiff_t i1 = (blk + 1) * FB_MC < m ? (blk + 1) * FB_MC : m;
             fb_block(blk * FB_MC, i1, 0, panels, n, k, a, lda, a_transposed, packed, c, ldc,
                      accumulate);
+        }
+    } else if (threads > 1 && panels < 2 * threads && m >= 2 * FB_MR * threads) {
+        /* Few panels and few row blocks (a weight gradient δᵀ x with I <= 32 is one panel of
+           128 rows): one range of whole register tiles of rows per thread. */
+        ptrdiff_t tiles = (m + FB_MR - 1) / FB_MR, per = (tiles + threads - 1) / threads;
+#ifdef _OPENMP
+        #pragma omp parallel for schedule(static) num_threads(threads)
+#endif
+        for (int t = 0; t < threads; t++) {
+            ptrdiff_t i0 = t * per * FB_MR, i1 = i0 + per * FB_MR < m ? i0 + per * FB_MR : m;
+            if (i0 < i1)
+                fb_block(i0, i1, 0, panels, n, k, a, lda, a_transposed, packed, c, ldc,
+                         accumulate);
         }
     } else if (threads > 1 && panels > 1) {
         if (threads > panels) threads = (int)panels;

@@ -493,20 +493,21 @@ class RNN:
         # the gradients go into their slots of one buffer, laid out as flat_params, as soon as
         # they are final (in the last segment swept, the first in time): the readout's first,
         # then each layer's, top first, so that _on_final can start reducing them early
-        flat = np.empty(self._layout.size, dtype=self.dtype)
-        slots = {name: (start, stop) for name, start, stop, _ in self._layout.slots}
+        # (without _on_final, one concatenation at the end does it: fewer calls)
+        if _on_final is not None:
+            flat = np.empty(self._layout.size, dtype=self.dtype)
+            slots = {name: (start, stop) for name, start, stop, _ in self._layout.slots}
         copied = set()
 
         def final(names):
             names = [name for name in names if name in grads]
-            if not names:
+            if _on_final is None or not names:
                 return
             for name in names:
                 start, stop = slots[name]
                 flat[start:stop] = grads[name].reshape(-1)
                 copied.add(name)
-            if _on_final is not None:
-                _on_final(flat, min(slots[n][0] for n in names), max(slots[n][1] for n in names))
+            _on_final(flat, min(slots[n][0] for n in names), max(slots[n][1] for n in names))
 
         def layer_done(k):
             final([name for d in range(D) for name in self._stack._names(k * D + d)])
@@ -527,7 +528,7 @@ class RNN:
                 d_top = d_top.reshape(stop - start, B, D * H)
                 accumulate("weight_out", dw)
                 accumulate("bias_out", db)
-            last = seg is cache.segments[0]
+            last = _on_final is not None and seg is cache.segments[0]
             if last:
                 final(("weight_out", "bias_out"))
             d_top = self._stack.backward(params, run, d_top, carry, seg.batch_sizes, flip, clip_step,
@@ -548,10 +549,13 @@ class RNN:
             carry = packing.unsort(carry, axis=2)
             if norms is not None:
                 norms = packing.unsort(norms, axis=2)
-        for name in self._shapes:
-            if name not in copied:
-                start, stop = slots[name]
-                flat[start:stop] = grads[name].reshape(-1)
+        if _on_final is None:  # one buffer, laid out as flat_params, in one copy
+            flat = np.concatenate([grads[name].reshape(-1) for name in self._shapes])
+        else:
+            for name in self._shapes:
+                if name not in copied:
+                    start, stop = slots[name]
+                    flat[start:stop] = grads[name].reshape(-1)
         params = FlatArrays(flat, self._layout, "g.params")
         return Gradients(params=params, x=d_x, h0=self._state_out(carry), step_norms=norms, flat=flat)
 

@@ -82,13 +82,24 @@ def run_mpi(*args, n=2):
 # --------------------------------------------------------------------------- two ranks, one process
 
 
-@pytest.fixture(scope="module")
-def sharded(tmp_path_factory):
-    """Every case trained by 2 ranks on their halves: [rank 0's arrays, rank 1's]."""
+def _train_shards(tmp_path_factory, overlap):
     out_dir = tmp_path_factory.mktemp("mpi")
-    code, out, err, _ = run_mpi(HERE / "train_shards.py", out_dir)
+    code, out, err, _ = run_mpi(HERE / "train_shards.py", *(["--overlap"] if overlap else []), out_dir)
     assert code == 0, f"train_shards.py failed ({code}):\n{out}\n{err}"
     return [dict(np.load(out_dir / f"rank{r}.npz")) for r in range(2)]
+
+
+_runs = {}
+
+
+@pytest.fixture(scope="module", params=["overlap_off", "overlap_on"])
+def sharded(request, tmp_path_factory):
+    """Every case trained by 2 ranks on their halves, the reduction after backward or
+    overlapped with it: [rank 0's arrays, rank 1's]."""
+    overlap = request.param == "overlap_on"
+    if overlap not in _runs:
+        _runs[overlap] = _train_shards(tmp_path_factory, overlap)
+    return _runs[overlap]
 
 
 @needs_mpi
@@ -110,6 +121,21 @@ def test_every_rank_ends_with_the_same_bits(sharded, name):
     assert keys and set(keys) == {k for k in sharded[1] if k.startswith(f"{name}/")}
     for key in keys:
         np.testing.assert_array_equal(sharded[1][key], sharded[0][key], err_msg=key)
+
+
+@needs_mpi
+@pytest.mark.parametrize("name", cases.OVERLAP_CASES)
+def test_the_overlapped_reduction_gives_the_bits_of_the_one_after_backward_on_every_rank(
+        tmp_path_factory, name):
+    for overlap in (False, True):
+        if overlap not in _runs:
+            _runs[overlap] = _train_shards(tmp_path_factory, overlap)
+    keys = [k for k in _runs[False][0] if k.startswith(f"{name}/")]
+    assert keys
+    for rank in (0, 1):
+        for key in keys:
+            np.testing.assert_array_equal(_runs[True][rank][key], _runs[False][rank][key],
+                                          err_msg=f"rank {rank} {key}")
 
 
 @needs_mpi
@@ -182,6 +208,15 @@ def test_a_rank_that_raises_ends_the_job_non_zero_within_seconds_with_its_error(
     assert code != 0
     assert seconds < ABORT_SECONDS, f"the job took {seconds:.0f} s to end"
     assert "rank 1 of 2 failed" in err and "ValueError: x must have shape" in err, err
+    assert "finished" not in out
+
+
+@needs_mpi
+def test_a_rank_that_raises_in_backward_with_reductions_in_flight_ends_the_job_within_seconds():
+    code, out, err, seconds = run_mpi(HERE / "failures.py", "raise_in_backward_overlap")
+    assert code != 0
+    assert seconds < ABORT_SECONDS, f"the job took {seconds:.0f} s to end"
+    assert "rank 1 of 2 failed" in err and "injected failure with 2 reductions in flight" in err, err
     assert "finished" not in out
 
 

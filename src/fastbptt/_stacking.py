@@ -87,12 +87,13 @@ class Stack:
         return StackRun(inputs, reversed_inputs, runs, layer_in)
 
     def backward(self, params, run, d_top, carry, sizes, flip, clip_step, norms, accumulate,
-                 input_grad=True):
+                 input_grad=True, layer_done=None):
         """Backpropagate d_top (T, B, D·H), ∂E/∂top, through every layer of ``run``.
 
         carry (S, D·L, B, H): ∂E/∂(final states) on entry, ∂E/∂(initial states) on return
         (updated in place). norms: None, or (D·L, T, B) to fill with ‖∂E/∂h_t‖.
-        accumulate(name, value) receives every parameter gradient. Returns ∂E/∂x (T, B, I),
+        accumulate(name, value) receives every parameter gradient; layer_done(k), when given,
+        is called once layer k's (every direction's) have all been given. Returns ∂E/∂x (T, B, I),
         or None when not ``input_grad`` (the kernels then skip the first layer's dx) or when
         x is ids (T, B).
         """
@@ -120,6 +121,8 @@ class Stack:
                     d_in = dx if d_in is None else d_in + dx
                 for name, value in zip(names, (g.dw_ih, g.dw_hh, g.db_ih, g.db_hh)):
                     accumulate(name, value)
+            if layer_done is not None:
+                layer_done(k)
             d_top = d_in
         return d_top
 

@@ -432,7 +432,8 @@ class RNN:
         return self._kernels.linear_forward(
             top.reshape(T * B, F), params["weight_out"], params["bias_out"]).reshape(T, B, self.output_size)
 
-    def backward(self, d_out, d_h_n=None, clip_step=None, step_norms=False, input_grad=True):
+    def backward(self, d_out, d_h_n=None, clip_step=None, step_norms=False, input_grad=True,
+                 _on_final=None):
         """Backpropagate through the last forward call.
 
         d_out: ∂E/∂out, the shape of forward's ``out``; d_h_n: ∂E/∂h_n shaped like h_n, or None.
@@ -444,6 +445,12 @@ class RNN:
             which training never needs. Ids have no ∂E/∂x: ``g.x`` is None for them.
         Returns :class:`Gradients`. Gradients are taken at the parameters forward ran with,
         whatever was written into ``model.params`` since.
+
+        _on_final (private, for ``distributed``): called as ``_on_final(flat, start, stop)``
+        each time ``flat[start:stop]`` holds final gradients, while backward goes on below:
+        the readout's, then each layer's (its directions adjacent in ``flat``), top first;
+        ``flat`` is the buffer ``g.flat`` will be. The embedding's and anything not yet
+        given are final when backward returns.
         """
         cache = self._cache
         if cache is None:
@@ -483,6 +490,28 @@ class RNN:
             else:
                 grads[name] = value
 
+        # the gradients go into their slots of one buffer, laid out as flat_params, as soon as
+        # they are final (in the last segment swept, the first in time): the readout's first,
+        # then each layer's, top first, so that _on_final can start reducing them early
+        # (without _on_final, one concatenation at the end does it: fewer calls)
+        if _on_final is not None:
+            flat = np.empty(self._layout.size, dtype=self.dtype)
+            slots = {name: (start, stop) for name, start, stop, _ in self._layout.slots}
+        copied = set()
+
+        def final(names):
+            names = [name for name in names if name in grads]
+            if _on_final is None or not names:
+                return
+            for name in names:
+                start, stop = slots[name]
+                flat[start:stop] = grads[name].reshape(-1)
+                copied.add(name)
+            _on_final(flat, min(slots[n][0] for n in names), max(slots[n][1] for n in names))
+
+        def layer_done(k):
+            final([name for d in range(D) for name in self._stack._names(k * D + d)])
+
         d_x = None
         if want_dx and len(cache.segments) > 1:
             d_x = np.empty(x.shape, dtype=self.dtype)
@@ -499,9 +528,12 @@ class RNN:
                 d_top = d_top.reshape(stop - start, B, D * H)
                 accumulate("weight_out", dw)
                 accumulate("bias_out", db)
+            last = _on_final is not None and seg is cache.segments[0]
+            if last:
+                final(("weight_out", "bias_out"))
             d_top = self._stack.backward(params, run, d_top, carry, seg.batch_sizes, flip, clip_step,
                                          None if norms is None else norms[:, start:stop], accumulate,
-                                         want_dx)
+                                         want_dx, layer_done if last else None)
             if want_dx and d_x is None:
                 d_x = d_top
             elif want_dx:
@@ -517,8 +549,13 @@ class RNN:
             carry = packing.unsort(carry, axis=2)
             if norms is not None:
                 norms = packing.unsort(norms, axis=2)
-        # one buffer, laid out as flat_params, in one copy
-        flat = np.concatenate([grads[name].reshape(-1) for name in self._shapes])
+        if _on_final is None:  # one buffer, laid out as flat_params, in one copy
+            flat = np.concatenate([grads[name].reshape(-1) for name in self._shapes])
+        else:
+            for name in self._shapes:
+                if name not in copied:
+                    start, stop = slots[name]
+                    flat[start:stop] = grads[name].reshape(-1)
         params = FlatArrays(flat, self._layout, "g.params")
         return Gradients(params=params, x=d_x, h0=self._state_out(carry), step_norms=norms, flat=flat)
 

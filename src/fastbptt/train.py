@@ -345,7 +345,11 @@ def _train_batch(model, x, target, lengths, h0, loss_fn, last_step, bptt, optimi
         if not math.isfinite(value):
             raise _NonFinite(f"the loss became {value} at batch {step} (steps {prev_end}..{end})")
         total += value
-        g = model.backward(d_out, clip_step=clip_step, input_grad=False)
+        hook = run.backward_hook() if run is not None else None
+        if hook is None:
+            g = model.backward(d_out, clip_step=clip_step, input_grad=False)
+        else:  # the reduction of each layer's gradients starts as soon as they are final
+            g = model.backward(d_out, clip_step=clip_step, input_grad=False, _on_final=hook)
         if run is not None:
             run.reduce(g)
         if not model.all_finite(g.flat):  # one scan of the whole buffer; the name if it fails

@@ -32,6 +32,12 @@ def _one_hot(rng, b, last_step):
     return x, y
 
 
+def _ids(rng, b, last_step):
+    x = rng.integers(0, V, size=(T, b))
+    y = rng.integers(0, O, size=(b,) if last_step else (T, b))
+    return x, y
+
+
 def _lengths(rng, b):
     lengths = rng.integers(1, T + 1, size=b)
     lengths[0] = T
@@ -60,8 +66,18 @@ CASES = {
     "bptt_last_step": (dict(cell="tanh"), dict(loss="mse", bptt=(2, 4), last_step=True), "floats", False),
     "carry_state_one_hot": (dict(cell="gru", input_size=V), dict(loss="cross_entropy", carry_state=True,
                                                              bptt=(4, 4)), "one_hot", False),
+    # the overlapped reduction's segments: readout, layer 1's two directions, layer 0's,
+    # and (embedding) a part backward leaves to the end
+    **{f"deep_bidirectional_{cell}": (dict(cell=cell, num_layers=2, bidirectional=True),
+                                      dict(loss="mse", clip_norm=1.0), "floats", False)
+       for cell in ("tanh", "relu", "lstm", "gru")},
+    "deep_bidirectional_embedding_lstm": (dict(cell="lstm", input_size=V, embedding_size=3, num_layers=2,
+                                               bidirectional=True), dict(loss="cross_entropy"), "ids", True),
 }
-DATA = {"floats": _floats, "labels": _labels, "one_hot": _one_hot}
+DATA = {"floats": _floats, "labels": _labels, "one_hot": _one_hot, "ids": _ids}
+
+# the cases whose reduction overlap on and off must give the same bits
+OVERLAP_CASES = [name for name in CASES if name.startswith("deep_bidirectional_")]
 
 
 def model(name):

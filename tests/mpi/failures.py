@@ -8,6 +8,8 @@ mismatch_check: rank 1's model has another hidden size; check_same_model raises 
     rank, which prints "rank R refused: MESSAGE" and exits 0.
 mismatch_fit: the same models given to fit: the job ends non-zero with the message.
 ran_out: rank 1 has one batch fewer than rank 0.
+raise_in_backward_overlap: with the overlapped reduction, rank 1 raises inside its third
+    backward, right after starting the reduction of its top layer (requests in flight).
 """
 import sys
 from pathlib import Path
@@ -47,6 +49,22 @@ elif mode in ("mismatch_check", "mismatch_fit"):
 elif mode == "ran_out":
     fb.train.fit(model, batches[:-1] if rank == 1 else batches, steps=cases.STEPS,
                  optimizer=optimizer, progress=False, comm=comm)
+elif mode == "raise_in_backward_overlap":
+    distributed.OVERLAP = True
+    name = "deep_bidirectional_gru"
+    batches = list(distributed.shard_batches(cases.global_batches(name), comm))
+    model = cases.model(name)
+    if rank == 1:
+        post, calls = distributed._Overlap.__call__, []
+
+        def failing(self, flat, start, stop):
+            post(self, flat, start, stop)
+            calls.append(start)
+            if len(calls) == 5:  # the third backward's layer 1, after the readout's
+                raise RuntimeError(f"injected failure with {len(self.requests)} reductions in flight")
+        distributed._Overlap.__call__ = failing
+    fb.train.fit(model, batches, steps=cases.STEPS, optimizer=fb.optim.SGD(model.params, lr=0.1),
+                 progress=False, comm=comm)
 else:
     sys.exit(f"unknown mode {mode!r}")
 print(f"rank {rank} finished", flush=True)

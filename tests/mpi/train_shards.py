@@ -1,7 +1,9 @@
 """Under mpiexec: every case of cases.py trained with each rank on its block of every
 batch; each rank writes its final parameters and history to OUTDIR/rank{r}.npz.
 
-    mpiexec -n 2 python tests/mpi/train_shards.py OUTDIR [CASE ...]
+    mpiexec -n 2 python tests/mpi/train_shards.py [--overlap] OUTDIR [CASE ...]
+
+--overlap: fit reduces each layer's gradients while backward computes the layers below.
 """
 import sys
 from pathlib import Path
@@ -15,8 +17,11 @@ import cases  # noqa: E402
 from fastbptt import distributed  # noqa: E402
 
 comm = MPI.COMM_WORLD
-out_dir = Path(sys.argv[1])
-names = sys.argv[2:] or list(cases.CASES)
+args = sys.argv[1:]
+distributed.OVERLAP = args[0] == "--overlap"
+args = args[1:] if distributed.OVERLAP else args
+out_dir = Path(args[0])
+names = args[1:] or list(cases.CASES)
 arrays = {}
 for name in names:
     last_step = cases.CASES[name][1].get("last_step", False)

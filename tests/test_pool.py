@@ -55,8 +55,8 @@ def test_memory_released_by_one_model_is_taken_by_the_next(rng, compiled_backend
 
 
 def test_tracemalloc_counts_the_pooled_arrays_that_are_alive(rng, compiled_backend):
-    """A forward's cache from the pool shows in tracemalloc's traced memory while alive, and
-    leaves it when released, as NumPy's own allocations do."""
+    """A forward's cache from the pool shows in tracemalloc's traced memory while alive, as
+    NumPy's own allocations do."""
     model, x = lstm_and_input(rng, compiled_backend)
     out, _ = model.forward(x)                      # warm the pool
     del out

@@ -1,9 +1,8 @@
 """fastbptt's own float32 gemm (``_step_gemm.h``), in every compiled build this CPU runs.
 
-The float32 kernels run their larger products on it: the hoisted ones above 256K
-multiply-adds through ``matmul`` (B packed FB_KB = 1024 of its rows at a time; smaller ones
-go to OpenBLAS, on the calling thread), the per-step ones through ``fb_gemm`` on weights
-packed once. ``_matmul`` reaches the own gemm at every size, so that these tests cover it;
+The float32 kernels run their products on it: the hoisted ones of every size through
+``matmul`` (B packed FB_KB = 1024 of its rows at a time), the per-step ones through
+``fb_gemm`` on weights packed once. ``_matmul`` reaches the own gemm at every size, so that these tests cover it;
 ``_matmul_path`` says where the kernels' own products of a size run. Its tiles differ per build (8 rows of 2x16 floats with AVX-512, 6 rows of
 2x8 with AVX2, 2x4 in the baseline), so the shapes here cross every tile edge: rows and
 columns not a multiple of a tile, k past a packing block, enough rows to share row blocks among
@@ -91,12 +90,11 @@ def test_matmul_float64_goes_to_blas(level, shape, assert_close):
     assert_close(BUILDS[level]._matmul(a, b, True, False), a.T @ b, np.float64, "a.T @ b")
 
 
-# (m, n, k) either side of 256K multiply-adds, OpenBLAS's one-thread limit
+# (m, n, k): the char-RNN's smallest, one row, and the largest hoisted product of the benchmarks
 @pytest.mark.parametrize("level", LEVELS)
-@pytest.mark.parametrize("shape, path", [((64, 64, 64), "blas"), ((1, 100, 100), "blas"),
-                                         ((65, 64, 64), "own gemm"), ((3200, 2048, 256), "own gemm")],
-                         ids=["64x64x64", "1x100x100", "65x64x64", "3200x2048x256"])
-def test_float32_products_above_blas_one_thread_run_on_own_gemm(level, shape, path):
-    """float32 products of at most 256K multiply-adds go to OpenBLAS (it runs them on the
-    calling thread, its pool asleep); larger ones to the own gemm."""
-    assert BUILDS[level]._matmul_path(np.float32, *shape) == path
+@pytest.mark.parametrize("shape", [(1, 1, 1), (25, 65, 100), (1, 100, 100), (3200, 2048, 256)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_float32_products_of_every_size_run_on_own_gemm(level, shape):
+    """float32 products never go to OpenBLAS, small or large: its idle pool would spin beside
+    the kernels' own team."""
+    assert BUILDS[level]._matmul_path(np.float32, *shape) == "own gemm"

@@ -30,9 +30,8 @@ Where the speed comes from:
 * float32 products run on fastbptt's own gemm (``_step_gemm.h``, register-tiled, vectorised
   for each build, on an OpenMP team): the time loop's weights are packed once per call rather
   than by BLAS at every step, and one thread team serves every product (OpenBLAS's idle
-  threads spin after each call and would halve any other team's speed). Products of at
-  most 256K multiply-adds go to OpenBLAS, which runs them on the calling thread. float64,
-  the checking dtype, runs on scipy's BLAS.
+  threads spin after each call and would halve any other team's speed), the smallest too.
+  float64, the checking dtype, runs on scipy's BLAS.
 * float32 time loops with few recurrent weights run in shards of the batch, one per thread
   (``_shards``; the ``*_rows`` functions are the loops over a range of rows): rows never
   meet in a time loop, so the shards never wait for each other.

@@ -3,9 +3,9 @@
 # Two kinds of product, two choosers:
 #
 # * Hoisted products (the input projection before a time loop; dx, dW_ih, dW_hh after the
-#   backward sweep; the linear layer): ``matmul``, by size. float32 on fastbptt's own gemm
-#   (``_step_gemm.h``, B packed as it goes) above BLAS_ONE_THREAD multiply-adds, on OpenBLAS
-#   at or below it; float64 on BLAS (``matmul_on_blas``; ``_matmul_path`` reports it).
+#   backward sweep; the linear layer): ``matmul``, by dtype. float32 on fastbptt's own gemm
+#   (``_step_gemm.h``, B packed as it goes) at every size; float64 on BLAS (``_matmul_path``
+#   reports it).
 # * The per-step recurrent product of a time loop: ``step_path`` picks one of four
 #   ``ProductPath``s once per kernel call (``plan_loop`` in _plans.pxi stores it in the
 #   loop's ``StepProduct``; ``_step_path`` reports it) and ``step_product`` runs it at every
@@ -32,11 +32,6 @@ cdef long SMALL_STEP = 32 * 1024
 # (``gemm_into_transposed``) and a transposed add into place; below it the plain row-major
 # gemm is as fast or faster (32x128 @ 128x128: 105 against 90 GFLOP/s).
 cdef long TRANSPOSED_STEP = 48 * 1024
-
-# OpenBLAS runs a gemm of at most this many multiply-adds on the calling thread alone
-# (SMP_THRESHOLD_MIN · GEMM_MULTITHREAD_THRESHOLD in its interface/gemm.c), never waking its
-# pool; the float32 kernels leave such products to it (``matmul``).
-cdef double BLAS_ONE_THREAD = 65536 * 4
 
 # A single sequence's (B = 1) per-step product over a gated cell's W_hh runs in a plain loop
 # up to this many multiply-adds (G·H·H), and by a gemm above it or for B > 1: backward,
@@ -213,41 +208,24 @@ cdef void transpose_tiles(const floating* s, floating* c, Py_ssize_t m, Py_ssize
                     c[(i0 + ii) * n + j0 + jj] = buf[ii][jj]
 
 
-cdef inline bint matmul_on_blas(bint is_double, Py_ssize_t m, Py_ssize_t n,
-                                Py_ssize_t k) noexcept nogil:
-    """Whether ``matmul`` runs this product on BLAS (else on the own gemm)."""
-    return is_double or <double> m * n * k <= BLAS_ONE_THREAD
-
-
-cdef inline void own_or_blas(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n,
-                             Py_ssize_t k, const floating* a, Py_ssize_t lda, const floating* b,
-                             Py_ssize_t ldb, bint accumulate, floating* c,
-                             Py_ssize_t ldc) noexcept nogil:
-    """``matmul`` with float32 on the own gemm at every size (``matmul`` calls it above
-    BLAS_ONE_THREAD, the tests of the gemm at any size); float64 on BLAS."""
-    if floating is float:
-        if fb_matmul(m, n, k, a, lda, trans_a, b, ldb, trans_b, c, ldc, accumulate) == 0:
-            return
-    gemm(trans_a, trans_b, m, n, k, 1, a, lda, b, ldb, 1 if accumulate else 0, c, ldc)
-
-
 cdef inline void matmul(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                         const floating* a, Py_ssize_t lda, const floating* b, Py_ssize_t ldb,
                         bint accumulate, floating* c, Py_ssize_t ldc) noexcept nogil:
     """c (m, n) = op(a) @ op(b), or += when accumulate; row-major operands as in ``gemm``.
 
-    float32 runs on fastbptt's own gemm (``_step_gemm.h``), so that one thread team (OpenMP's)
-    serves the hoisted products and the time loop's: OpenBLAS's idle threads spin for a long
-    while after each call and halve the speed of any other team that runs meanwhile. Except
-    products of at most BLAS_ONE_THREAD multiply-adds: OpenBLAS runs those in the calling
-    thread, its pool left asleep, and sooner than the own gemm can pack its operand (the
-    char-RNN backward's three: 27.6 µs against 37.1). float64 (and float32 in the unlikely
-    case its packing buffer cannot be allocated) runs on BLAS.
+    float32 runs on fastbptt's own gemm (``_step_gemm.h``) at every size, so that one thread
+    team (OpenMP's) serves the hoisted products and the time loop's: OpenBLAS's idle threads
+    spin for a long while after each call and halve the speed of any other team that runs
+    meanwhile. The small ones too: with its packing vectorised the own gemm runs the char-RNN's
+    products (25 rows by 65-100 by 65-100) in 3-4.5 µs, as soon as or sooner than OpenBLAS
+    on the calling thread, and the whole char-RNN and adding-problem updates 2-6 % faster
+    than with those left to OpenBLAS. float64 (and float32 in the unlikely case the packing
+    buffer cannot be allocated) runs on BLAS.
     """
-    if matmul_on_blas(floating is double, m, n, k):
-        gemm(trans_a, trans_b, m, n, k, 1, a, lda, b, ldb, 1 if accumulate else 0, c, ldc)
-    else:
-        own_or_blas(trans_a, trans_b, m, n, k, a, lda, b, ldb, accumulate, c, ldc)
+    if floating is float:
+        if fb_matmul(m, n, k, a, lda, trans_a, b, ldb, trans_b, c, ldc, accumulate) == 0:
+            return
+    gemm(trans_a, trans_b, m, n, k, 1, a, lda, b, ldb, 1 if accumulate else 0, c, ldc)
 
 
 cdef inline void weight_gradients(const floating* d_in, const floating* d_rec,
@@ -415,7 +393,7 @@ cdef object _matmul_typed(const floating[:, ::1] a, const floating[:, ::1] b, bi
     cdef const floating* bp = &b[0, 0] if b.shape[0] and b.shape[1] else NULL
     if m and n:
         with nogil:
-            own_or_blas(trans_a, trans_b, m, n, k, ap, a.shape[1], bp, b.shape[1], accumulate,
+            matmul(trans_a, trans_b, m, n, k, ap, a.shape[1], bp, b.shape[1], accumulate,
                         &out[0, 0], n)
     return out_arr
 
@@ -440,7 +418,7 @@ def _matmul_path(dtype, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k):
     """Where the kernels' hoisted product of this size, (m, k) @ (k, n), runs: "blas" or
     "own gemm" (``matmul``'s choice; the own gemm falls back to BLAS only if its packing
     buffer cannot be allocated): for the tests."""
-    return "blas" if matmul_on_blas(np.dtype(dtype) == np.float64, m, n, k) else "own gemm"
+    return "blas" if np.dtype(dtype) == np.float64 else "own gemm"
 
 
 def _step_path(dtype, Py_ssize_t gates, Py_ssize_t B, Py_ssize_t H, bint backward):

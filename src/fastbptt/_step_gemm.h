@@ -1,6 +1,5 @@
-/* fastbptt's own float32 gemm: the float32 kernels' per-step products, and their hoisted
- * products of more than 256K multiply-adds (smaller ones go to OpenBLAS, which runs them on
- * the calling thread; ``matmul`` in _products.pxi chooses).
+/* fastbptt's own float32 gemm: the float32 kernels' per-step products and their hoisted
+ * products, every size (``matmul`` in _products.pxi; float64 goes to BLAS).
  *
  *     C (m x n, row-major, ldc)  =  or  +=  op(A) (m x k) . B (k x n)
  *
@@ -93,29 +92,74 @@ static size_t fb_packed_size(ptrdiff_t n, ptrdiff_t k) {
     return (size_t)((n + FB_NR - 1) / FB_NR) * (size_t)k * FB_NR;
 }
 
+/* A square tile of FB_VW x FB_VW floats, one row a vector, transposed in registers: four
+ * (AVX-512), three (AVX) or two (baseline) rounds, round s exchanging bit s of the row and
+ * column indices between the rows r and r + s (r & s == 0) with two two-vector shuffles. */
+#define FB_LIST(...) __VA_ARGS__
+#define FB_XCHG(S, LO, HI)                                                                  \
+    for (int r = 0; r < FB_VW; r++)                                                         \
+        if (!(r & (S))) {                                                                   \
+            fb_vf lo = __builtin_shufflevector(t[r], t[r + (S)], FB_LIST LO);               \
+            fb_vf hi = __builtin_shufflevector(t[r], t[r + (S)], FB_LIST HI);               \
+            t[r] = lo;                                                                      \
+            t[r + (S)] = hi;                                                                \
+        }
+static inline __attribute__((always_inline)) void fb_transpose_tile(fb_vf* t) {
+#if FB_VW == 16
+    FB_XCHG(8, (0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23),
+               (8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31))
+    FB_XCHG(4, (0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27),
+               (4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31))
+    FB_XCHG(2, (0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29),
+               (2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31))
+    FB_XCHG(1, (0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30),
+               (1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31))
+#elif FB_VW == 8
+    FB_XCHG(4, (0, 1, 2, 3, 8, 9, 10, 11),
+               (4, 5, 6, 7, 12, 13, 14, 15))
+    FB_XCHG(2, (0, 1, 8, 9, 4, 5, 12, 13),
+               (2, 3, 10, 11, 6, 7, 14, 15))
+    FB_XCHG(1, (0, 8, 2, 10, 4, 12, 6, 14),
+               (1, 9, 3, 11, 5, 13, 7, 15))
+#else
+    FB_XCHG(2, (0, 1, 4, 5),
+               (2, 3, 6, 7))
+    FB_XCHG(1, (0, 4, 2, 6),
+               (1, 5, 3, 7))
+#endif
+}
+#undef FB_XCHG
+#undef FB_LIST
+
 /* Pack B = Wᵀ, W (n x k) row-major with leading dimension ldw: out[p][kk][j] = W[p*NR + j][kk].
- * In blocks of 64 of k, so a block's destination (64 x NR floats) stays in L1 while the NR
- * source rows are each read contiguously. Panels are shared among threads. */
+ * A panel is FB_NV column strips of FB_VW of W's rows; each strip is read FB_VW x FB_VW floats
+ * at a time (a vector from each row: contiguous loads), transposed in registers and stored as
+ * FB_VW aligned vectors of the panel's rows kk. Rows past n are zero; the last k % FB_VW
+ * columns are copied one by one. Panels are shared among threads. */
 static void fb_pack_transposed(const float* w, ptrdiff_t n, ptrdiff_t k, ptrdiff_t ldw,
                                float* out, int threads) {
-    ptrdiff_t panels = (n + FB_NR - 1) / FB_NR;
+    ptrdiff_t panels = (n + FB_NR - 1) / FB_NR, k0 = k - k % FB_VW;
     if (threads > panels) threads = (int)panels;
 #ifdef _OPENMP
     #pragma omp parallel for schedule(static) num_threads(threads) if(threads > 1 && n * k >= 65536)
 #endif
     for (ptrdiff_t p = 0; p < panels; p++) {
         float* dst = out + (size_t)p * k * FB_NR;
-        for (ptrdiff_t k0 = 0; k0 < k; k0 += 64) {
-            ptrdiff_t k1 = k0 + 64 < k ? k0 + 64 : k;
-            for (ptrdiff_t j = 0; j < FB_NR; j++) {
-                ptrdiff_t row = p * FB_NR + j;
-                if (row < n) {
-                    const float* src = w + row * ldw;
-                    for (ptrdiff_t kk = k0; kk < k1; kk++) dst[kk * FB_NR + j] = src[kk];
-                } else {
-                    for (ptrdiff_t kk = k0; kk < k1; kk++) dst[kk * FB_NR + j] = 0.0f;
-                }
+        for (int v = 0; v < FB_NV; v++) {
+            ptrdiff_t row0 = p * FB_NR + v * FB_VW;
+            ptrdiff_t rows = n - row0 < FB_VW ? (n - row0 > 0 ? n - row0 : 0) : FB_VW;
+            for (ptrdiff_t kk = 0; kk < k0; kk += FB_VW) {
+                fb_vf t[FB_VW];
+                for (int r = 0; r < FB_VW; r++)
+                    t[r] = r < rows ? (fb_vf)*(const fb_vfu*)(w + (row0 + r) * ldw + kk)
+                                    : (fb_vf){0};
+                fb_transpose_tile(t);
+                for (int c = 0; c < FB_VW; c++)
+                    *(fb_vf*)(dst + (kk + c) * FB_NR + v * FB_VW) = t[c];
             }
+            for (int r = 0; r < FB_VW; r++)
+                for (ptrdiff_t kk = k0; kk < k; kk++)
+                    dst[kk * FB_NR + v * FB_VW + r] = r < rows ? w[(row0 + r) * ldw + kk] : 0.0f;
         }
     }
 }

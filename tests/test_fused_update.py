@@ -275,7 +275,8 @@ STEP_CALLS = {
 }
 
 
-@pytest.mark.parametrize("n", [1, 7, 511, 512, 513, 2000])
+# 40_001: past UPDATE_PARALLEL_MIN (_update.pxi), where the blocks are shared among threads
+@pytest.mark.parametrize("n", [1, 7, 511, 512, 513, 2000, 40_001])
 @pytest.mark.parametrize("which", list(STEP_CALLS))
 def test_compiled_steps_equal_their_numpy_twins(which, n, dtype, rng, compiled_kernels, assert_close):
     call = STEP_CALLS[which]
@@ -289,6 +290,36 @@ def test_compiled_steps_equal_their_numpy_twins(which, n, dtype, rng, compiled_k
     assert_close(ours[0], p, dtype, "p", kind="split")
     for i, s in enumerate(slots):
         assert_close(ours[1 + i], s, dtype, f"slot {i}", kind="split")
+
+
+@pytest.fixture
+def restore_threads():
+    before = fb.get_num_threads()
+    yield
+    fb.set_num_threads(before)
+
+
+@pytest.mark.parametrize("which", list(STEP_CALLS))
+def test_a_compiled_step_gives_the_same_bits_on_any_thread_count(which, dtype, rng, compiled_kernels,
+                                                                 restore_threads):
+    """Past UPDATE_PARALLEL_MIN the steps share their blocks among the team: the same bits
+    on 1, 2 and 3 threads, the last block a partial one."""
+    n = 3 * 16 * 1024 + 77
+    call = STEP_CALLS[which]
+    p = rng.standard_normal(n).astype(dtype)
+    g = rng.standard_normal(n).astype(dtype)
+    slots = [np.abs(rng.standard_normal(n)).astype(dtype) for _ in range(2)]
+    runs = []
+    for threads in (1, 2, 3):
+        fb.set_num_threads(threads)
+        ours = [p.copy(), *(s.copy() for s in slots)]
+        for _ in range(2):
+            call(compiled_kernels, ours[0], g, ours[1:])
+        runs.append(ours)
+    assert np.any(runs[0][0] != p)
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("n", [1, 31, 32, 33, 1000])

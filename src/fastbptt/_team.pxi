@@ -51,6 +51,7 @@ cdef enum:
     TEAM_GRU_BACKWARD
     TEAM_LINEAR_FORWARD
     TEAM_LINEAR_BACKWARD
+    TEAM_UPDATE
 
 cdef struct TeamEntry:
     unsigned long long key

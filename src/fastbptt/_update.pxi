@@ -56,6 +56,28 @@ cdef enum:
     UPDATE_BLOCK = 512
 
 
+# The steps over buffers of at least this many elements share their blocks among the thread
+# team (each element's arithmetic is the same on any thread, so are the bits), on the team
+# size that has been the faster for buffers of that size (``_team.pxi``): a char-RNN LSTM's
+# 73K-element Adam step, ~25 µs on one thread, is the largest piece of its update outside
+# the layers. Below it, meeting the team costs about what it saves.
+cdef Py_ssize_t UPDATE_PARALLEL_MIN = 16 * 1024
+
+
+cdef inline TeamCall update_call(Py_ssize_t n) noexcept:
+    """``team_enter`` for an optimizer step over n elements (none below UPDATE_PARALLEL_MIN)."""
+    cdef TeamCall call
+    if n < UPDATE_PARALLEL_MIN:
+        call.slot = -1
+        return call
+    return team_enter(TEAM_UPDATE, n, 0, 0, 0, False)
+
+
+cdef inline int update_threads(Py_ssize_t n) noexcept:
+    """The team an optimizer step over n elements runs its blocks on (after ``update_call``)."""
+    return fb_max_threads() if n >= UPDATE_PARALLEL_MIN else 1
+
+
 cdef inline void sqrt_block(floating* a, Py_ssize_t n) noexcept nogil:
     if floating is float:
         fb_sqrt_f32(a, n)
@@ -247,23 +269,34 @@ def adagrad_step(p, g, sum_sq, lr, eps, scale):
 
 cdef void _adagrad(floating[::1] p, const floating[::1] g, floating[::1] sum_sq, floating lr,
                    floating eps, floating scale):
-    cdef floating root[UPDATE_BLOCK]
-    cdef Py_ssize_t i, start, k, n = p.shape[0]
-    cdef floating d, s
+    cdef Py_ssize_t block, n = p.shape[0], blocks = (n + UPDATE_BLOCK - 1) // UPDATE_BLOCK
+    cdef TeamCall call = update_call(n)
+    cdef int threads = update_threads(n)
     with nogil:
-        start = 0
-        while start < n:
-            k = min(UPDATE_BLOCK, n - start)
-            for i in range(k):
-                d = g[start + i] * scale
-                s = sum_sq[start + i] + d * d
-                sum_sq[start + i] = s
-                root[i] = s + eps
-            sqrt_block(root, k)
-            for i in range(k):
-                d = g[start + i] * scale
-                p[start + i] = p[start + i] - (d / root[i]) * lr
-            start += k
+        for block in prange(blocks, num_threads=threads, schedule="static"):
+            _adagrad_block(&p[0], &g[0], &sum_sq[0], block * UPDATE_BLOCK,
+                           min(UPDATE_BLOCK, n - block * UPDATE_BLOCK), lr, eps, scale)
+    team_leave(call)
+
+
+cdef inline void _adagrad_block(floating* p, const floating* g, floating* sum_sq,
+                                Py_ssize_t start, Py_ssize_t k, floating lr, floating eps,
+                                floating scale) noexcept nogil:
+    cdef floating root[UPDATE_BLOCK]
+    cdef Py_ssize_t i
+    cdef floating d, s
+    p += start
+    g += start
+    sum_sq += start
+    for i in range(k):
+        d = g[i] * scale
+        s = sum_sq[i] + d * d
+        sum_sq[i] = s
+        root[i] = s + eps
+    sqrt_block(root, k)
+    for i in range(k):
+        d = g[i] * scale
+        p[i] = p[i] - (d / root[i]) * lr
 
 
 def adam_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step, scale):
@@ -291,23 +324,37 @@ cdef void _adam(floating[::1] p, const floating[::1] g, floating[::1] m, floatin
                 floating beta1, floating one_minus_beta1, floating beta2, floating one_minus_beta2,
                 floating eps, floating l2, floating shrink, floating step_size,
                 floating root_bias2, floating scale):
-    cdef floating root[UPDATE_BLOCK]
-    cdef Py_ssize_t i, start, k, n = p.shape[0]
-    cdef floating d, mi, vi
+    cdef Py_ssize_t block, n = p.shape[0], blocks = (n + UPDATE_BLOCK - 1) // UPDATE_BLOCK
+    cdef TeamCall call = update_call(n)
+    cdef int threads = update_threads(n)
     with nogil:
-        start = 0
-        while start < n:
-            k = min(UPDATE_BLOCK, n - start)
-            for i in range(k):
-                # l2 and scale are exact no-ops at 0 and 1 (for finite p)
-                d = p[start + i] * l2 + g[start + i] * scale
-                mi = m[start + i] * beta1 + d * one_minus_beta1
-                vi = v[start + i] * beta2 + (d * d) * one_minus_beta2
-                m[start + i] = mi
-                v[start + i] = vi
-                root[i] = vi
-            sqrt_block(root, k)
-            for i in range(k):
-                p[start + i] = (p[start + i] * shrink
-                                - (m[start + i] / (root[i] / root_bias2 + eps)) * step_size)
-            start += k
+        for block in prange(blocks, num_threads=threads, schedule="static"):
+            _adam_block(&p[0], &g[0], &m[0], &v[0], block * UPDATE_BLOCK,
+                        min(UPDATE_BLOCK, n - block * UPDATE_BLOCK), beta1, one_minus_beta1,
+                        beta2, one_minus_beta2, eps, l2, shrink, step_size, root_bias2, scale)
+    team_leave(call)
+
+
+cdef inline void _adam_block(floating* p, const floating* g, floating* m, floating* v,
+                             Py_ssize_t start, Py_ssize_t k, floating beta1,
+                             floating one_minus_beta1, floating beta2, floating one_minus_beta2,
+                             floating eps, floating l2, floating shrink, floating step_size,
+                             floating root_bias2, floating scale) noexcept nogil:
+    cdef floating root[UPDATE_BLOCK]
+    cdef Py_ssize_t i
+    cdef floating d, mi, vi
+    p += start
+    g += start
+    m += start
+    v += start
+    for i in range(k):
+        # l2 and scale are exact no-ops at 0 and 1 (for finite p)
+        d = p[i] * l2 + g[i] * scale
+        mi = m[i] * beta1 + d * one_minus_beta1
+        vi = v[i] * beta2 + (d * d) * one_minus_beta2
+        m[i] = mi
+        v[i] = vi
+        root[i] = vi
+    sqrt_block(root, k)
+    for i in range(k):
+        p[i] = p[i] * shrink - (m[i] / (root[i] / root_bias2 + eps)) * step_size

@@ -51,6 +51,8 @@ class Stack:
         self.num_layers = num_layers
         self.num_directions = num_directions
         self.hidden_size = hidden_size
+        self._name_table = [param_names(*divmod(index, num_directions))
+                            for index in range(num_layers * num_directions)]
 
     @property
     def size(self):
@@ -58,8 +60,8 @@ class Stack:
         return self.num_layers * self.num_directions
 
     def _names(self, index):
-        k, reverse = divmod(index, self.num_directions)
-        return param_names(k, reverse)
+        """The names of layer direction ``index``'s weights (w_ih, w_hh, b_ih, b_hh)."""
+        return self._name_table[index]
 
     def forward(self, params, x, state, sizes, flip):
         """Run every layer and direction over x (T, B, I), or ids (T, B) into layer 0, from
@@ -129,5 +131,9 @@ class Stack:
     def final_state(self, runs, steps=-1, rows=slice(None)):
         """The state (S, D·L, B, H) after every direction's last step; or rows ``rows`` of it
         after steps ``steps`` (one per row), counted from the run's start."""
-        return np.stack([np.stack([run[s][steps, rows] for run in runs])
-                         for s in range(self.cell.state_count)])
+        first = runs[0][0][steps, rows]
+        out = np.empty((self.cell.state_count, len(runs)) + first.shape, first.dtype)
+        for s in range(self.cell.state_count):
+            for index, run in enumerate(runs):
+                out[s, index] = run[s][steps, rows]
+        return out

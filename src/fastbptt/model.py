@@ -651,11 +651,14 @@ def check_ids(name, x, shape, size):
         raise ValueError(f"{name} of ids must have shape {_shape_words(shape)}, got {x.shape}")
     if x.size == 0:
         raise ValueError(f"{name} must not be empty, got shape {x.shape}")
-    low, high = x.min(), x.max()
-    if low < 0 or high >= size:
+    ids = np.ascontiguousarray(x, dtype=np.intp)   # the caller's x itself when it is one
+    # one pass: read as unsigned, a negative id is larger than any size (and a uint64 id
+    # past intp's range, which the cast wrapped, is read back as itself)
+    if ids.view(np.uintp).max() >= size:
+        low, high = x.min(), x.max()
         bad = low if low < 0 else high
         raise ValueError(f"{name} holds id {int(bad)}, outside [0, {size}) (input_size {size})")
-    return np.ascontiguousarray(x, dtype=np.intp)
+    return ids
 
 
 def _embedding_gradient(ids, d_x, size):

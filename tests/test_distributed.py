@@ -202,22 +202,26 @@ def test_ranks_sharing_cores_divide_them(reduced):
 # --------------------------------------------------------------------------- failures
 
 
+def assert_job_aborted(scenario, *messages):
+    """Run failures.py's ``scenario`` on 2 ranks: the job must end non-zero within
+    ABORT_SECONDS, every one of ``messages`` on its stderr, rank 0 never finishing."""
+    code, out, err, seconds = run_mpi(HERE / "failures.py", scenario)
+    assert code != 0, f"the job ended with 0: {out}"
+    assert seconds < ABORT_SECONDS, f"the job took {seconds:.0f} s to end"
+    for message in messages:
+        assert message in err, err
+    assert "finished" not in out
+
+
 @needs_mpi
 def test_a_rank_that_raises_ends_the_job_non_zero_within_seconds_with_its_error():
-    code, out, err, seconds = run_mpi(HERE / "failures.py", "raise_on_rank1")
-    assert code != 0
-    assert seconds < ABORT_SECONDS, f"the job took {seconds:.0f} s to end"
-    assert "rank 1 of 2 failed" in err and "ValueError: x must have shape" in err, err
-    assert "finished" not in out
+    assert_job_aborted("raise_on_rank1", "rank 1 of 2 failed", "ValueError: x must have shape")
 
 
 @needs_mpi
 def test_a_rank_that_raises_in_backward_with_reductions_in_flight_ends_the_job_within_seconds():
-    code, out, err, seconds = run_mpi(HERE / "failures.py", "raise_in_backward_overlap")
-    assert code != 0
-    assert seconds < ABORT_SECONDS, f"the job took {seconds:.0f} s to end"
-    assert "rank 1 of 2 failed" in err and "injected failure with 2 reductions in flight" in err, err
-    assert "finished" not in out
+    assert_job_aborted("raise_in_backward_overlap", "rank 1 of 2 failed",
+                       "injected failure with 2 reductions in flight")
 
 
 @needs_mpi
@@ -231,16 +235,12 @@ def test_mismatched_models_are_refused_on_every_rank_naming_the_rank_that_differ
 
 @needs_mpi
 def test_fit_with_mismatched_models_ends_the_job_with_the_message():
-    code, out, err, seconds = run_mpi(HERE / "failures.py", "mismatch_fit")
-    assert code != 0 and seconds < ABORT_SECONDS
-    assert "rank 1 disagrees with rank 0" in err, err
+    assert_job_aborted("mismatch_fit", "rank 1 disagrees with rank 0")
 
 
 @needs_mpi
 def test_batches_that_run_out_on_one_rank_only_end_the_job_saying_so():
-    code, out, err, seconds = run_mpi(HERE / "failures.py", "ran_out")
-    assert code != 0 and seconds < ABORT_SECONDS
-    assert "the batches ran out on ranks [1] but not on ranks [0]" in err, err
+    assert_job_aborted("ran_out", "the batches ran out on ranks [1] but not on ranks [0]")
 
 
 @needs_mpi

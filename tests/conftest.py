@@ -269,6 +269,14 @@ def dtype(request):
 
 
 @pytest.fixture
+def restore_threads():
+    """Put fastbptt's thread count back as it was after a test that sets it."""
+    before = fb.get_num_threads()
+    yield
+    fb.set_num_threads(before)
+
+
+@pytest.fixture
 def rng(request):
     """A generator seeded from the test's id: reproducible, and different for every test."""
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))

@@ -292,13 +292,6 @@ def test_compiled_steps_equal_their_numpy_twins(which, n, dtype, rng, compiled_k
         assert_close(ours[1 + i], s, dtype, f"slot {i}", kind="split")
 
 
-@pytest.fixture
-def restore_threads():
-    before = fb.get_num_threads()
-    yield
-    fb.set_num_threads(before)
-
-
 @pytest.mark.parametrize("which", list(STEP_CALLS))
 def test_a_compiled_step_gives_the_same_bits_on_any_thread_count(which, dtype, rng, compiled_kernels,
                                                                  restore_threads):

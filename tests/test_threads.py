@@ -132,13 +132,6 @@ def test_openmp_detection_sees_this_builds_team(compiled_kernels):
         assert _built_with_openmp(compiled_kernels)
 
 
-@pytest.fixture
-def restore_threads():
-    before = fb.get_num_threads()
-    yield
-    fb.set_num_threads(before)
-
-
 def test_set_num_threads_round_trips(restore_threads):
     fb.set_num_threads(1)
     assert fb.get_num_threads() == 1

@@ -5,8 +5,8 @@ The float32 kernels run their products on it: the hoisted ones of every size thr
 ``fb_gemm`` on weights packed once. ``_matmul`` reaches the own gemm at every size, so that these tests cover it;
 ``_matmul_path`` says where the kernels' own products of a size run. Its tiles differ per build (8 rows of 2x16 floats with AVX-512, 6 rows of
 2x8 with AVX2, 2x4 in the baseline), so the shapes here cross every tile edge: rows and
-columns not a multiple of a tile, k past a packing block, enough rows to share row blocks among
-threads, and the empty cases.
+columns not a multiple of a tile, a last panel one vector wide or narrower (its own kernel),
+k past a packing block, enough rows to share row ranges among threads, and the empty cases.
 """
 import numpy as np
 import pytest
@@ -20,7 +20,7 @@ LEVELS = sorted(BUILDS, key=_backend.CPU_LEVELS.index)
 # (m, k, n)
 SHAPES = [(1, 1, 1), (1, 100, 100), (3, 5, 7), (7, 33, 65), (9, 64, 31), (32, 128, 512),
           (17, 300, 100), (130, 600, 70), (200, 40, 33), (700, 70, 129), (5, 2100, 37),
-          (64, 1025, 48)]
+          (64, 1025, 48), (401, 70, 40)]
 
 
 def _operands(rng, m, k, n, trans_a, trans_b, dtype):
@@ -59,7 +59,8 @@ def test_matmul_empty_sum(level):
 
 
 @pytest.mark.parametrize("level", LEVELS)
-@pytest.mark.parametrize("shape", [(32, 128, 512), (64, 96, 100), (5, 40, 3), (200, 64, 64)],
+@pytest.mark.parametrize("shape", [(32, 128, 512), (64, 96, 100), (5, 40, 3), (200, 64, 64),
+                                   (400, 100, 100), (403, 30, 40)],
                          ids=lambda s: "x".join(map(str, s)))
 def test_step_gemm_same_bits_on_any_thread_count(level, shape, assert_close):
     """A per-step product is split among threads by whole panels (or row blocks), each output

@@ -183,37 +183,39 @@ static void fb_pack(const float* w, ptrdiff_t n, ptrdiff_t k, ptrdiff_t ldw, flo
     }
 }
 
-/* The micro-kernel: R rows of C times one panel block, C[r][:cols] (+)= sum_kk A[r][kk] b[kk][:],
- * kk < k. One broadcast of A and FB_NV panel loads per kk feed R * FB_NV fused multiply-adds.
+/* The micro-kernel: R rows of C times NV vectors of one panel block, C[r][:cols] (+)=
+ * sum_kk A[r][kk] b[kk][:], kk < k. One broadcast of A and NV panel loads per kk feed R * NV
+ * fused multiply-adds. NV is FB_NV, or 1 for a last panel of at most FB_VW columns (n = 100
+ * is three panels and 4 columns at FB_NR = 32: the narrow kernel skips the padding's half).
  * AIDX reads A[r][kk]: from A's rows (a[r * lda + kk]) or from a transposed A whose rows are
  * A's columns (a[kk * lda + r], the δᵀ of the weight gradients). */
-#define FB_TILE(R, NAME, AIDX)                                                              \
+#define FB_TILE(R, NV, NAME, AIDX)                                                          \
 static inline __attribute__((always_inline)) void NAME(                                   \
         ptrdiff_t k, const float* __restrict a, ptrdiff_t lda, const float* __restrict b,   \
         float* __restrict c, ptrdiff_t ldc, ptrdiff_t cols, int accumulate) {              \
-    fb_vf acc[R][FB_NV];                                                                    \
+    fb_vf acc[R][NV];                                                                       \
     _Pragma("GCC unroll 16") for (int r = 0; r < R; r++)                                    \
-        _Pragma("GCC unroll 4") for (int v = 0; v < FB_NV; v++) acc[r][v] = (fb_vf){0};     \
+        _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) acc[r][v] = (fb_vf){0};        \
     for (ptrdiff_t kk = 0; kk < k; kk++) {                                                  \
-        fb_vf bv[FB_NV];                                                                    \
-        _Pragma("GCC unroll 4") for (int v = 0; v < FB_NV; v++)                             \
+        fb_vf bv[NV];                                                                       \
+        _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                                \
             bv[v] = *(const fb_vf*)(b + kk * FB_NR + v * FB_VW);                            \
         _Pragma("GCC unroll 16") for (int r = 0; r < R; r++) {                              \
             /* scalar - vector broadcasts; x - 0 folds away, 0 + x would not (-0.0) */      \
             fb_vf ar = a[AIDX] - (fb_vf){0};                                                \
-            _Pragma("GCC unroll 4") for (int v = 0; v < FB_NV; v++) acc[r][v] += ar * bv[v]; \
+            _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) acc[r][v] += ar * bv[v];   \
         }                                                                                   \
     }                                                                                       \
-    if (cols == FB_NR) {                                                                    \
+    if (cols == NV * FB_VW) {                                                               \
         _Pragma("GCC unroll 16") for (int r = 0; r < R; r++)                                \
-            _Pragma("GCC unroll 4") for (int v = 0; v < FB_NV; v++) {                       \
+            _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) {                          \
                 fb_vfu* out = (fb_vfu*)(c + r * ldc + v * FB_VW);                           \
                 if (accumulate) *out += acc[r][v]; else *out = acc[r][v];                   \
             }                                                                               \
     } else {                                                                                \
-        float row[FB_NR] __attribute__((aligned(FB_ALIGN)));                               \
+        float row[NV * FB_VW] __attribute__((aligned(FB_ALIGN)));                          \
         for (int r = 0; r < R; r++) {                                                       \
-            for (int v = 0; v < FB_NV; v++) *(fb_vf*)(row + v * FB_VW) = acc[r][v];         \
+            for (int v = 0; v < NV; v++) *(fb_vf*)(row + v * FB_VW) = acc[r][v];            \
             float* out = c + r * ldc;                                                       \
             if (accumulate) for (ptrdiff_t j = 0; j < cols; j++) out[j] += row[j];          \
             else for (ptrdiff_t j = 0; j < cols; j++) out[j] = row[j];                      \
@@ -221,29 +223,38 @@ static inline __attribute__((always_inline)) void NAME(                         
     }                                                                                       \
 }
 
-#define FB_TILES(R) FB_TILE(R, fb_tile_##R, r * lda + kk) FB_TILE(R, fb_tilet_##R, kk * lda + r)
+#define FB_TILES(R)                                                                         \
+    FB_TILE(R, FB_NV, fb_tile_##R, r * lda + kk) FB_TILE(R, FB_NV, fb_tilet_##R, kk * lda + r) \
+    FB_TILE(R, 1, fb_tile1_##R, r * lda + kk) FB_TILE(R, 1, fb_tile1t_##R, kk * lda + r)
 FB_TILES(1) FB_TILES(2) FB_TILES(3) FB_TILES(4) FB_TILES(5) FB_TILES(6) FB_TILES(7) FB_TILES(8)
 
-#define FB_CASE(R) case R: {                                                                \
-        if (a_transposed) fb_tilet_##R(k, a, lda, b, c, ldc, cols, accumulate);             \
-        else fb_tile_##R(k, a, lda, b, c, ldc, cols, accumulate);                           \
-        break;                                                                              \
-    }
+/* R rows of C against one panel: the kernel for A's orientation and the panel's width. */
+#define FB_RUN(R, a_transposed, narrow, k, a, lda, b, c, ldc, cols, accumulate) do {       \
+        if (narrow) {                                                                       \
+            if (a_transposed) fb_tile1t_##R(k, a, lda, b, c, ldc, cols, accumulate);        \
+            else fb_tile1_##R(k, a, lda, b, c, ldc, cols, accumulate);                      \
+        } else {                                                                            \
+            if (a_transposed) fb_tilet_##R(k, a, lda, b, c, ldc, cols, accumulate);         \
+            else fb_tile_##R(k, a, lda, b, c, ldc, cols, accumulate);                       \
+        }                                                                                   \
+    } while (0)
+
+#define FB_CASE(R) case R:                                                                  \
+    FB_RUN(R, a_transposed, narrow, k, a, lda, b, c, ldc, cols, accumulate); break;
 
 /* rows (< FB_MR) rows of C: the tail of a block. */
 static __attribute__((noinline)) void fb_tile_rows(
         int rows, int a_transposed, ptrdiff_t k, const float* a, ptrdiff_t lda, const float* b,
         float* c, ptrdiff_t ldc, ptrdiff_t cols, int accumulate) {
+    int narrow = cols <= FB_VW;
     switch (rows) {
         FB_CASE(1) FB_CASE(2) FB_CASE(3) FB_CASE(4) FB_CASE(5) FB_CASE(6) FB_CASE(7)
         default: break;
     }
 }
 
-#define FB_FULL_(R) fb_tile_##R
-#define FB_FULL(R) FB_FULL_(R)
-#define FB_FULLT_(R) fb_tilet_##R
-#define FB_FULLT(R) FB_FULLT_(R)
+#define FB_FULL_(R, ...) FB_RUN(R, __VA_ARGS__)
+#define FB_FULL(...) FB_FULL_(FB_MR, __VA_ARGS__)
 
 /* k is walked in blocks of FB_KC: a block of a panel (FB_KC x FB_NR floats, 32 KB at
  * NR = 32) is reused by every row tile of a block of FB_MC rows, whose FB_MC x FB_KC
@@ -268,16 +279,19 @@ static void fb_block(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t p0, ptrdiff_t p1, ptr
             ptrdiff_t cols = n - p * FB_NR < FB_NR ? n - p * FB_NR : FB_NR;
             const float* b = packed + (size_t)p * k * FB_NR + k0 * FB_NR;
             float* cp = c + p * FB_NR;
+            int narrow = cols <= FB_VW;
             ptrdiff_t i = i0;
             if (a_transposed) {
                 for (; i + FB_MR <= i1; i += FB_MR)
-                    FB_FULLT(FB_MR)(kc, a + k0 * lda + i, lda, b, cp + i * ldc, ldc, cols, acc);
+                    FB_FULL(1, narrow, kc, a + k0 * lda + i, lda, b, cp + i * ldc, ldc, cols,
+                            acc);
                 if (i < i1)
                     fb_tile_rows((int)(i1 - i), 1, kc, a + k0 * lda + i, lda, b, cp + i * ldc,
                                  ldc, cols, acc);
             } else {
                 for (; i + FB_MR <= i1; i += FB_MR)
-                    FB_FULL(FB_MR)(kc, a + i * lda + k0, lda, b, cp + i * ldc, ldc, cols, acc);
+                    FB_FULL(0, narrow, kc, a + i * lda + k0, lda, b, cp + i * ldc, ldc, cols,
+                            acc);
                 if (i < i1)
                     fb_tile_rows((int)(i1 - i), 0, kc, a + i * lda + k0, lda, b, cp + i * ldc,
                                  ldc, cols, acc);
@@ -290,10 +304,11 @@ static void fb_block(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t p0, ptrdiff_t p1, ptr
  *   A (m x k): a[i * lda + kk], or with a_transposed a[kk * lda + i] (A is the transpose of
  *   the row-major array at a);
  *   B (k x n): packed by fb_pack or fb_pack_transposed with this n and k.
- * threads > 1 shares the work among that many OpenMP threads: blocks of FB_MC rows when
- * there are enough of them, else one range of rows per thread when the panels are few too,
- * else the panels (a time step's few batch rows against many weights). Row ranges start at
- * whole register tiles, so each element is tiled, and summed, as on one thread. */
+ * threads > 1 shares the work among that many OpenMP threads: one range of rows per thread
+ * when there are enough rows (at least two blocks of FB_MC per thread, or two register tiles
+ * per thread when the panels are few too), else the panels (a time step's few batch rows
+ * against many weights). Row ranges start at whole register tiles, so each element is tiled,
+ * and summed, as on one thread. */
 static void fb_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrdiff_t lda,
                     int a_transposed, const float* packed, float* c, ptrdiff_t ldc,
                     int accumulate, int threads) {
@@ -305,27 +320,20 @@ static void fb_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrdi
         return;
     }
     if ((double)m * n * k < FB_PARALLEL_MIN) threads = 1;
-    if (threads > 1 && blocks >= 2 * threads) {
-#ifdef _OPENMP
-        #pragma omp parallel for schedule(static) num_threads(threads)
-#endif
-        for (ptrdiff_t blk = 0; blk < blocks; blk++) {
-            ptrdiff_t i1 = (blk + 1) * FB_MC < m ? (blk + 1) * FB_MC : m;
-            fb_block(blk * FB_MC, i1, 0, panels, n, k, a, lda, a_transposed, packed, c, ldc,
-                     accumulate);
-        }
-    } else if (threads > 1 && panels < 2 * threads && m >= 2 * FB_MR * threads) {
-        /* Few panels and few row blocks (a weight gradient δᵀ x with I <= 32 is one panel of
-           128 rows): one range of whole register tiles of rows per thread. */
+    int by_rows = blocks >= 2 * threads || (panels < 2 * threads && m >= 2 * FB_MR * threads);
+    if (threads > 1 && by_rows) {
+        /* The same number of register tiles per thread, to within one (400 rows are 25 tiles
+           each, where blocks of FB_MC dealt out gave one thread 4 blocks and the other 3),
+           each range walked in blocks of FB_MC rows. */
         ptrdiff_t tiles = (m + FB_MR - 1) / FB_MR, per = (tiles + threads - 1) / threads;
 #ifdef _OPENMP
         #pragma omp parallel for schedule(static) num_threads(threads)
 #endif
         for (int t = 0; t < threads; t++) {
             ptrdiff_t i0 = t * per * FB_MR, i1 = i0 + per * FB_MR < m ? i0 + per * FB_MR : m;
-            if (i0 < i1)
-                fb_block(i0, i1, 0, panels, n, k, a, lda, a_transposed, packed, c, ldc,
-                         accumulate);
+            for (ptrdiff_t i = i0; i < i1; i += FB_MC)
+                fb_block(i, i + FB_MC < i1 ? i + FB_MC : i1, 0, panels, n, k, a, lda,
+                         a_transposed, packed, c, ldc, accumulate);
         }
     } else if (threads > 1 && panels > 1) {
         if (threads > panels) threads = (int)panels;

@@ -99,3 +99,7 @@ def cross_entropy(logits, labels, *, last_step=False, lengths=None):
     if bad >= 0:
         raise ValueError(f"labels must lie in [0, {C}), got values in [{scored.min()}, {scored.max()}]")
     return total / B, d_out
+
+
+# The losses by the names ``fit`` and ``model.train_step`` take.
+LOSSES = {"mse": mse, "cross_entropy": cross_entropy}

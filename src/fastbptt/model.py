@@ -14,6 +14,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from . import _backend, _cells, serialization
+from .losses import LOSSES
 from ._flat import FlatArrays, Layout
 from ._packing import Packing
 from ._stacking import Stack, StackRun
@@ -336,7 +337,7 @@ class RNN:
 
     # ----------------------------------------------------------------- forward / backward
 
-    def forward(self, x, h0=None, lengths=None, checkpoint=None):
+    def forward(self, x, h0=None, lengths=None, checkpoint=None, _snapshot=True):
         """Run the network over a sequence.
 
         x (T, B, I) floats, time-major, or (T, B) integer ids in [0, input_size), which mean
@@ -360,6 +361,9 @@ class RNN:
         (T, B, D·H), directions concatenated (a read-only view of the cache when neither
         lengths nor checkpoint is given); h_n the final states, shaped like h0.
         The cache for ``backward`` is kept; x must not change before ``backward``.
+
+        _snapshot (private, for ``train_step``): False runs on ``model.params`` themselves, not
+        on a copy, when the caller guarantees that nothing writes them before ``backward``.
         """
         self._checked_params()
         x, ids = self._check_input("x", x, (None, None, self.input_size))
@@ -381,7 +385,12 @@ class RNN:
             state = packing.sort(state, axis=2)
             final = np.empty_like(state)
             flip = packing.flip
-        params = self._params_for_cache()  # the inputs are all checked: the run starts here
+        # the inputs are all checked: the run starts here
+        if _snapshot:
+            params = self._params_for_cache()
+        else:
+            self._cache = None
+            params = self._params
         tokens = x if ids and self.embedding_size is not None else None
         if ids:
             x = self._embed(params, x)
@@ -433,7 +442,7 @@ class RNN:
             top.reshape(T * B, F), params["weight_out"], params["bias_out"]).reshape(T, B, self.output_size)
 
     def backward(self, d_out, d_h_n=None, clip_step=None, step_norms=False, input_grad=True,
-                 _on_final=None):
+                 _on_final=None, _d_out_checked=False):
         """Backpropagate through the last forward call.
 
         d_out: ∂E/∂out, the shape of forward's ``out``; d_h_n: ∂E/∂h_n shaped like h_n, or None.
@@ -450,7 +459,8 @@ class RNN:
         each time ``flat[start:stop]`` holds final gradients, while backward goes on below:
         the readout's, then each layer's (its directions adjacent in ``flat``), top first;
         ``flat`` is the buffer ``g.flat`` will be. The embedding's and anything not yet
-        given are final when backward returns.
+        given are final when backward returns. _d_out_checked (private, for ``train_step``):
+        d_out is a loss's own C-contiguous gradient of the model's dtype and shape.
         """
         cache = self._cache
         if cache is None:
@@ -464,7 +474,8 @@ class RNN:
         # the embedding's gradient is made of layer 0's dx, which the caller never sees
         want_dx = input_grad or embedded
         out_size = D * H if self.output_size is None else self.output_size
-        d_out = self._check("d_out", d_out, (T, B, out_size))
+        if not _d_out_checked:
+            d_out = self._check("d_out", d_out, (T, B, out_size))
         carry = self._state_in("d_h_n", d_h_n, B)
         if carry is None:
             carry = self._zero_state(B)
@@ -558,6 +569,37 @@ class RNN:
                     flat[start:stop] = grads[name].reshape(-1)
         params = FlatArrays(flat, self._layout, "g.params")
         return Gradients(params=params, x=d_x, h0=self._state_out(carry), step_norms=norms, flat=flat)
+
+    def train_step(self, x, target, *, loss, optimizer, clip_norm=None, last_step=False,
+                   h0=None, lengths=None):
+        """One training update in one call: forward, the loss, backward and the optimizer's
+        step with the global-norm clip folded in.
+
+        x, h0, lengths: as ``forward``'s; target: as the loss wants it (see ``fb.losses``).
+        loss: "mse", "cross_entropy", or a callable ``(out, target, last_step=[, lengths=])
+            -> (loss, d_out)``; optimizer: an ``fb.optim`` optimizer over ``model.params``;
+            clip_norm: None, or the max joint L2 norm of the gradients (``optimizer.step``'s).
+        Returns (loss, norm): the batch's loss as a float, and the joint norm of the gradients
+        before clipping (None without ``clip_norm``).
+
+        The parameters end as ``forward``, the loss, ``backward(d_out, input_grad=False)``
+        and ``optimizer.step(g.params, clip_norm=clip_norm)`` in turn would leave them, to the
+        bit; faster, since nothing can write the parameters between this forward and its
+        backward: the forward runs on ``model.params`` itself (no snapshot), d_out is the
+        loss's own and is not checked again. No cache is left: ``backward`` after it raises.
+        """
+        loss_fn = LOSSES.get(loss) if isinstance(loss, str) else loss
+        if not callable(loss_fn):
+            raise ValueError(f"loss must be one of {tuple(LOSSES)} or a callable, got {loss!r}")
+        out, _ = self.forward(x, h0, lengths, _snapshot=False)
+        try:
+            extra = {} if lengths is None else {"lengths": lengths}
+            value, d_out = loss_fn(out, target, last_step=last_step, **extra)
+            g = self.backward(d_out, input_grad=False, _d_out_checked=loss_fn in LOSSES.values())
+        finally:
+            self._cache = None    # its parameters are the live ones, about to change
+        norm = optimizer.step(g.params, clip_norm=clip_norm)
+        return float(value), norm
 
     def cache_nbytes(self):
         """Bytes the forward cache holds for ``backward`` (the input x aside)."""

@@ -22,7 +22,7 @@ from .optim import Optimizer
 
 __all__ = ["History", "fit", "evaluate", "load_checkpoint"]
 
-LOSSES = {"mse": _losses.mse, "cross_entropy": _losses.cross_entropy}
+LOSSES = _losses.LOSSES
 
 
 @dataclass

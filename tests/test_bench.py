@@ -25,9 +25,31 @@ def test_bench_quick_prints_a_table(capsys):
     if "cython" in fb.available_backends():
         assert float(compiled[1]) > 0
         assert compiled[5] == "1.00x" and numpy[5].endswith("x")  # time / compiled's
+        # GFLOP/s, % sgemm, % peak: the % peak is the rate over the peak printed below
+        peak = float(out.split("FMA peak ")[1].split()[0])
+        assert "% peak" in out and len(compiled) == 9
+        assert float(compiled[8]) == pytest.approx(100 * float(compiled[6]) / peak, rel=0.02, abs=0.1)
     else:
         assert "compiled: not timed, the compiled kernels are not available" in out
         assert compiled[1] == "-" and numpy[5] == "-"
+        assert "FMA peak: not measured (it needs the compiled kernels)" in out
+        assert "% peak" not in out
+
+
+@pytest.mark.parametrize("level", sorted(fb._backend.compiled_builds()))
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fma_peak_is_a_rate_in_every_build(level, threads, restore_threads):
+    """Each build's peak runs on the team it is given and returns FLOP/s: positive, finite,
+    within what a CPU core can do (no speed is asserted: this machine's speed drifts)."""
+    fb.set_num_threads(threads)
+    rate = fb._backend.compiled_builds()[level].fma_peak(0.002, 2)
+    assert 1e8 < rate < threads * 1e13
+
+
+@pytest.mark.parametrize("seconds, repeats", [(0.0, 5), (-1.0, 5), (0.01, 0)])
+def test_fma_peak_rejects_bad_arguments(compiled_kernels, seconds, repeats):
+    with pytest.raises(ValueError, match="seconds and repeats"):
+        compiled_kernels.fma_peak(seconds, repeats)
 
 
 def test_bench_lengths_prints_padded_and_lengths_rows(capsys):

@@ -69,6 +69,9 @@ cdef extern from "_step_gemm.h" nogil:
     int fb_matmul(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a, Py_ssize_t lda,
                   bint a_transposed, const float* b, Py_ssize_t ldb, bint b_transposed,
                   float* c, Py_ssize_t ldc, bint accumulate)
+    const int FB_PEAK_ACC
+    const int FB_VW
+    double fb_fma_peak(long rounds, int threads)
 
 cdef extern from *:
     """
@@ -118,6 +121,30 @@ def threads():
     """How many threads the float32 kernels' OpenMP team has (OMP_NUM_THREADS, threadpoolctl,
     ``set_num_threads``); a call runs on all of them or, where that measures faster, one."""
     return fb_team_threads()
+
+
+def fma_peak(double seconds=0.02, int repeats=5):
+    """The float32 multiply-add rate (FLOP/s) this build reaches on the kernels' team, from
+    registers alone: the best of ``repeats`` runs of about ``seconds`` each. The limit that
+    the products' rates are measured against (``python -m fastbptt bench``'s "% peak")."""
+    if not seconds > 0 or repeats < 1:
+        raise ValueError(f"seconds and repeats must be positive, got {seconds}, {repeats}")
+    cdef int team = fb_max_threads(), i
+    cdef long rounds = 1 << 12, limit = 1L << 40
+    cdef double took = 0.0, best = 0.0
+    cdef double per_round = <double> team * FB_PEAK_ACC * FB_VW * 2
+    with nogil:
+        while True:           # rounds for about ``seconds`` of work
+            took = fb_fma_peak(rounds, team)
+            if took >= seconds / 4 or rounds > limit:
+                break
+            rounds *= 2
+        rounds = max(<long> (rounds * (seconds / max(took, 1e-9))), 1)
+        for i in range(repeats):
+            took = fb_fma_peak(rounds, team)
+            if took > 0:
+                best = max(best, per_round * rounds / took)
+    return best
 
 
 def cpu_features():

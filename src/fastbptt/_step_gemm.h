@@ -28,6 +28,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -487,6 +488,56 @@ static void fb_dot_rows(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a,
             row[j] = accumulate ? sum + row[j] : sum;
         }
     }
+}
+
+/* The machine's multiply-add limit, as this build's vectors reach it: each of `threads`
+ * threads runs `rounds` rounds of FB_PEAK_ACC independent vector multiply-adds (enough chains
+ * to cover the latency of two FMA units), all from registers; returns the wall time of the
+ * slowest, after the team has met. Each round is FB_PEAK_ACC * FB_VW * 2 FLOP a thread
+ * (fused where the build has FMA, a multiply and an add otherwise). */
+#define FB_PEAK_ACC 12
+static volatile float fb_peak_sink;
+
+static double fb_now(void) {
+#ifdef _OPENMP
+    return omp_get_wtime();
+#else
+    return (double)clock() / CLOCKS_PER_SEC;
+#endif
+}
+
+static double fb_fma_peak(long rounds, int threads) {
+    double start = 0.0, seconds = 0.0;
+    float total = 0.0f;
+#ifdef _OPENMP
+    #pragma omp parallel num_threads(threads) reduction(+:total)
+#endif
+    {
+        /* read through a volatile, so that no chain's values are known while compiling
+           (a chain starting at its fixed point would be folded away) */
+        fb_vf acc[FB_PEAK_ACC];
+        fb_vf scale = (fb_vf){0} + fb_peak_sink * 0.0f + 0.9999999f;
+        fb_vf shift = (fb_vf){0} + fb_peak_sink * 0.0f + 1e-7f;
+        for (int i = 0; i < FB_PEAK_ACC; i++) acc[i] = scale * (float)(i + 2);
+#ifdef _OPENMP
+        #pragma omp barrier
+        #pragma omp master
+#endif
+        start = fb_now();
+        for (long r = 0; r < rounds; r++) {
+            _Pragma("GCC unroll 16") for (int i = 0; i < FB_PEAK_ACC; i++)
+                acc[i] = acc[i] * scale + shift;
+        }
+#ifdef _OPENMP
+        #pragma omp barrier
+        #pragma omp master
+#endif
+        seconds = fb_now() - start;
+        for (int i = 0; i < FB_PEAK_ACC; i++)
+            for (int l = 0; l < FB_VW; l++) total += acc[i][l];
+    }
+    fb_peak_sink = total;
+    return seconds;
 }
 
 #endif

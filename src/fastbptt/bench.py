@@ -11,8 +11,10 @@ rounds in one go, after a pause that lets the previous one's thread pool go idle
 scipy and torch each carry their own BLAS/OpenMP pool whose threads spin after a call, and
 on a machine with few cores a spinning pool steals them from the next implementation.
 
-Each rate is also put against the machine's: an sgemm of the large shape's size,
-``(T·B, I+H) @ (I+H, H)``, through scipy's OpenBLAS (the compiled float32 kernels run their
+Each rate is also put against the machine's limit, the FMA peak ("% peak"): float32
+multiply-adds from registers on the compiled kernels' team (``fma_peak``), measured just
+before each shape (not shown without the compiled kernels); and against an sgemm of the
+large shape's size, ``(T·B, I+H) @ (I+H, H)``, through scipy's OpenBLAS (the compiled float32 kernels run their
 own gemm, which beats it by a few percent at that size: above 100 % is possible),
 timed again before each shape because this shared machine's speed drifts from one minute to
 the next. The medians' IQR shows the noise within a run, not that drift: compare ratios
@@ -77,6 +79,7 @@ LENGTHS_IMPLEMENTATIONS = {"cython": "compiled", "cython+lengths": "compiled, le
 # cycles (~0.1 s here) after a call before they sleep.
 SETTLE_SECONDS = 0.5
 SGEMM_ROUNDS = 10
+PEAK_SECONDS = 0.02      # each of fma_peak's runs (the best of five counts)
 
 
 def step_flops(shape, cell="tanh"):
@@ -256,11 +259,12 @@ def measure(fn, rounds, warmup, settle=SETTLE_SECONDS):
     return Timing.of(seconds)
 
 
-def format_shape_table(name, shape, cell, timings, sgemm_rate=None):
+def format_shape_table(name, shape, cell, timings, sgemm_rate=None, peak_rate=None):
     """The table of one shape.
 
     timings: {implementation: Timing, or a str saying why it did not run}, in print order.
     sgemm_rate: the reference's FLOP/s, or None to leave out the "% sgemm" column.
+    peak_rate: the FMA peak's FLOP/s (``fma_peak``), or None to leave out "% peak".
     The FLOPs are the padded batch's, also for the "+lengths" rows (an effective rate).
     """
     flops = step_flops(shape, cell)
@@ -271,6 +275,8 @@ def format_shape_table(name, shape, cell, timings, sgemm_rate=None):
              f"{'/ compiled':>12}{'GFLOP/s':>9}"
     if sgemm_rate:
         header += f"{'% sgemm':>9}"
+    if peak_rate:
+        header += f"{'% peak':>8}"
     lines.append(header)
     for impl, t in timings.items():
         label = LABELS.get(impl, impl)
@@ -283,6 +289,8 @@ def format_shape_table(name, shape, cell, timings, sgemm_rate=None):
                f"{100 * t.iqr / t.median:>7.1f}{t.rounds:>8d}{ratio:>12}{rate / 1e9:>9.2f}")
         if sgemm_rate:
             row += f"{100 * rate / sgemm_rate:>9.1f}"
+        if peak_rate:
+            row += f"{100 * rate / peak_rate:>8.1f}"
         lines.append(row)
     return "\n".join(lines)
 
@@ -364,6 +372,13 @@ def main(argv=None):
     M, K, N = sgemm_dims()
     print(f"sgemm reference: scipy.linalg.blas.sgemm ({M}, {K}) @ ({K}, {N}), timed just before "
           "each shape (this machine's speed drifts over minutes)", file=out)
+    compiled = _backend._compiled
+    if compiled is not None:
+        print(f"FMA peak: float32 multiply-adds from registers on the compiled kernels' team "
+              f"({compiled.threads()} threads, the {_backend.compiled_level} build's vectors), "
+              "measured just before each shape", file=out)
+    else:
+        print("FMA peak: not measured (it needs the compiled kernels)", file=out)
     try:
         for name in args.shapes:
             shape = SHAPES[name]
@@ -371,6 +386,8 @@ def main(argv=None):
             warmup = QUICK_WARMUP if args.quick else shape.warmup
             reference = measure(sgemm, QUICK_ROUNDS if args.quick else SGEMM_ROUNDS, 1, settle)
             sgemm_rate = sgemm_flops / reference.median
+            peak_rate = (compiled.fma_peak(0.002 if args.quick else PEAK_SECONDS)
+                         if compiled is not None else None)
             timings = {}
             for impl in impls:
                 if unavailable[impl]:
@@ -380,9 +397,11 @@ def main(argv=None):
                 timings[impl] = measure(step, rounds, warmup, settle)
                 del step  # free the caches before the next implementation allocates its own
             print(file=out)
-            print(format_shape_table(name, shape, args.cell, timings, sgemm_rate), file=out)
+            print(format_shape_table(name, shape, args.cell, timings, sgemm_rate, peak_rate),
+                  file=out)
             print(f"  sgemm reference: {sgemm_rate / 1e9:.1f} GFLOP/s (median of "
-                  f"{reference.rounds}, IQR {100 * reference.iqr / reference.median:.1f}%)", file=out)
+                  f"{reference.rounds}, IQR {100 * reference.iqr / reference.median:.1f}%)"
+                  + (f"; FMA peak {peak_rate / 1e9:.1f} GFLOP/s" if peak_rate else ""), file=out)
             out.flush()
     finally:
         if torch_threads is not None:

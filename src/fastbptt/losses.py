@@ -103,3 +103,19 @@ def cross_entropy(logits, labels, *, last_step=False, lengths=None):
 
 # The losses by the names ``fit`` and ``model.train_step`` take.
 LOSSES = {"mse": mse, "cross_entropy": cross_entropy}
+
+
+def resolve(loss):
+    """The loss function ``loss`` names ("mse", "cross_entropy"), or ``loss`` itself when
+    it is a callable."""
+    if callable(loss):
+        return loss
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {tuple(LOSSES)} or a callable, got {loss!r}")
+    return LOSSES[loss]
+
+
+def with_lengths(lengths):
+    """The keyword arguments that pass ``lengths`` on to a loss: none without lengths, so
+    that a callable loss need not take them."""
+    return {} if lengths is None else {"lengths": lengths}

@@ -14,7 +14,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from . import _backend, _cells, serialization
-from .losses import LOSSES
+from . import losses as _losses
 from ._flat import FlatArrays, Layout
 from ._packing import Packing
 from ._stacking import Stack, StackRun
@@ -588,14 +588,13 @@ class RNN:
         backward: the forward runs on ``model.params`` itself (no snapshot), d_out is the
         loss's own and is not checked again. No cache is left: ``backward`` after it raises.
         """
-        loss_fn = LOSSES.get(loss) if isinstance(loss, str) else loss
-        if not callable(loss_fn):
-            raise ValueError(f"loss must be one of {tuple(LOSSES)} or a callable, got {loss!r}")
+        loss_fn = _losses.resolve(loss)
         out, _ = self.forward(x, h0, lengths, _snapshot=False)
         try:
-            extra = {} if lengths is None else {"lengths": lengths}
-            value, d_out = loss_fn(out, target, last_step=last_step, **extra)
-            g = self.backward(d_out, input_grad=False, _d_out_checked=loss_fn in LOSSES.values())
+            value, d_out = loss_fn(out, target, last_step=last_step,
+                                   **_losses.with_lengths(lengths))
+            g = self.backward(d_out, input_grad=False,
+                              _d_out_checked=loss_fn in _losses.LOSSES.values())
         finally:
             self._cache = None    # its parameters are the live ones, about to change
         norm = optimizer.step(g.params, clip_norm=clip_norm)

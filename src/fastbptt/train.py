@@ -56,18 +56,8 @@ class History:
         return self.batches / self.seconds if self.seconds > 0 else math.nan
 
 
-def _loss_fn(loss):
-    if callable(loss):
-        return loss
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {tuple(LOSSES)} or a callable, got {loss!r}")
-    return LOSSES[loss]
-
-
-def _with_lengths(lengths):
-    """The keyword arguments that pass ``lengths`` on to a loss: none without lengths, so
-    that a callable loss need not take them."""
-    return {} if lengths is None else {"lengths": lengths}
+_loss_fn = _losses.resolve
+_with_lengths = _losses.with_lengths
 
 
 def _unpack(batch, what):

@@ -65,6 +65,23 @@ def test_bench_lengths_prints_padded_and_lengths_rows(capsys):
     assert "numpy" not in out.split("small  T=100")[1]
 
 
+def test_lengths_rows_rate_counts_the_running_rows_only():
+    """A "+lengths" row's GFLOP/s and % peak count the running rows' multiply-adds: the
+    padded step's FLOPs times the mean length over T (here the same time as the padded row,
+    so its rate is that fraction of the padded row's)."""
+    shape = bench.SHAPES["small"]
+    t = bench.Timing(median=2e-3, q1=1.9e-3, q3=2.1e-3, rounds=10)
+    out = bench.format_shape_table("small", shape, "gru", {"cython": t, "cython+lengths": t},
+                                   sgemm_rate=200e9, peak_rate=400e9)
+    padded, lengths = _row(out, "compiled"), _row(out, "compiled,")[1:]
+    fraction = bench.mixed_lengths(shape).sum() / (shape.T * shape.B)
+    full = bench.step_flops(shape, "gru") / 2e-3
+    assert float(padded[6]) == pytest.approx(full / 1e9, rel=1e-3)
+    assert float(lengths[6]) == pytest.approx(fraction * full / 1e9, rel=1e-3)
+    assert float(lengths[8]) == pytest.approx(100 * fraction * full / 400e9, abs=0.06)
+    assert float(padded[8]) == pytest.approx(100 * full / 400e9, abs=0.06)
+
+
 def test_mixed_lengths_average_half_of_t():
     for shape in bench.SHAPES.values():
         lengths = bench.mixed_lengths(shape)

@@ -126,24 +126,27 @@ def threads():
 def fma_peak(double seconds=0.02, int repeats=5):
     """The float32 multiply-add rate (FLOP/s) this build reaches on the kernels' team, from
     registers alone: the best of ``repeats`` runs of about ``seconds`` each. The limit that
-    the products' rates are measured against (``python -m fastbptt bench``'s "% peak")."""
+    the products' rates are measured against (``python -m fastbptt bench``'s "% peak").
+
+    A run shorter than seconds / 2 only sizes the next one (rounds only grow), so a first
+    run slowed by other threads (OpenBLAS's spin after a call halves it) cannot leave the
+    counted runs so short that meeting the team dominates them."""
     if not seconds > 0 or repeats < 1:
         raise ValueError(f"seconds and repeats must be positive, got {seconds}, {repeats}")
-    cdef int team = fb_max_threads(), i
+    cdef int team = fb_max_threads(), counted = 0
     cdef long rounds = 1 << 12, limit = 1L << 40
-    cdef double took = 0.0, best = 0.0
+    cdef double took = 0.0, best = 0.0, grow
     cdef double per_round = <double> team * FB_PEAK_ACC * FB_VW * 2
     with nogil:
-        while True:           # rounds for about ``seconds`` of work
+        while counted < repeats:
             took = fb_fma_peak(rounds, team)
-            if took >= seconds / 4 or rounds > limit:
-                break
-            rounds *= 2
-        rounds = max(<long> (rounds * (seconds / max(took, 1e-9))), 1)
-        for i in range(repeats):
-            took = fb_fma_peak(rounds, team)
+            if took < seconds / 2 and rounds < limit:
+                grow = seconds / took if took > 0 else 16.0
+                rounds = <long> (rounds * min(max(grow, 2.0), 16.0))
+                continue
             if took > 0:
                 best = max(best, per_round * rounds / took)
+            counted += 1
     return best
 
 

@@ -265,9 +265,11 @@ def format_shape_table(name, shape, cell, timings, sgemm_rate=None, peak_rate=No
     timings: {implementation: Timing, or a str saying why it did not run}, in print order.
     sgemm_rate: the reference's FLOP/s, or None to leave out the "% sgemm" column.
     peak_rate: the FMA peak's FLOP/s (``fma_peak``), or None to leave out "% peak".
-    The FLOPs are the padded batch's, also for the "+lengths" rows (an effective rate).
+    A "+lengths" row's rates count the multiply-adds of the running rows only (the padded
+    batch's times the mean length over T), the work its kernels do.
     """
     flops = step_flops(shape, cell)
+    running = float(np.mean(mixed_lengths(shape))) / shape.T
     baseline = timings.get("cython")
     baseline = baseline if isinstance(baseline, Timing) else None
     lines = [f"{name}  {shape}  ({flops / 1e6:,.1f} MFLOP per step)"]
@@ -284,7 +286,7 @@ def format_shape_table(name, shape, cell, timings, sgemm_rate=None, peak_rate=No
             lines.append(f"  {label:<18}{'-':>11}   ({t})")
             continue
         ratio = f"{t.median / baseline.median:.2f}x" if baseline else "-"
-        rate = flops / t.median
+        rate = flops * (running if impl.endswith("+lengths") else 1.0) / t.median
         row = (f"  {label:<18}{t.median * 1e3:>11.3f}{t.iqr * 1e3:>10.3f}"
                f"{100 * t.iqr / t.median:>7.1f}{t.rounds:>8d}{ratio:>12}{rate / 1e9:>9.2f}")
         if sgemm_rate:
@@ -384,10 +386,14 @@ def main(argv=None):
             shape = SHAPES[name]
             rounds = args.rounds or (QUICK_ROUNDS if args.quick else shape.rounds)
             warmup = QUICK_WARMUP if args.quick else shape.warmup
-            reference = measure(sgemm, QUICK_ROUNDS if args.quick else SGEMM_ROUNDS, 1, settle)
-            sgemm_rate = sgemm_flops / reference.median
+            # The peak first, after a pause: threads that OpenBLAS (the sgemm reference) or a
+            # peer leave spinning after their last call halve it.
+            if settle:
+                time.sleep(settle)
             peak_rate = (compiled.fma_peak(0.002 if args.quick else PEAK_SECONDS)
                          if compiled is not None else None)
+            reference = measure(sgemm, QUICK_ROUNDS if args.quick else SGEMM_ROUNDS, 1, settle)
+            sgemm_rate = sgemm_flops / reference.median
             timings = {}
             for impl in impls:
                 if unavailable[impl]:

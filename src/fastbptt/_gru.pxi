@@ -3,8 +3,10 @@
 # tests/test_gated_kernels.py.
 #
 # The LSTM's recipe, with one difference: r multiplies the hidden side of the n gate, so a
-# step's hidden-side products (gh) are kept apart from the input side's, and the backward
-# keeps two gate gradients, δi (input side) and δh (hidden side), that differ in their n block.
+# step's hidden-side products (gh) are kept apart from the input side's, and the backward's
+# gate gradients differ on the two sides in their n block: δi (input side, (T, B, 3H)) is
+# kept whole, of the hidden side only its n block δh_n = δi_n ⊙ r ((T, B, H)); a step's
+# whole δh (r, z, n) is assembled in a one-step scratch for that step's product.
 
 cdef inline void gru_cell(floating* gates, const floating* gh, const floating* bias,
                           const floating* b_ih, const floating* b_hh, const floating* h_prev,
@@ -98,19 +100,24 @@ cdef inline void gru_cell_backward(const floating* d_out, floating* carry, const
 
 
 cdef inline void gru_hidden_delta(const floating* delta_i, const floating* gates,
-                                  floating* delta_h, Py_ssize_t B, Py_ssize_t H) noexcept nogil:
-    """δh_t (B, 3H) from δi_t: the same r, z blocks, and δi_n ⊙ r (gh_n enters as r ⊙ hn)."""
+                                  floating* delta_h, floating* delta_hn, Py_ssize_t B,
+                                  Py_ssize_t H) noexcept nogil:
+    """δh_t (B, 3H) from δi_t: the same r, z blocks, and δi_n ⊙ r (gh_n enters as r ⊙ hn),
+    which also goes to delta_hn (B, H)."""
     cdef Py_ssize_t b, j
     cdef const floating* dn
     cdef const floating* gr
+    cdef floating* dh
     cdef floating* dhn
     for b in range(B):
         memcpy(delta_h + b * 3 * H, delta_i + b * 3 * H, 2 * H * sizeof(floating))
         dn = delta_i + b * 3 * H + 2 * H
         gr = gates + b * 4 * H
-        dhn = delta_h + b * 3 * H + 2 * H
+        dh = delta_h + b * 3 * H + 2 * H
+        dhn = delta_hn + b * H
         for j in range(H):
-            dhn[j] = dn[j] * gr[j]
+            dh[j] = dn[j] * gr[j]
+            dhn[j] = dh[j]
 
 
 cdef void gru_forward_rows(const Loop* L, Py_ssize_t r0, Py_ssize_t r1, int threads,
@@ -200,23 +207,24 @@ cdef void gru_backward_rows(const Loop* L, Py_ssize_t r0, Py_ssize_t r1, int thr
     cdef const floating* hs = <const floating*> L.hs
     cdef const floating* gates = <const floating*> L.gates
     cdef floating* delta_i = <floating*> L.delta
-    cdef floating* delta_h = <floating*> L.delta_h
+    cdef floating* delta_hn = <floating*> L.delta_h
     cdef floating* norms = <floating*> L.norms
     cdef Py_ssize_t t, G = 3 * H, rows = r1 - r0, n = r1 - r0
     cdef floating* di
-    cdef floating* dh
+    cdef floating* dhn
+    cdef floating* dh = (<floating*> L.gh) + r0 * G       # this step's δh (rows, 3H)
     cdef floating* c = (<floating*> L.carry) + r0 * H
     cdef const floating* dy
     cdef const floating* gt
     for t in range(T - 1, -1, -1):
         di = delta_i + (t * B + r0) * G
-        dh = delta_h + (t * B + r0) * G
+        dhn = delta_hn + (t * B + r0) * H
         dy = d_out + (t * B + r0) * H
         gt = gates + (t * B + r0) * 4 * H
         # rows n: finished before step t: δ_t = 0, their carry passes on unchanged
         n = running_at(sizes, t, r0, r1)
         zero_rows(di, n, rows, G)
-        zero_rows(dh, n, rows, G)
+        zero_rows(dhn, n, rows, H)
         if norms != NULL:
             step_norms(norms + t * B + r0, dy, c, n, rows, H)
         if n == 0:
@@ -226,7 +234,7 @@ cdef void gru_backward_rows(const Loop* L, Py_ssize_t r0, Py_ssize_t r1, int thr
         if clip:
             clip_rows(di, n, G, max_norm)
         # 2: n = tanh(gi_n + r ⊙ gh_n): δh_t from δi_t
-        gru_hidden_delta(di, gt, dh, n, H)
+        gru_hidden_delta(di, gt, dh, dhn, n, H)
         # 3: gh_t = h_{t-1} W_hhᵀ: carry[:n] += delta_h[t, :n] @ w_hh
         step_product(&L.product, n, H, G, dh, True, c, threads)
 
@@ -261,16 +269,17 @@ cdef object _gru_backward(const floating[:, :, ::1] d_out, dh_n, x,
     keep_x = input_pointers(x, &xp, &ids)
     need_dx = need_dx and ids == NULL
     dtype = np.float32 if floating is float else np.float64
-    cdef floating[::1] work = (_packed_work(batch_sizes, T, B, 2 * G + 2 * I + H, dtype) if need_dx
+    cdef floating[::1] work = (_packed_work(batch_sizes, T, B, G + 2 * I + H, dtype) if need_dx
                                else None)
     # carry holds the part of ∂E/∂h_t arriving from step t+1 (or d_h_n at the end)
     cdef floating[:, ::1] carry = _carry(dh_n, B, H, dtype)
-    # The input- and hidden-side gate gradients differ in their n block; both are kept,
-    # so that each weight gradient is one gemm over all steps.
+    # The input- and hidden-side gate gradients differ in their n block: δi whole, of δh
+    # its n block (the rest is δi's), and one step's δh whole for the step's product.
     delta_i_arr = pooled_empty((T, B, G), dtype=dtype)
-    delta_h_arr = pooled_empty((T, B, G), dtype=dtype)
+    delta_hn_arr = pooled_empty((T, B, H), dtype=dtype)
     cdef floating[:, :, ::1] delta_i = delta_i_arr
-    cdef floating[:, :, ::1] delta_h = delta_h_arr
+    cdef floating[:, :, ::1] delta_hn = delta_hn_arr
+    cdef floating[:, ::1] step_delta_h = pooled_empty((B, G), dtype=dtype)
     dx_arr, dw_ih_arr, dw_hh_arr, db_ih_arr = backward_arrays(T, B, I, H, G, dtype,
                                                               work is not None, need_dx)
     db_hh_arr = pooled_empty(G, dtype=dtype)
@@ -290,14 +299,22 @@ cdef object _gru_backward(const floating[:, :, ::1] d_out, dh_n, x,
     L.gates = <void*> &gates[0, 0, 0]
     L.carry = &carry[0, 0]
     L.delta = &delta_i[0, 0, 0]
-    L.delta_h = &delta_h[0, 0, 0]
+    L.delta_h = &delta_hn[0, 0, 0]
+    L.gh = &step_delta_h[0, 0]
     with nogil:
         run_rows(gru_backward_rows[floating], &L)
-        # 4: dx = delta_i @ w_ih; dw_ih = delta_i.T @ x; dw_hh = delta_h.T @ hs[:-1]
-        input_gradients(&delta_i[0, 0, 0], &delta_h[0, 0, 0], xp, ids, &hs[0, 0, 0],
-                        &w_ih[0, 0], dxp, &dw_ih[0, 0], &dw_hh[0, 0], T, B, I, H, G, L.sizes,
+        # 4: dx = delta_i @ w_ih; dw_ih = delta_i.T @ x
+        input_gradients(&delta_i[0, 0, 0], xp, ids, &hs[0, 0, 0], &w_ih[0, 0], dxp,
+                        &dw_ih[0, 0], NULL, T, B, I, H, G, L.sizes,
                         &work[0] if work is not None else NULL)
-        # db_ih = delta_i.sum(axis=(0, 1)); db_hh = delta_h.sum(axis=(0, 1))
+        # dw_hh = δh.T @ hs[:-1] over all T·B rows (finished ones are zero): the r, z rows
+        # from δi's r, z columns, the n rows from δh_n
+        matmul(True, False, 2 * H, H, T * B, &delta_i[0, 0, 0], G, &hs[0, 0, 0], H, False,
+               &dw_hh[0, 0], H)
+        matmul(True, False, H, H, T * B, &delta_hn[0, 0, 0], H, &hs[0, 0, 0], H, False,
+               &dw_hh[2 * H, 0], H)
+        # db_ih = delta_i.sum(axis=(0, 1)); db_hh: the same r, z sums, then δh_n's
         column_sums(&delta_i[0, 0, 0], &db_ih[0], T * B, G)
-        column_sums(&delta_h[0, 0, 0], &db_hh[0], T * B, G)
+        memcpy(&db_hh[0], &db_ih[0], 2 * H * sizeof(floating))
+        column_sums(&delta_hn[0, 0, 0], &db_hh[2 * H], T * B, H)
     return dx_arr, np.asarray(carry), dw_ih_arr, dw_hh_arr, db_ih_arr, db_hh_arr

@@ -62,26 +62,26 @@ cdef inline void project_input(const floating* x, const Py_ssize_t* ids, const f
         input_projection(x, w_ih, out, T, B, I, G, stride, sizes, work)
 
 
-cdef inline void input_gradients(const floating* d_in, const floating* d_rec, const floating* x,
+cdef inline void input_gradients(const floating* delta, const floating* x,
                                  const Py_ssize_t* ids, const floating* h_prev,
                                  const floating* w_ih, floating* dx, floating* dw_ih,
                                  floating* dw_hh, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
                                  Py_ssize_t H, Py_ssize_t G, const Py_ssize_t* sizes,
                                  floating* work) noexcept nogil:
-    """dx (when dx is not NULL), dW_ih, dW_hh after a backward sweep: ``hoisted_gradients``
-    with dx; without it, dW_hh and dW_ih (a gemm for float x, the scatter for ids) over all
-    T·B rows, whose finished rows have zero δ's."""
+    """dx (when dx is not NULL), dW_ih, dW_hh (when not NULL) after a backward sweep:
+    ``hoisted_gradients`` with dx; without it, dW_hh and dW_ih (a gemm for float x, the
+    scatter for ids) over all T·B rows, whose finished rows have zero δ's."""
     if dx != NULL:
-        hoisted_gradients(d_in, d_rec, x, h_prev, w_ih, dx, dw_ih, dw_hh, T, B, I, H, G, sizes,
-                          work)
+        hoisted_gradients(delta, x, h_prev, w_ih, dx, dw_ih, dw_hh, T, B, I, H, G, sizes, work)
         return
-    # dw_hh = d_rec.T @ h_prev                  (G, TB) @ (TB, H)
-    matmul(True, False, G, H, T * B, d_rec, G, h_prev, H, False, dw_hh, H)
+    if dw_hh != NULL:
+        # dw_hh = delta.T @ h_prev              (G, TB) @ (TB, H)
+        matmul(True, False, G, H, T * B, delta, G, h_prev, H, False, dw_hh, H)
     if ids != NULL:
-        scatter_columns(d_in, ids, dw_ih, T * B, I, G)
+        scatter_columns(delta, ids, dw_ih, T * B, I, G)
     else:
-        # dw_ih = d_in.T @ x                    (G, TB) @ (TB, I)
-        matmul(True, False, G, I, T * B, d_in, G, x, I, False, dw_ih, I)
+        # dw_ih = delta.T @ x                   (G, TB) @ (TB, I)
+        matmul(True, False, G, I, T * B, delta, G, x, I, False, dw_ih, I)
 
 
 cdef tuple backward_arrays(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t G,

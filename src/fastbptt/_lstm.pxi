@@ -280,7 +280,7 @@ cdef object _lstm_backward(const floating[:, :, ::1] d_out, dh_n, dc_n,
     with nogil:
         run_rows(lstm_backward_rows[floating], &L)
         # 3: dx = delta @ w_ih; dw_ih = delta.T @ x; dw_hh = delta.T @ hs[:-1]
-        input_gradients(&delta[0, 0, 0], &delta[0, 0, 0], xp, ids, &hs[0, 0, 0], &w_ih[0, 0],
+        input_gradients(&delta[0, 0, 0], xp, ids, &hs[0, 0, 0], &w_ih[0, 0],
                         dxp, &dw_ih[0, 0], &dw_hh[0, 0], T, B, I, H, G, L.sizes,
                         &work[0] if work is not None else NULL)
         # db = delta.sum(axis=(0, 1))

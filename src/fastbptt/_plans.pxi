@@ -43,7 +43,8 @@ cdef struct Loop:
     void* hs                       # (T+1, B, H) states s_t, hs[0] = h0
     void* cs                       # LSTM: (T+1, B, H) cell states
     void* gates                    # LSTM: (T, B, 4H) i, f, g, o; GRU: (T, B, 4H) r, z, n, hn
-    void* gh                       # GRU forward: (B, 3H) one step's hidden-side products
+    void* gh                       # GRU: (B, 3H) one step's hidden-side products (forward)
+                                   # or hidden-side gate gradients δh (backward)
     const void* bias               # (G,) b_ih + b_hh
     const void* b_ih               # GRU forward: (3H,) each, for the n gate
     const void* b_hh
@@ -51,7 +52,7 @@ cdef struct Loop:
     void* carry                    # backward: (B, H) ∂E/∂h_t arriving from step t+1
     void* carry_c                  # LSTM backward: (B, H) ∂E/∂c_t arriving from step t+1
     void* delta                    # backward: (T, B, G) gate gradients (GRU: input side)
-    void* delta_h                  # GRU backward: (T, B, 3H) hidden-side gate gradients
+    void* delta_h                  # GRU backward: (T, B, H) the hidden side's n block δh_n
     void* norms                    # backward: (T, B) step norms ‖∂E/∂h_t‖, or NULL
 
 

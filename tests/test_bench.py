@@ -26,7 +26,11 @@ def test_bench_quick_prints_a_table(capsys):
         assert float(compiled[1]) > 0
         assert compiled[5] == "1.00x" and numpy[5].endswith("x")  # time / compiled's
         # GFLOP/s, % sgemm, % peak: the % peak is the rate over the peak printed below
-        peak = float(out.split("FMA peak ")[1].split()[0])
+        peak_line = out.split("FMA peak ")[1].split("\n")[0]   # "X GFLOP/s (before Y, after Z)"
+        peak = float(peak_line.split()[0])
+        before = float(peak_line.split("before ")[1].split(",")[0])
+        after = float(peak_line.split("after ")[1].split(")")[0])
+        assert peak == max(before, after)
         assert "% peak" in out and len(compiled) == 9
         assert float(compiled[8]) == pytest.approx(100 * float(compiled[6]) / peak, rel=0.02, abs=0.1)
     else:

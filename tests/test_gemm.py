@@ -50,6 +50,26 @@ def test_matmul_matches_numpy(level, trans_a, trans_b, shape, assert_close):
 
 
 @pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("shape", [(700, 300, 129), (130, 1600, 100), (403, 260, 40), (64, 200, 64)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_matmul_same_bits_on_any_thread_count(level, trans_a, shape, restore_threads):
+    """A hoisted product (a dW's δᵀ read transposed, copied a block of rows at a time, or A's
+    rows in place) sums each element in the same order on one thread (row blocks walked in
+    turn) as on several (row ranges per thread): the same bits on 1, 2 and 3 threads."""
+    import fastbptt as fb
+    m, k, n = shape
+    rng = np.random.default_rng(m + k + n + trans_a)
+    a, b = _operands(rng, m, k, n, trans_a, False, np.float32)
+    results = []
+    for threads in (1, 2, 3):
+        fb.set_num_threads(threads)
+        results.append(BUILDS[level]._matmul(a, b, trans_a, False))
+    for got in results[1:]:
+        np.testing.assert_array_equal(got, results[0])
+
+
+@pytest.mark.parametrize("level", LEVELS)
 def test_matmul_empty_sum(level):
     a = np.empty((4, 0), np.float32)
     b = np.empty((0, 6), np.float32)

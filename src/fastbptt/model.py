@@ -506,7 +506,7 @@ class RNN:
         # then each layer's, top first, so that _on_final can start reducing them early
         # (without _on_final, one concatenation at the end does it: fewer calls)
         if _on_final is not None:
-            flat = np.empty(self._layout.size, dtype=self.dtype)
+            flat = self._kernels.empty(self._layout.size, self.dtype)
             slots = {name: (start, stop) for name, start, stop, _ in self._layout.slots}
         copied = set()
 
@@ -561,7 +561,8 @@ class RNN:
             if norms is not None:
                 norms = packing.unsort(norms, axis=2)
         if _on_final is None:  # one buffer, laid out as flat_params, in one copy
-            flat = np.concatenate([grads[name].reshape(-1) for name in self._shapes])
+            flat = np.concatenate([grads[name].reshape(-1) for name in self._shapes],
+                                  out=self._kernels.empty(self._layout.size, self.dtype))
         else:
             for name in self._shapes:
                 if name not in copied:

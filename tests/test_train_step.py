@@ -107,6 +107,44 @@ def test_train_step_takes_a_callable_loss(backend):
     np.testing.assert_array_equal(model.flat_params, twin.flat_params)
 
 
+def test_train_step_hands_other_optimizers_the_gradient_dict(backend):
+    """An optimizer train_step cannot step over the flat buffers directly (one of separate
+    arrays; any object with fb.optim's ``step(grads, clip_norm=)``) gets backward's g.params,
+    the same gradients the four calls would pass it, and its step is what happens."""
+    class Recording:
+        def __init__(self):
+            self.received = None
+
+        def step(self, grads, clip_norm=None):
+            self.received = ({name: np.array(a) for name, a in grads.items()}, clip_norm)
+            return 1.25
+
+    pair = [_case("gru", "mse", backend, "float64") for _ in range(2)]
+    x, target = pair[0][1], pair[0][2]
+    recording = Recording()
+    value, norm = pair[0][0].train_step(x, target, loss="mse", optimizer=recording, clip_norm=0.5)
+    assert norm == 1.25
+    out, _ = pair[1][0].forward(x)
+    expected_value, d_out = fb.losses.mse(out, target)
+    g = pair[1][0].backward(d_out, input_grad=False)
+    assert value == expected_value
+    grads, clip_norm = recording.received
+    assert clip_norm == 0.5 and list(grads) == list(g.params)
+    for name in grads:
+        np.testing.assert_array_equal(grads[name], g.params[name])
+    # an fb.optim optimizer over separate arrays (not one buffer) steps them per array
+    model, x, target = _case("tanh", "mse", backend, "float64")
+    twin = _case("tanh", "mse", backend, "float64")[0]
+    separate = {name: a.copy() for name, a in model.params.items()}
+    separate_twin = {name: a.copy() for name, a in twin.params.items()}
+    opt, opt_twin = fb.optim.Adam(separate, lr=0.01), fb.optim.Adam(separate_twin, lr=0.01)
+    model.train_step(x, target, loss="mse", optimizer=opt, clip_norm=0.5)
+    _four_calls(twin, opt_twin, x, target, "mse", 0.5)
+    for name in separate:
+        np.testing.assert_array_equal(separate[name], separate_twin[name])
+        assert not np.array_equal(separate[name], model.params[name])   # it stepped its own
+
+
 def test_train_step_leaves_no_cache(backend):
     model, x, target = _case("lstm", "mse", backend, "float64")
     model.train_step(x, target, loss="mse", optimizer=fb.optim.SGD(model.params, lr=0.1))

@@ -154,6 +154,7 @@ class RNN:
                             self.hidden_size)
         self._cache = None
         self._layout = Layout(self._param_layout())
+        self._names = tuple(self._layout.shapes)
         self._shapes = self._layout.shapes
         size = self._layout.size
         self._params = FlatArrays(np.empty(size, self.dtype), self._layout, "model.params")
@@ -182,6 +183,7 @@ class RNN:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        self._names = tuple(self._layout.shapes)
         self._cell = _cells.CELLS[self.cell]
         self._kernels = _backend.resolve(self.backend)[1]
         self._stack = Stack(self._cell, self._kernels, self.num_layers, self.num_directions,
@@ -442,7 +444,7 @@ class RNN:
             top.reshape(T * B, F), params["weight_out"], params["bias_out"]).reshape(T, B, self.output_size)
 
     def backward(self, d_out, d_h_n=None, clip_step=None, step_norms=False, input_grad=True,
-                 _on_final=None, _d_out_checked=False):
+                 _on_final=None, _d_out_checked=False, _flat_only=False):
         """Backpropagate through the last forward call.
 
         d_out: ∂E/∂out, the shape of forward's ``out``; d_h_n: ∂E/∂h_n shaped like h_n, or None.
@@ -460,7 +462,8 @@ class RNN:
         the readout's, then each layer's (its directions adjacent in ``flat``), top first;
         ``flat`` is the buffer ``g.flat`` will be. The embedding's and anything not yet
         given are final when backward returns. _d_out_checked (private, for ``train_step``):
-        d_out is a loss's own C-contiguous gradient of the model's dtype and shape.
+        d_out is a loss's own C-contiguous gradient of the model's dtype and shape;
+        _flat_only (private, for ``train_step``): return ``g.flat`` alone.
         """
         cache = self._cache
         if cache is None:
@@ -568,6 +571,8 @@ class RNN:
                 if name not in copied:
                     start, stop = slots[name]
                     flat[start:stop] = grads[name].reshape(-1)
+        if _flat_only:
+            return flat
         params = FlatArrays(flat, self._layout, "g.params")
         return Gradients(params=params, x=d_x, h0=self._state_out(carry), step_norms=norms, flat=flat)
 
@@ -594,11 +599,17 @@ class RNN:
         try:
             value, d_out = loss_fn(out, target, last_step=last_step,
                                    **_losses.with_lengths(lengths))
-            g = self.backward(d_out, input_grad=False,
-                              _d_out_checked=loss_fn in _losses.LOSSES.values())
+            flat = self.backward(d_out, input_grad=False,
+                                 _d_out_checked=loss_fn in _losses.LOSSES.values(),
+                                 _flat_only=True)
         finally:
             self._cache = None    # its parameters are the live ones, about to change
-        norm = optimizer.step(g.params, clip_norm=clip_norm)
+        # an fb.optim optimizer fused over model.params takes the flat gradients as they are
+        step_flat = getattr(optimizer, "_step_flat", None)
+        norm = (step_flat(flat, self._names, clip_norm) if step_flat is not None
+                else NotImplemented)
+        if norm is NotImplemented:
+            norm = optimizer.step(FlatArrays(flat, self._layout, "g.params"), clip_norm=clip_norm)
         return float(value), norm
 
     def cache_nbytes(self):

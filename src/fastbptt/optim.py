@@ -170,14 +170,32 @@ class Optimizer:
         flat_p = self._fused_params()
         flat_g = self._fused_grads(grads, flat_p) if flat_p is not None else None
         if flat_g is not None:
-            norm = None
-            if clip_norm is not None:
-                norm = math.sqrt(self._kernels.sum_squares(flat_g))
-                scale = clip_norm / norm if math.isfinite(norm) and norm > clip_norm else 1.0
-            self.step_count += 1
-            self._fused(self._kernels, flat_p, flat_g, self._flat_state, 1.0 if scale is None else scale)
-            return norm
+            return self._fused_step(flat_p, flat_g, scale, clip_norm)
         return self._step_per_array(grads, scale, clip_norm)
+
+    def _step_flat(self, flat_g, names, clip_norm=None):
+        """``step(FlatArrays(flat_g, ...), clip_norm=clip_norm)`` for gradients laid out as the
+        parameters' own buffer, under ``names`` in its order, and in memory of their own (a
+        backward's ``g.flat``), without building and checking the dict: ``model.train_step``'s
+        path. NotImplemented (nothing done) when the step is not fused over that layout."""
+        flat_p = self._fused_params()
+        if (flat_p is None or names != self._names or flat_g.shape != flat_p.shape
+                or flat_g.dtype != flat_p.dtype):
+            return NotImplemented
+        if clip_norm is not None and (type(clip_norm) is not float or not 0.0 < clip_norm < math.inf):
+            clip_norm = check_positive_number("clip_norm", clip_norm, allow_none=False)
+        return self._fused_step(flat_p, flat_g, None, clip_norm)
+
+    def _fused_step(self, flat_p, flat_g, scale, clip_norm):
+        """One fused pass over the flat buffers, the clip's scale folded in; returns the norm
+        before clipping (clip_norm given) or None."""
+        norm = None
+        if clip_norm is not None:
+            norm = math.sqrt(self._kernels.sum_squares(flat_g))
+            scale = clip_norm / norm if math.isfinite(norm) and norm > clip_norm else 1.0
+        self.step_count += 1
+        self._fused(self._kernels, flat_p, flat_g, self._flat_state, 1.0 if scale is None else scale)
+        return norm
 
     def zero_state(self):
         """Forget the history: every state array back to zero in place, step count to 0."""

@@ -12,10 +12,10 @@ large enough to shard (B = 19).
 import numpy as np
 import pytest
 
-from _support import assert_layer_matches_oracle
+from _support import assert_layer_matches_oracle, run_layer
 
 CELLS = ["tanh", "relu", "lstm", "gru"]
-# (small_step, transposed_step, shard_step): which thresholds force which path. A gated
+# (small_step, transposed_step, shard_step[, pass_units]): which thresholds force which path. A gated
 # cell's single sequence (B = 1) always takes a plain loop at these sizes (SMALL_GATED_STEP
 # is not tunable), except float64's forward; the float32 forward's plain loop is the dot
 # form ("dot"), the others' the axpy form ("loop"): test_paths_route_as_named.
@@ -24,6 +24,8 @@ PATHS = {
     "gemm": (0, 1 << 60, 0),           # a gemm per step (float32 own, float64 BLAS), never sharded
     "transposed": (0, 1, 0),           # float64: batch-as-m gemm and transposed add
     "sharded": (0, 1 << 60, 1 << 60),  # float32, B >= 16: the time loop in shards of rows
+    # a gemm per step, the gated cells' element-wise pass shared by rows among the team
+    "shared-pass": (0, 1 << 60, 0, 0),
 }
 GATES = {"tanh": 1, "relu": 1, "lstm": 4, "gru": 3}
 
@@ -93,8 +95,9 @@ def test_default_thresholds_route_by_size(compiled_kernels):
 
 def test_tuning_returns_and_restores_the_thresholds(compiled_kernels):
     before = compiled_kernels._tuning()
-    assert compiled_kernels._tuning(small_step=7, transposed_step=9, shard_step=11) == before
-    assert compiled_kernels._tuning(*before) == (7, 9, 11)
+    assert compiled_kernels._tuning(small_step=7, transposed_step=9, shard_step=11,
+                                    pass_units=13) == before
+    assert compiled_kernels._tuning(*before) == (7, 9, 11, 13)
     assert compiled_kernels._tuning() == before
 
 
@@ -120,3 +123,25 @@ def test_sharded_path_really_shards(compiled_kernels, sizes):
 
 def test_large_weights_do_not_shard(compiled_kernels):
     assert compiled_kernels._shard_bounds(64, 1 << 40) is None
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("sizes", [None, RAGGED_19], ids=["padded", "lengths"])
+def test_shared_pass_gives_the_same_bits_as_one_thread_passes(compiled_kernels, cell, sizes, rng,
+                                                              layer_arrays):
+    """A gated cell's element-wise pass shared by rows among the team (each row's arithmetic
+    unchanged) leaves every cache array, gradient and step norm as the pass on one thread
+    does, to the bit, with the per-step clip too."""
+    a = layer_arrays(rng, cell, 6, 19, 3, 7, np.float32)
+    sizes = None if sizes is None else np.array(sizes, dtype=np.intp)
+    results = {}
+    for name in ("gemm", "shared-pass"):
+        previous = compiled_kernels._tuning(*PATHS[name])
+        try:
+            results[name] = run_layer(compiled_kernels, cell, a, sizes)
+        finally:
+            compiled_kernels._tuning(*previous)
+    for one, shared in zip(results["gemm"][0] + results["gemm"][1] + [results["gemm"][2]],
+                           results["shared-pass"][0] + results["shared-pass"][1]
+                           + [results["shared-pass"][2]]):
+        np.testing.assert_array_equal(shared, one)

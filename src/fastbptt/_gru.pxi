@@ -120,6 +120,47 @@ cdef inline void gru_hidden_delta(const floating* delta_i, const floating* gates
             dhn[j] = dh[j]
 
 
+cdef inline void gru_cell_team(floating* gates, const floating* gh, const floating* bias,
+                               const floating* b_ih, const floating* b_hh, const floating* h_prev,
+                               floating* h, Py_ssize_t B, Py_ssize_t H, int parts) noexcept nogil:
+    """``gru_cell`` over B rows, shared by rows among ``parts`` threads (``pass_team``)."""
+    cdef int part
+    cdef Py_ssize_t a, e
+    if parts == 1:
+        gru_cell(gates, gh, bias, b_ih, b_hh, h_prev, h, B, H)
+        return
+    for part in prange(parts, num_threads=parts, schedule="static", chunksize=1):
+        a = part_start(part, parts, B)
+        e = part_start(part + 1, parts, B)
+        gru_cell(gates + a * 4 * H, gh + a * 3 * H, bias, b_ih, b_hh, h_prev + a * H, h + a * H,
+                 e - a, H)
+
+
+cdef inline void gru_backward_team(const floating* d_out, floating* carry, const floating* gates,
+                                   const floating* h_prev, floating* delta_i, floating* delta_h,
+                                   floating* delta_hn, Py_ssize_t B, Py_ssize_t H, bint clip,
+                                   double max_norm, int parts) noexcept nogil:
+    """``gru_cell_backward``, the rows' clip and ``gru_hidden_delta`` over B rows, shared by
+    rows among ``parts`` threads (``pass_team``)."""
+    cdef int part
+    cdef Py_ssize_t a, e, G = 3 * H
+    if parts == 1:
+        gru_cell_backward(d_out, carry, gates, h_prev, delta_i, B, H)
+        if clip:
+            clip_rows(delta_i, B, G, max_norm)
+        gru_hidden_delta(delta_i, gates, delta_h, delta_hn, B, H)
+        return
+    for part in prange(parts, num_threads=parts, schedule="static", chunksize=1):
+        a = part_start(part, parts, B)
+        e = part_start(part + 1, parts, B)
+        gru_cell_backward(d_out + a * H, carry + a * H, gates + a * 4 * H, h_prev + a * H,
+                          delta_i + a * G, e - a, H)
+        if clip:
+            clip_rows(delta_i + a * G, e - a, G, max_norm)
+        gru_hidden_delta(delta_i + a * G, gates + a * 4 * H, delta_h + a * G, delta_hn + a * H,
+                         e - a, H)
+
+
 cdef void gru_forward_rows(const Loop* L, Py_ssize_t r0, Py_ssize_t r1, int threads,
                            floating* dtype) noexcept nogil:
     """The time loop of ``_gru_forward`` over batch rows r0:r1 (all, or a shard)."""
@@ -141,8 +182,8 @@ cdef void gru_forward_rows(const Loop* L, Py_ssize_t r0, Py_ssize_t r1, int thre
                 continue
         # gh[:n] = hs[t, :n] @ w_hh.T
         step_product(&L.product, n, G, H, hs + (t * B + r0) * H, False, g, threads)
-        gru_cell(gates + (t * B + r0) * 4 * H, g, bias, b_ih, b_hh, hs + (t * B + r0) * H,
-                 hs + ((t + 1) * B + r0) * H, n, H)
+        gru_cell_team(gates + (t * B + r0) * 4 * H, g, bias, b_ih, b_hh, hs + (t * B + r0) * H,
+                      hs + ((t + 1) * B + r0) * H, n, H, pass_team(n, H, threads))
 
 
 def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes=None):
@@ -229,12 +270,10 @@ cdef void gru_backward_rows(const Loop* L, Py_ssize_t r0, Py_ssize_t r1, int thr
             step_norms(norms + t * B + r0, dy, c, n, rows, H)
         if n == 0:
             continue
-        # 1: h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}: δi_t, and carry = z ⊙ ∂E/∂h_t
-        gru_cell_backward(dy, c, gt, hs + (t * B + r0) * H, di, n, H)
-        if clip:
-            clip_rows(di, n, G, max_norm)
+        # 1: h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}: δi_t, and carry = z ⊙ ∂E/∂h_t;
         # 2: n = tanh(gi_n + r ⊙ gh_n): δh_t from δi_t
-        gru_hidden_delta(di, gt, dh, dhn, n, H)
+        gru_backward_team(dy, c, gt, hs + (t * B + r0) * H, di, dh, dhn, n, H, clip, max_norm,
+                          pass_team(n, H, threads))
         # 3: gh_t = h_{t-1} W_hhᵀ: carry[:n] += delta_h[t, :n] @ w_hh
         step_product(&L.product, n, H, G, dh, True, c, threads)
 

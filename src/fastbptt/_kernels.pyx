@@ -103,17 +103,20 @@ include "_products.pxi"
 include "_plans.pxi"
 
 
-def _tuning(small_step=None, transposed_step=None, shard_step=None):
+def _tuning(small_step=None, transposed_step=None, shard_step=None, pass_units=None):
     """Set the size thresholds that choose between code paths (for tests, which run every
-    path on small problems); returns the previous (small_step, transposed_step, shard_step)."""
-    global SMALL_STEP, TRANSPOSED_STEP, SHARD_STEP
-    previous = (SMALL_STEP, TRANSPOSED_STEP, SHARD_STEP)
+    path on small problems); returns the previous (small_step, transposed_step, shard_step,
+    pass_units)."""
+    global SMALL_STEP, TRANSPOSED_STEP, SHARD_STEP, PASS_SHARED_UNITS
+    previous = (SMALL_STEP, TRANSPOSED_STEP, SHARD_STEP, PASS_SHARED_UNITS)
     if small_step is not None:
         SMALL_STEP = small_step
     if transposed_step is not None:
         TRANSPOSED_STEP = transposed_step
     if shard_step is not None:
         SHARD_STEP = shard_step
+    if pass_units is not None:
+        PASS_SHARED_UNITS = pass_units
     return previous
 
 

@@ -108,6 +108,44 @@ cdef inline void lstm_cell_backward(const floating* d_out, const floating* carry
             j0 += n
 
 
+cdef inline void lstm_cell_team(floating* pre, const floating* bias, const floating* c_prev,
+                                floating* c, floating* h, Py_ssize_t B, Py_ssize_t H,
+                                int parts) noexcept nogil:
+    """``lstm_cell`` over B rows, shared by rows among ``parts`` threads (``pass_team``)."""
+    cdef int part
+    cdef Py_ssize_t a, e
+    if parts == 1:
+        lstm_cell(pre, bias, c_prev, c, h, B, H)
+        return
+    for part in prange(parts, num_threads=parts, schedule="static", chunksize=1):
+        a = part_start(part, parts, B)
+        e = part_start(part + 1, parts, B)
+        lstm_cell(pre + a * 4 * H, bias, c_prev + a * H, c + a * H, h + a * H, e - a, H)
+
+
+cdef inline void lstm_backward_team(const floating* d_out, const floating* carry_h,
+                                    floating* carry_c, const floating* gates,
+                                    const floating* c_prev, const floating* c, floating* delta,
+                                    Py_ssize_t B, Py_ssize_t H, bint clip, double max_norm,
+                                    int parts) noexcept nogil:
+    """``lstm_cell_backward`` and the rows' clip over B rows, shared by rows among ``parts``
+    threads (``pass_team``)."""
+    cdef int part
+    cdef Py_ssize_t a, e, G = 4 * H
+    if parts == 1:
+        lstm_cell_backward(d_out, carry_h, carry_c, gates, c_prev, c, delta, B, H)
+        if clip:
+            clip_rows(delta, B, G, max_norm)
+        return
+    for part in prange(parts, num_threads=parts, schedule="static", chunksize=1):
+        a = part_start(part, parts, B)
+        e = part_start(part + 1, parts, B)
+        lstm_cell_backward(d_out + a * H, carry_h + a * H, carry_c + a * H, gates + a * G,
+                           c_prev + a * H, c + a * H, delta + a * G, e - a, H)
+        if clip:
+            clip_rows(delta + a * G, e - a, G, max_norm)
+
+
 cdef void lstm_forward_rows(const Loop* L, Py_ssize_t r0, Py_ssize_t r1, int threads,
                             floating* dtype) noexcept nogil:
     """The time loop of ``_lstm_forward`` over batch rows r0:r1 (all, or a shard)."""
@@ -130,8 +168,8 @@ cdef void lstm_forward_rows(const Loop* L, Py_ssize_t r0, Py_ssize_t r1, int thr
                 continue
         # gates[t, :n] += hs[t, :n] @ w_hh.T
         step_product(&L.product, n, G, H, hs + (t * B + r0) * H, True, pre, threads)
-        lstm_cell(pre, bias, cs + (t * B + r0) * H, cs + ((t + 1) * B + r0) * H,
-                  hs + ((t + 1) * B + r0) * H, n, H)
+        lstm_cell_team(pre, bias, cs + (t * B + r0) * H, cs + ((t + 1) * B + r0) * H,
+                       hs + ((t + 1) * B + r0) * H, n, H, pass_team(n, H, threads))
 
 
 def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes=None):
@@ -213,10 +251,9 @@ cdef void lstm_backward_rows(const Loop* L, Py_ssize_t r0, Py_ssize_t r1, int th
         if n == 0:
             continue
         # 1: h_t = o ⊙ tanh(c_t), c_t = f ⊙ c_{t-1} + i ⊙ g: δ_t and carry_c = f ⊙ ∂E/∂c_t
-        lstm_cell_backward(dy, ch, cc, gates + (t * B + r0) * G, cs + (t * B + r0) * H,
-                           cs + ((t + 1) * B + r0) * H, d, n, H)
-        if clip:
-            clip_rows(d, n, G, max_norm)
+        lstm_backward_team(dy, ch, cc, gates + (t * B + r0) * G, cs + (t * B + r0) * H,
+                           cs + ((t + 1) * B + r0) * H, d, n, H, clip, max_norm,
+                           pass_team(n, H, threads))
         # 2: gates_t = h_{t-1} W_hhᵀ + ...: carry_h[:n] = delta[t, :n] @ w_hh
         step_product(&L.product, n, H, G, d, False, ch, threads)
 

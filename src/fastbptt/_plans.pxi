@@ -20,6 +20,21 @@
 cdef long SHARD_STEP = 256 * 1024
 # Each shard has at least this many rows (a register tile's height in the AVX-512 build).
 cdef Py_ssize_t SHARD_ROWS = 8
+# A loop run whole on a team shares each step's element-wise pass among the team too, by
+# rows, from this many of the step's units (rows × H) up: below it meeting the team costs
+# more than the half pass saves.
+cdef Py_ssize_t PASS_SHARED_UNITS = 8 * 1024
+
+
+cdef inline int pass_team(Py_ssize_t n, Py_ssize_t H, int threads) noexcept nogil:
+    """How many threads share a step's element-wise pass over n rows of H units: the loop's
+    team (``threads``) when it is large enough (PASS_SHARED_UNITS), else 1."""
+    return threads if threads > 1 and n * H >= PASS_SHARED_UNITS and n >= threads else 1
+
+
+cdef inline Py_ssize_t part_start(Py_ssize_t part, Py_ssize_t parts, Py_ssize_t n) noexcept nogil:
+    """Where part ``part`` of ``parts`` equal parts of n rows starts (part = parts: n)."""
+    return part * n // parts
 
 
 cdef extern from "_step_gemm.h" nogil:

@@ -29,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <pthread.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -269,13 +270,35 @@ static __attribute__((noinline)) void fb_tile_rows(
 /* fb_matmul packs B this many of its k rows at a time. */
 #define FB_KB 1024
 
+/* Buffers kept per thread between calls (fb_a_buffer, fb_pack_buffer), so that their pages
+ * are not faulted in again at every product. Each is registered under a pthread key whose
+ * destructor, run on the thread as it ends, frees it and forgets it: a program that runs its
+ * products on short-lived threads does not leak them. */
+static __thread float* fb_a_block = NULL;
+static __thread float* fb_b_pack = NULL;
+static __thread size_t fb_b_pack_capacity = 0;
+static pthread_key_t fb_buffer_keys[2];
+static pthread_once_t fb_buffer_keys_once = PTHREAD_ONCE_INIT;
+
+static void fb_free_a_block(void* p) { free(p); fb_a_block = NULL; }
+static void fb_free_b_pack(void* p) { free(p); fb_b_pack = NULL; fb_b_pack_capacity = 0; }
+static void fb_make_buffer_keys(void) {
+    pthread_key_create(&fb_buffer_keys[0], fb_free_a_block);
+    pthread_key_create(&fb_buffer_keys[1], fb_free_b_pack);
+}
+static void fb_keep_buffer(int which, void* p) {
+    pthread_once(&fb_buffer_keys_once, fb_make_buffer_keys);
+    pthread_setspecific(fb_buffer_keys[which], p);
+}
+
 /* The calling thread's buffer for one block of a transposed A (FB_MC x FB_KC floats), or
- * NULL if it cannot be allocated (fb_block then reads A in place). Held until the thread ends. */
+ * NULL if it cannot be allocated (fb_block then reads A in place). */
 static float* fb_a_buffer(void) {
-    static __thread float* buffer = NULL;
-    if (buffer == NULL)
-        buffer = (float*)aligned_alloc(FB_ALIGN, (size_t)FB_MC * FB_KC * sizeof(float));
-    return buffer;
+    if (fb_a_block == NULL) {
+        fb_a_block = (float*)aligned_alloc(FB_ALIGN, (size_t)FB_MC * FB_KC * sizeof(float));
+        if (fb_a_block != NULL) fb_keep_buffer(0, fb_a_block);
+    }
+    return fb_a_block;
 }
 
 /* Rows i0:i1 of a transposed A (a[kk * lda + i], the δᵀ of the weight gradients, read in
@@ -389,19 +412,18 @@ static void fb_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrdi
 /* The calling thread's buffer for fb_matmul's packed B, of at least size floats, aligned:
  * kept between calls and grown when a product needs more, so that its pages are not faulted
  * in again at every product (fresh multi-MB blocks from malloc are). NULL if it cannot grow.
- * Held until the thread ends (at most FB_KB rows of the widest B the thread multiplied). */
+ * At most FB_KB rows of the widest B the thread multiplied; freed when the thread ends. */
 static float* fb_pack_buffer(size_t size) {
-    static __thread float* buffer = NULL;
-    static __thread size_t capacity = 0;
-    if (size > capacity) {
+    if (size > fb_b_pack_capacity) {
         size_t bytes = (size * sizeof(float) + 4095) & ~(size_t)4095;
         float* grown = (float*)aligned_alloc(4096, bytes);
         if (grown == NULL) return NULL;
-        free(buffer);
-        buffer = grown;
-        capacity = bytes / sizeof(float);
+        free(fb_b_pack);
+        fb_b_pack = grown;
+        fb_b_pack_capacity = bytes / sizeof(float);
+        fb_keep_buffer(1, fb_b_pack);
     }
-    return buffer;
+    return fb_b_pack;
 }
 
 /* C (m x n, row-major, ldc) = op(A) . op(B), or += when accumulate, for products whose B is

@@ -173,14 +173,15 @@ class Optimizer:
             return self._fused_step(flat_p, flat_g, scale, clip_norm)
         return self._step_per_array(grads, scale, clip_norm)
 
-    def _step_flat(self, flat_g, names, clip_norm=None):
-        """``step(FlatArrays(flat_g, ...), clip_norm=clip_norm)`` for gradients laid out as the
-        parameters' own buffer, under ``names`` in its order, and in memory of their own (a
-        backward's ``g.flat``), without building and checking the dict: ``model.train_step``'s
-        path. NotImplemented (nothing done) when the step is not fused over that layout."""
+    def _step_flat(self, flat_g, layout, clip_norm=None):
+        """``step(FlatArrays(flat_g, ...), clip_norm=clip_norm)`` for gradients in memory of
+        their own (a backward's ``g.flat``) laid out by ``layout`` ((names, shapes), in the
+        buffer's order), without building and checking the dict: ``model.train_step``'s
+        path. NotImplemented (nothing done) unless the step is fused over parameters of that
+        same layout."""
         flat_p = self._fused_params()
-        if (flat_p is None or names != self._names or flat_g.shape != flat_p.shape
-                or flat_g.dtype != flat_p.dtype):
+        if (flat_p is None or layout != (self._names, self._shapes)
+                or flat_g.shape != flat_p.shape or flat_g.dtype != flat_p.dtype):
             return NotImplemented
         if clip_norm is not None and (type(clip_norm) is not float or not 0.0 < clip_norm < math.inf):
             clip_norm = check_positive_number("clip_norm", clip_norm, allow_none=False)

@@ -13,6 +13,7 @@ a key (``params[name] = v``, ``update``) copies ``v`` into that key's view after
 its type, dtype and shape, so that the buffer never silently loses an array; removing a key
 is a TypeError.
 """
+import functools
 import math
 
 import numpy as np
@@ -34,6 +35,11 @@ class Layout:
             self.slots.append((name, offset, offset + n, shape))
             offset += n
         self.size = offset
+
+    @functools.cached_property
+    def key(self):
+        """(names, shapes) in order: what an optimizer fused over such a buffer compares."""
+        return tuple(self.shapes), tuple(self.shapes.values())
 
 
 class FlatArrays(dict):

@@ -154,7 +154,6 @@ class RNN:
                             self.hidden_size)
         self._cache = None
         self._layout = Layout(self._param_layout())
-        self._flat_layout = (tuple(self._layout.shapes), tuple(self._layout.shapes.values()))
         self._shapes = self._layout.shapes
         size = self._layout.size
         self._params = FlatArrays(np.empty(size, self.dtype), self._layout, "model.params")
@@ -183,7 +182,6 @@ class RNN:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._flat_layout = (tuple(self._layout.shapes), tuple(self._layout.shapes.values()))
         self._cell = _cells.CELLS[self.cell]
         self._kernels = _backend.resolve(self.backend)[1]
         self._stack = Stack(self._cell, self._kernels, self.num_layers, self.num_directions,
@@ -606,7 +604,7 @@ class RNN:
             self._cache = None    # its parameters are the live ones, about to change
         # an fb.optim optimizer fused over model.params takes the flat gradients as they are
         step_flat = getattr(optimizer, "_step_flat", None)
-        norm = (step_flat(flat, self._flat_layout, clip_norm) if step_flat is not None
+        norm = (step_flat(flat, self._layout.key, clip_norm) if step_flat is not None
                 else NotImplemented)
         if norm is NotImplemented:
             norm = optimizer.step(FlatArrays(flat, self._layout, "g.params"), clip_norm=clip_norm)

@@ -71,6 +71,14 @@ def _own_buffer(a):
     return a if base is None else base
 
 
+def _positive(name, value):
+    """value, a positive finite number (``check_positive_number``), checked at no more cost
+    than a comparison when it is already a float: the steps take it at every update."""
+    if type(value) is float and 0.0 < value < math.inf:
+        return value
+    return check_positive_number(name, value, allow_none=False)
+
+
 class Optimizer:
     """What the optimizers share: validation, state and scratch allocation, the choice of
     the fused or the per-array path, checkpointing.
@@ -163,10 +171,9 @@ class Optimizer:
         if scale is not None:
             if clip_norm is not None:
                 raise ValueError("give scale or clip_norm, not both")
-            if type(scale) is not float or not 0.0 < scale < math.inf:
-                scale = check_positive_number("scale", scale, allow_none=False)
-        elif clip_norm is not None and (type(clip_norm) is not float or not 0.0 < clip_norm < math.inf):
-            clip_norm = check_positive_number("clip_norm", clip_norm, allow_none=False)
+            scale = _positive("scale", scale)
+        elif clip_norm is not None:
+            clip_norm = _positive("clip_norm", clip_norm)
         flat_p = self._fused_params()
         flat_g = self._fused_grads(grads, flat_p) if flat_p is not None else None
         if flat_g is not None:
@@ -183,8 +190,8 @@ class Optimizer:
         if (flat_p is None or layout != (self._names, self._shapes)
                 or flat_g.shape != flat_p.shape or flat_g.dtype != flat_p.dtype):
             return NotImplemented
-        if clip_norm is not None and (type(clip_norm) is not float or not 0.0 < clip_norm < math.inf):
-            clip_norm = check_positive_number("clip_norm", clip_norm, allow_none=False)
+        if clip_norm is not None:
+            clip_norm = _positive("clip_norm", clip_norm)
         return self._fused_step(flat_p, flat_g, None, clip_norm)
 
     def _fused_step(self, flat_p, flat_g, scale, clip_norm):

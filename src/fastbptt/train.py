@@ -56,10 +56,6 @@ class History:
         return self.batches / self.seconds if self.seconds > 0 else math.nan
 
 
-_loss_fn = _losses.resolve
-_with_lengths = _losses.with_lengths
-
-
 def _unpack(batch, what):
     """(x, target, lengths) from a batch (x, target) or (x, target, lengths)."""
     try:
@@ -75,7 +71,8 @@ def evaluate(model, x, target, *, loss="mse", last_step=False, h0=None, lengths=
     """The loss of ``model`` on (x, target), full sequence, no update; ``lengths`` as in
     ``model.forward``."""
     out, _ = model.forward(x, h0, lengths=lengths)
-    value, _ = _loss_fn(loss)(out, target, last_step=last_step, **_with_lengths(lengths))
+    value, _ = _losses.resolve(loss)(out, target, last_step=last_step,
+                                     **_losses.with_lengths(lengths))
     return value
 
 
@@ -122,7 +119,7 @@ def fit(model, batches, *, steps, optimizer, loss="mse", last_step=False, bptt=N
     """
     steps = check_positive_int("steps", steps)
     log_every = check_positive_int("log_every", log_every)
-    loss_fn = _loss_fn(loss)
+    loss_fn = _losses.resolve(loss)
     clip_norm = check_positive_number("clip_norm", clip_norm)
     clip_value = check_positive_number("clip_value", clip_value)
     if bptt is not None:

@@ -307,7 +307,7 @@ static float* fb_a_buffer(void) {
  * with lda = FB_MR. In place, a tile walks δ's rows at a stride of G floats, a power of two at
  * the usual sizes (4096 at H = 1024), so its lines fall in a few cache sets and evict each
  * other and the panel; copied once per block, they are read from L1 and L2 by every panel
- * (dW 4096x1024 over 1600 rows: 312-351 -> 389-405 GFLOP/s; 2048x512 over 3200: 301-351 ->
+ * (dW 4096x1024 over 1600 rows: 312-351 -> 356-411 GFLOP/s; 2048x512 over 3200: 301-351 ->
  * 336-389). A's rows (the other orientation) gain nothing measurable from the same copy. */
 static void fb_pack_a(const float* a, ptrdiff_t lda, ptrdiff_t rows, ptrdiff_t kc, float* out) {
     for (ptrdiff_t i = 0; i < rows; i += FB_MR) {

@@ -170,3 +170,61 @@ def test_train_step_refuses_bad_arguments_and_changes_nothing(backend):
     assert opt.step_count == 0
     with pytest.raises(RuntimeError, match="before forward"):   # no half-run cache either
         model.backward(np.zeros((6, 3, 4)))
+
+
+# --------------------------------------------------------------------------- fit's path
+
+
+def _stream(model, x, target, lengths=None, n=4):
+    """n batches: x shifted by a little each time, so that every update differs."""
+    return [(x + 0.1 * k if x.dtype.kind == "f" else x, target) + (() if lengths is None else (lengths,))
+            for k in range(n)]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fit_updates_as_train_step_does_to_the_bit(backend, cell, loss, dtype):
+    """fit takes train_step's path: the parameters, losses and norms of a run equal, to the
+    bit, those of train_step called on the same batches (and so the four calls')."""
+    pair = [_case(cell, loss, backend, dtype) for _ in range(2)]
+    x, target = pair[0][1], pair[0][2]
+    lengths = np.array([6, 2, 4]) if loss == "mse" else None
+    batches = _stream(pair[0][0], x, target, lengths)
+    optimizers = [fb.optim.Adam(model.params, lr=0.01) for model, _, _ in pair]
+    history = fb.train.fit(pair[0][0], batches, steps=len(batches), optimizer=optimizers[0],
+                           loss=loss, clip_norm=0.5, progress=False)
+    expected = [pair[1][0].train_step(b[0], b[1], loss=loss, optimizer=optimizers[1], clip_norm=0.5,
+                                      lengths=lengths) for b in batches]
+    assert list(zip(history.loss, history.grad_norm)) == expected
+    np.testing.assert_array_equal(pair[0][0].flat_params, pair[1][0].flat_params)
+    with pytest.raises(RuntimeError, match="before forward"):   # its cache held live parameters
+        pair[0][0].backward(np.zeros((6, 3, 4), dtype))
+
+
+def test_fit_without_clip_logs_the_norm_of_the_whole_gradient(backend):
+    model, x, target = _case("gru", "mse", backend, "float64")
+    twin = _case("gru", "mse", backend, "float64")[0]
+    history = fb.train.fit(model, _stream(model, x, target, n=1), steps=1, progress=False,
+                           optimizer=fb.optim.SGD(model.params, lr=0.1))
+    out, _ = twin.forward(x)
+    g = twin.backward(fb.losses.mse(out, target)[1])
+    expected = np.sqrt(sum(np.sum(a ** 2) for a in g.params.values()))
+    assert history.grad_norm[0] == pytest.approx(expected, rel=1e-12)
+    fb.optim.SGD(twin.params, lr=0.1).step(g.params)
+    np.testing.assert_array_equal(model.flat_params, twin.flat_params)
+
+
+def test_fit_checks_a_callable_loss_gradient(backend):
+    """A built-in loss's d_out is trusted; a callable's is still checked, and named."""
+    model, x, target = _case("tanh", "mse", backend, "float64")
+
+    def wrong_shape(out, target, last_step=False):
+        return 1.0, np.ones(out.shape[:-1] + (out.shape[-1] + 1,))
+
+    with pytest.raises(ValueError, match="d_out"):
+        fb.train.fit(model, _stream(model, x, target, n=1), steps=1, loss=wrong_shape,
+                     optimizer=fb.optim.SGD(model.params, lr=0.1), progress=False)
+    with pytest.raises(ValueError, match="d_out"):   # in a truncated-BPTT window too
+        fb.train.fit(model, _stream(model, x, target, n=1), steps=1, loss=wrong_shape, bptt=(2, 4),
+                     optimizer=fb.optim.SGD(model.params, lr=0.1), progress=False)

@@ -602,13 +602,19 @@ class RNN:
                                  _flat_only=True)
         finally:
             self._cache = None    # its parameters are the live ones, about to change
-        # an fb.optim optimizer fused over model.params takes the flat gradients as they are
+        return float(value), self._optimizer_step(optimizer, flat, clip_norm)
+
+    def _optimizer_step(self, optimizer, flat, clip_norm):
+        """``optimizer.step(g.params, clip_norm=clip_norm)`` for ``flat``, gradients laid out as
+        ``flat_params`` (backward's ``g.flat``): an fb.optim optimizer fused over model.params
+        takes them as they are, without the dict being built and checked; any other gets the
+        dict. Returns the step's result (the norm before clipping, or None)."""
         step_flat = getattr(optimizer, "_step_flat", None)
         norm = (step_flat(flat, self._layout.key, clip_norm) if step_flat is not None
                 else NotImplemented)
         if norm is NotImplemented:
             norm = optimizer.step(FlatArrays(flat, self._layout, "g.params"), clip_norm=clip_norm)
-        return float(value), norm
+        return norm
 
     def cache_nbytes(self):
         """Bytes the forward cache holds for ``backward`` (the input x aside)."""

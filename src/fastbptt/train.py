@@ -17,6 +17,7 @@ import numpy as np
 from . import losses as _losses
 from ._validation import check_positive_int, check_positive_number
 from .checkpoint import load_checkpoint, save_checkpoint
+from ._flat import FlatArrays
 from .clip import clip_grad_norm, clip_grad_value, sum_squares
 from .optim import Optimizer
 
@@ -309,58 +310,85 @@ def _resume(path, model, optimizer, setup, steps):
 
 def _train_batch(model, x, target, lengths, h0, loss_fn, last_step, bptt, optimizer,
                  clip_norm, clip_value, clip_step, history, step, run=None):
-    """BPTT(k1, k2) over one batch; returns (its loss, its last gradient norm, the final state)."""
+    """BPTT(k1, k2) over one batch; returns (its loss, its last gradient norm, the final state).
+
+    On one process this is ``model.train_step``'s path: nothing writes the parameters between
+    a window's forward and its backward, so the forward runs on them without a snapshot, a
+    built-in loss's d_out is not checked again, and the update takes backward's flat
+    gradients as they are. The forward cache, which holds the live parameters, is dropped
+    when the batch ends."""
     T = x.shape[0]
     k1, k2 = bptt if bptt is not None else (T, T)
+    direct = run is None   # data-parallel: the reduction needs the gradients' dict (and hook)
+    d_out_checked = direct and loss_fn in LOSSES.values()
     total = 0.0
     start, prev_end, state = 0, 0, h0
-    while prev_end < T:
-        end = min(prev_end + k1, T)
-        out, h_n = model.forward(x[start:end], state, lengths=lengths)
-        n_new = end - prev_end  # the steps no earlier update has scored
-        if lengths is not None:  # one window over the whole batch (no bptt)
-            value, d_out = loss_fn(out, target, last_step=last_step, lengths=lengths)
-        elif last_step:
-            if end == T:
-                value, d_out = loss_fn(out, target, last_step=True)
+    try:
+        while prev_end < T:
+            end = min(prev_end + k1, T)
+            out, h_n = model.forward(x[start:end], state, lengths=lengths, _snapshot=not direct)
+            n_new = end - prev_end  # the steps no earlier update has scored
+            if lengths is not None:  # one window over the whole batch (no bptt)
+                value, d_out = loss_fn(out, target, last_step=last_step, lengths=lengths)
+            elif last_step:
+                if end == T:
+                    value, d_out = loss_fn(out, target, last_step=True)
+                else:
+                    value, d_out = 0.0, np.zeros_like(out)
             else:
-                value, d_out = 0.0, np.zeros_like(out)
-        else:
-            value, d_new = loss_fn(out[-n_new:], target[prev_end:end])
-            d_out = np.zeros_like(out)
-            d_out[-n_new:] = d_new
-        if not math.isfinite(value):
-            raise _NonFinite(f"the loss became {value} at batch {step} (steps {prev_end}..{end})")
-        total += value
-        hook = run.backward_hook() if run is not None else None
-        if hook is None:
-            g = model.backward(d_out, clip_step=clip_step, input_grad=False)
-        else:  # the reduction of each layer's gradients starts as soon as they are final
-            g = model.backward(d_out, clip_step=clip_step, input_grad=False, _on_final=hook)
-        if run is not None:
-            run.reduce(g)
-        if not model.all_finite(g.flat):  # one scan of the whole buffer; the name if it fails
-            name = next(name for name, grad in g.params.items() if not model.all_finite(grad))
-            raise _NonFinite(f"the gradient of {name!r} is not finite at batch {step}")
-        if clip_value is not None:
-            clip_grad_value(g.params, clip_value)
-        if clip_norm is not None and isinstance(optimizer, Optimizer):
-            # the clip folded into the update: one pass over the flat buffers, not three
-            norm = optimizer.step(g.params, clip_norm=clip_norm)
-        else:
-            norm = clip_grad_norm(g.params, clip_norm) if clip_norm is not None else _norm(g.params)
-            optimizer.step(g.params)
-        history.updates += 1
-        if end < T:
-            # The next window reaches k2 steps back from its end; it starts inside this one,
-            # whose forward cache holds the state there.
-            next_start = max(0, min(end + k1, T) - k2)
-            state = model.state_at(next_start - start)
-            start = next_start
-        else:
-            state = h_n
-        prev_end = end
+                value, d_out = loss_fn(out[-n_new:], target[prev_end:end])
+                if n_new < out.shape[0]:  # the window's first steps were scored before
+                    if not d_out_checked:
+                        d_out = model._check("d_out", d_out, out[-n_new:].shape)
+                    d_out = np.concatenate([np.zeros_like(out[:-n_new]), d_out])
+            if not math.isfinite(value):
+                raise _NonFinite(f"the loss became {value} at batch {step} (steps {prev_end}..{end})")
+            total += value
+            if direct:
+                flat = model.backward(d_out, clip_step=clip_step, input_grad=False,
+                                      _d_out_checked=d_out_checked, _flat_only=True)
+            else:  # the reduction of each layer's gradients starts as soon as they are final
+                g = model.backward(d_out, clip_step=clip_step, input_grad=False,
+                                   _on_final=run.backward_hook())
+                run.reduce(g)
+                flat = g.flat
+            if not model.all_finite(flat):  # one scan of the whole buffer; the name if it fails
+                grads = FlatArrays(flat, model._layout, "g.params")
+                name = next(name for name, grad in grads.items() if not model.all_finite(grad))
+                raise _NonFinite(f"the gradient of {name!r} is not finite at batch {step}")
+            norm = _update(model, optimizer, flat, clip_norm, clip_value)
+            history.updates += 1
+            if end < T:
+                # The next window reaches k2 steps back from its end; it starts inside this
+                # one, whose forward cache holds the state there.
+                next_start = max(0, min(end + k1, T) - k2)
+                state = model.state_at(next_start - start)
+                start = next_start
+            else:
+                state = h_n
+            prev_end = end
+    finally:
+        if direct:
+            model._cache = None   # it ran on the parameters the updates have changed
     return total, norm, state
+
+
+def _update(model, optimizer, flat, clip_norm, clip_value):
+    """Clip the flat gradients and step the optimizer on them; returns their joint norm
+    before the global-norm clip."""
+    if clip_value is not None:
+        clip_grad_value(flat, clip_value)
+    if isinstance(optimizer, Optimizer):
+        # the global-norm clip folded into the update: one pass over the flat buffers
+        if clip_norm is not None:
+            return model._optimizer_step(optimizer, flat, clip_norm)
+        norm = math.sqrt(model._kernels.sum_squares(flat))
+        model._optimizer_step(optimizer, flat, None)
+        return norm
+    grads = FlatArrays(flat, model._layout, "g.params")
+    norm = clip_grad_norm(grads, clip_norm) if clip_norm is not None else _norm(grads)
+    optimizer.step(grads)
+    return norm
 
 
 def _norm(grads):

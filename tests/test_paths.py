@@ -15,12 +15,14 @@ import pytest
 from _support import assert_layer_matches_oracle, run_layer
 
 CELLS = ["tanh", "relu", "lstm", "gru"]
-# (small_step, transposed_step, shard_step[, pass_units]): which thresholds force which path. A gated
+# (small_step, transposed_step, shard_step[, pass_units, small_rows]): which thresholds force
+# which path. A gated
 # cell's single sequence (B = 1) always takes a plain loop at these sizes (SMALL_GATED_STEP
 # is not tunable), except float64's forward; the float32 forward's plain loop is the dot
 # form ("dot"), the others' the axpy form ("loop"): test_paths_route_as_named.
 PATHS = {
-    "loop": (1 << 60, 1 << 60, 0),     # every Elman product in the plain loop (B = 1 gated too)
+    # every Elman product in the plain loop, float32's of many rows too (B = 1 gated too)
+    "loop": (1 << 60, 1 << 60, 0, None, 1 << 60),
     "gemm": (0, 1 << 60, 0),           # a gemm per step (float32 own, float64 BLAS), never sharded
     "transposed": (0, 1, 0),           # float64: batch-as-m gemm and transposed add
     "sharded": (0, 1 << 60, 1 << 60),  # float32, B >= 16: the time loop in shards of rows
@@ -91,13 +93,18 @@ def test_default_thresholds_route_by_size(compiled_kernels):
     assert compiled_kernels._step_path(np.float64, 1, 32, 256, True) == "transposed"
     assert compiled_kernels._step_path(np.float32, 4, 32, 128, False) == "packed"
     assert compiled_kernels._step_path(np.float32, 4, 1, 100, True) == "loop"
+    # float32 Elman steps of a few rows, small as they are, on the own gemm; float64's in the loop
+    for backward in (False, True):
+        assert compiled_kernels._step_path(np.float32, 1, 2, 32, backward) == "packed"
+        assert compiled_kernels._step_path(np.float32, 1, 32, 32, backward) == "packed"
+        assert compiled_kernels._step_path(np.float64, 1, 32, 32, backward) == "loop"
 
 
 def test_tuning_returns_and_restores_the_thresholds(compiled_kernels):
     before = compiled_kernels._tuning()
     assert compiled_kernels._tuning(small_step=7, transposed_step=9, shard_step=11,
-                                    pass_units=13) == before
-    assert compiled_kernels._tuning(*before) == (7, 9, 11, 13)
+                                    pass_units=13, small_rows=15) == before
+    assert compiled_kernels._tuning(*before) == (7, 9, 11, 13, 15)
     assert compiled_kernels._tuning() == before
 
 

@@ -103,12 +103,13 @@ include "_products.pxi"
 include "_plans.pxi"
 
 
-def _tuning(small_step=None, transposed_step=None, shard_step=None, pass_units=None):
+def _tuning(small_step=None, transposed_step=None, shard_step=None, pass_units=None,
+            small_rows=None):
     """Set the size thresholds that choose between code paths (for tests, which run every
     path on small problems); returns the previous (small_step, transposed_step, shard_step,
-    pass_units)."""
-    global SMALL_STEP, TRANSPOSED_STEP, SHARD_STEP, PASS_SHARED_UNITS
-    previous = (SMALL_STEP, TRANSPOSED_STEP, SHARD_STEP, PASS_SHARED_UNITS)
+    pass_units, small_rows)."""
+    global SMALL_STEP, TRANSPOSED_STEP, SHARD_STEP, PASS_SHARED_UNITS, SMALL_STEP_ROWS
+    previous = (SMALL_STEP, TRANSPOSED_STEP, SHARD_STEP, PASS_SHARED_UNITS, SMALL_STEP_ROWS)
     if small_step is not None:
         SMALL_STEP = small_step
     if transposed_step is not None:
@@ -117,6 +118,8 @@ def _tuning(small_step=None, transposed_step=None, shard_step=None, pass_units=N
         SHARD_STEP = shard_step
     if pass_units is not None:
         PASS_SHARED_UNITS = pass_units
+    if small_rows is not None:
+        SMALL_STEP_ROWS = small_rows
     return previous
 
 

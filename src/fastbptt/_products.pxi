@@ -24,9 +24,17 @@
 # Over variable-length batches the hoisted products run over the running rows only,
 # gathered into one packed block (PyTorch's PackedSequence layout) and placed back after.
 
-# Per-step products with at most this many multiply-adds (B·H·H) skip BLAS: below it
+# Elman per-step products with at most this many multiply-adds (B·H·H) skip BLAS: below it
 # OpenBLAS's call and threading overhead costs more than the arithmetic.
 cdef long SMALL_STEP = 32 * 1024
+
+# ... and in float32, only with at most this many batch rows: the own gemm has no call
+# overhead to speak of, and packing W_hh (H·H floats) once per time loop costs less than the
+# plain loop loses from two rows up. Whole update, in-process alternation, T = 50, I = 32:
+# B = 32, H = 32 0.72-0.76x of the loop's time on the gemm; B = 8, H = 32 0.87x, H = 64
+# 0.72x; B = 1, H = 64 1.08x and the char-RNN (H = 100) 1.11x, so a single sequence keeps
+# the loop (and the forward's dot form, on W_hh as stored).
+cdef long SMALL_STEP_ROWS = 1
 
 # Per-step products with at least this many weights (G·H·H) run with the batch as BLAS's m
 # (``gemm_into_transposed``) and a transposed add into place; below it the plain row-major
@@ -74,13 +82,13 @@ cdef struct StepProduct:
     void* scratch          # PRODUCT_TRANSPOSED: n·B elements for the transposed product
 
 
-cdef inline bint step_is_small(Py_ssize_t gates, Py_ssize_t B, Py_ssize_t H,
-                               bint backward) noexcept nogil:
+cdef inline bint step_is_small(bint is_double, Py_ssize_t gates, Py_ssize_t B,
+                               Py_ssize_t H) noexcept nogil:
     """Whether a time loop's per-step product (B rows, gates·H by H weights) runs in a plain
-    loop: an Elman step up to SMALL_STEP multiply-adds; a gated cell's only for a single
-    sequence (SMALL_GATED_STEP)."""
+    loop: an Elman step up to SMALL_STEP multiply-adds (in float32, of up to SMALL_STEP_ROWS
+    rows); a gated cell's only for a single sequence (SMALL_GATED_STEP)."""
     if gates == 1:
-        return B * H * H <= SMALL_STEP
+        return B * H * H <= SMALL_STEP and (is_double or B <= SMALL_STEP_ROWS)
     return B == 1 and gates * H * H <= SMALL_GATED_STEP
 
 
@@ -88,7 +96,7 @@ cdef inline ProductPath step_path(bint is_double, Py_ssize_t gates, Py_ssize_t B
                                   bint backward) noexcept nogil:
     """How a time loop's per-step product runs (see the top of this file); gates: 1 for an
     Elman cell, 4 for an LSTM, 3 for a GRU."""
-    if step_is_small(gates, B, H, backward):
+    if step_is_small(is_double, gates, B, H):
         if not (backward or is_double):
             return PRODUCT_DOT
         if backward or gates == 1:

@@ -26,6 +26,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -84,6 +85,42 @@ CASES = {
     "wordlm-lstm": Case("lstm", 35, 20, 10_000, 256, 10_000, "cross_entropy", False, rounds=5,
                         embedding=256),
 }
+# ``--sweep``: the small models most users train, beyond the named cases -- every cell at
+# B <= 32 and H <= 128, classifying each sequence from its last state (T = 50, I = 32, O = 10)
+SWEEP_CELLS = ("tanh", "relu", "lstm", "gru")
+SWEEP_BATCHES = (1, 8, 32)
+SWEEP_HIDDEN = (32, 64, 128)
+SWEEP_T, SWEEP_I, SWEEP_O = 50, 32, 10
+_SPEC = re.compile(r"(tanh|relu|lstm|gru)-(\d+)x(\d+)x(\d+)x(\d+)x(\d+)")
+
+
+def sweep_names():
+    """The case names ``--sweep`` times: ``cell-TxBxIxHxO``, see :func:`case_of`."""
+    return [f"{cell}-{SWEEP_T}x{B}x{SWEEP_I}x{H}x{SWEEP_O}"
+            for cell in SWEEP_CELLS for B in SWEEP_BATCHES for H in SWEEP_HIDDEN]
+
+
+def case_of(name):
+    """The Case a name stands for: one of CASES, or ``cell-TxBxIxHxO`` (e.g. ``gru-50x8x32x64x10``):
+    that cell and those sizes, cross-entropy on the last step (relu with identity
+    initialisation, as the IRNN), rounds enough for about a second of updates. None when
+    it is neither."""
+    if name in CASES:
+        return CASES[name]
+    match = _SPEC.fullmatch(name)
+    if match is None:
+        return None
+    cell = match.group(1)
+    T, B, I, H, O = (int(v) for v in match.groups()[1:])  # noqa: E741
+    if min(T, B, I, H, O) < 1:
+        return None
+    gates = {"lstm": 4, "gru": 3}.get(cell, 1)
+    flops = 6 * T * B * gates * H * (I + H)    # forward and backward's products
+    rounds = int(np.clip(2e10 / max(flops, 1), 20, 2000))  # ~20 GFLOP per process
+    return Case(cell, T, B, I, H, O, "cross_entropy", True,
+                init="identity" if cell == "relu" else "default", rounds=rounds)
+
+
 PEERS = ("fastbptt", "torch", "jax")
 LABELS = {"fastbptt": "fastbptt", "torch": "torch", "jax": "JAX (jit)"}
 
@@ -285,11 +322,14 @@ def time_in_this_process(peer, case, rounds, threads, warmup_seconds=0.3):
 def _worker(argv):
     parser = argparse.ArgumentParser(prog="python -m fastbptt.bench_train --worker")
     parser.add_argument("--worker", choices=PEERS, required=True)
-    parser.add_argument("--case", choices=list(CASES), required=True)
+    parser.add_argument("--case", required=True)
     parser.add_argument("--rounds", type=int, required=True)
     parser.add_argument("--threads", type=int, required=True)
     args = parser.parse_args(argv)
-    result = time_in_this_process(args.worker, CASES[args.case], args.rounds, args.threads)
+    case = case_of(args.case)
+    if case is None:
+        parser.error(f"unknown case {args.case!r}")
+    result = time_in_this_process(args.worker, case, args.rounds, args.threads)
     print(json.dumps(result))
     return 0
 
@@ -318,8 +358,14 @@ def _parse(argv):
         prog="python -m fastbptt bench --train",
         description="Time the whole training update (forward, loss, backward, clip, Adam) of "
                     "fastbptt, PyTorch and JAX, each in its own processes.")
-    parser.add_argument("--cases", default=",".join(CASES),
-                        help=f"comma-separated, from {', '.join(CASES)} (default: all)")
+    parser.add_argument("--cases", default=None,
+                        help=f"comma-separated, from {', '.join(CASES)} (default: all), or "
+                             "cell-TxBxIxHxO shapes (e.g. gru-50x8x32x64x10: cross-entropy on "
+                             "the last step)")
+    parser.add_argument("--sweep", action="store_true",
+                        help=f"time the small-model grid instead: every cell of "
+                             f"{', '.join(SWEEP_CELLS)} at B in {SWEEP_BATCHES}, H in "
+                             f"{SWEEP_HIDDEN} (T={SWEEP_T}, I={SWEEP_I}, O={SWEEP_O})")
     parser.add_argument("--processes", type=int, default=3,
                         help="fresh processes per implementation and case, alternating (default 3)")
     parser.add_argument("--rounds", type=int, default=None,
@@ -329,10 +375,16 @@ def _parse(argv):
     parser.add_argument("--quick", action="store_true",
                         help="1 process, 5 rounds: checks that it runs, not a measurement")
     args = parser.parse_args(argv)
-    names = [n.strip() for n in args.cases.split(",") if n.strip()]
-    unknown = [n for n in names if n not in CASES]
+    if args.sweep and args.cases is not None:
+        parser.error("give --cases or --sweep, not both")
+    if args.sweep:
+        names = sweep_names()
+    else:
+        names = [n.strip() for n in (args.cases or ",".join(CASES)).split(",") if n.strip()]
+    unknown = [n for n in names if case_of(n) is None]
     if unknown:
-        parser.error(f"unknown cases {unknown}; choose from {list(CASES)}")
+        parser.error(f"unknown cases {unknown}; choose from {list(CASES)} or give "
+                     "cell-TxBxIxHxO")
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     if "fastbptt" not in peers or any(p not in PEERS for p in peers):
         parser.error(f"--peers must include fastbptt and name only {PEERS}")
@@ -358,26 +410,34 @@ def main(argv=None):
             print(f"{LABELS[peer]}: not timed, {why}")
         else:
             peers.append(peer)
-    header = f"  {'case':<14} {'fastbptt ms':>12}" + "".join(
+    width = max(14, *(len(n) for n in args.cases))
+    header = f"  {'case':<{width}} {'fastbptt ms':>12}" + "".join(
         f" {LABELS[p] + ' ms':>14} {'x ' + p:>9}" for p in peers if p != "fastbptt")
     print("\n" + header)
+    ratios = {}
     for name in args.cases:
-        case = CASES[name]
+        case = case_of(name)
         rounds = 5 if args.quick else (args.rounds or case.rounds)
         medians = {peer: [] for peer in peers}
         for _ in range(processes):
             for peer in peers:
                 medians[peer].append(_run_worker(peer, name, rounds, threads)["median_ms"])
         ms = {peer: float(np.median(v)) for peer, v in medians.items()}
-        row = f"  {name:<14} {ms['fastbptt']:>12.3f}"
+        row = f"  {name:<{width}} {ms['fastbptt']:>12.3f}"
         for peer in peers:
             if peer != "fastbptt":
-                row += f" {ms[peer]:>14.3f} {ms[peer] / ms['fastbptt']:>8.2f}x"
+                ratios.setdefault(peer, []).append((ms[peer] / ms["fastbptt"], name))
+                row += f" {ms[peer]:>14.3f} {ratios[peer][-1][0]:>8.2f}x"
         print(row, flush=True)
+    if len(args.cases) > 1:
+        for peer, pairs in ratios.items():
+            ratio, name = min(pairs)
+            print(f"  lowest x {peer}: {ratio:.2f}x ({name}); median "
+                  f"{np.median([r for r, _ in pairs]):.2f}x over {len(pairs)} cases")
     print("\nmedian of the processes' median update times; 'x peer' is the peer's time over "
           "fastbptt's (above 1: fastbptt is faster).")
     for name in args.cases:
-        print(f"  {name}: {CASES[name]}")
+        print(f"  {name}: {case_of(name)}")
     return 0
 
 

@@ -175,7 +175,7 @@ def test_train_step_refuses_bad_arguments_and_changes_nothing(backend):
 # --------------------------------------------------------------------------- fit's path
 
 
-def _stream(model, x, target, lengths=None, n=4):
+def _stream(x, target, lengths=None, n=4):
     """n batches: x shifted by a little each time, so that every update differs."""
     return [(x + 0.1 * k if x.dtype.kind == "f" else x, target) + (() if lengths is None else (lengths,))
             for k in range(n)]
@@ -190,7 +190,7 @@ def test_fit_updates_as_train_step_does_to_the_bit(backend, cell, loss, dtype):
     pair = [_case(cell, loss, backend, dtype) for _ in range(2)]
     x, target = pair[0][1], pair[0][2]
     lengths = np.array([6, 2, 4]) if loss == "mse" else None
-    batches = _stream(pair[0][0], x, target, lengths)
+    batches = _stream(x, target, lengths)
     optimizers = [fb.optim.Adam(model.params, lr=0.01) for model, _, _ in pair]
     history = fb.train.fit(pair[0][0], batches, steps=len(batches), optimizer=optimizers[0],
                            loss=loss, clip_norm=0.5, progress=False)
@@ -205,7 +205,7 @@ def test_fit_updates_as_train_step_does_to_the_bit(backend, cell, loss, dtype):
 def test_fit_without_clip_logs_the_norm_of_the_whole_gradient(backend):
     model, x, target = _case("gru", "mse", backend, "float64")
     twin = _case("gru", "mse", backend, "float64")[0]
-    history = fb.train.fit(model, _stream(model, x, target, n=1), steps=1, progress=False,
+    history = fb.train.fit(model, _stream(x, target, n=1), steps=1, progress=False,
                            optimizer=fb.optim.SGD(model.params, lr=0.1))
     out, _ = twin.forward(x)
     g = twin.backward(fb.losses.mse(out, target)[1])
@@ -223,8 +223,8 @@ def test_fit_checks_a_callable_loss_gradient(backend):
         return 1.0, np.ones(out.shape[:-1] + (out.shape[-1] + 1,))
 
     with pytest.raises(ValueError, match="d_out"):
-        fb.train.fit(model, _stream(model, x, target, n=1), steps=1, loss=wrong_shape,
+        fb.train.fit(model, _stream(x, target, n=1), steps=1, loss=wrong_shape,
                      optimizer=fb.optim.SGD(model.params, lr=0.1), progress=False)
     with pytest.raises(ValueError, match="d_out"):   # in a truncated-BPTT window too
-        fb.train.fit(model, _stream(model, x, target, n=1), steps=1, loss=wrong_shape, bptt=(2, 4),
+        fb.train.fit(model, _stream(x, target, n=1), steps=1, loss=wrong_shape, bptt=(2, 4),
                      optimizer=fb.optim.SGD(model.params, lr=0.1), progress=False)

@@ -31,8 +31,8 @@ cdef long SMALL_STEP = 32 * 1024
 # ... and in float32, only with at most this many batch rows: the own gemm has no call
 # overhead to speak of, and packing W_hh (H·H floats) once per time loop costs less than the
 # plain loop loses from two rows up. Whole update, in-process alternation, T = 50, I = 32:
-# B = 32, H = 32 0.72-0.76x of the loop's time on the gemm; B = 8, H = 32 0.87x, H = 64
-# 0.72x; B = 1, H = 64 1.08x and the char-RNN (H = 100) 1.11x, so a single sequence keeps
+# B = 32, H = 32 0.71-0.76x of the loop's time on the gemm; B = 8, H = 32 0.87-0.93x, H = 64
+# 0.72-0.74x; B = 1, H = 64 1.08x and the char-RNN (H = 100) 1.11x, so a single sequence keeps
 # the loop (and the forward's dot form, on W_hh as stored).
 cdef long SMALL_STEP_ROWS = 1
 

@@ -103,8 +103,8 @@ def sweep_names():
 def case_of(name):
     """The Case a name stands for: one of CASES, or ``cell-TxBxIxHxO`` (e.g. ``gru-50x8x32x64x10``):
     that cell and those sizes, cross-entropy on the last step (relu with identity
-    initialisation, as the IRNN), rounds enough for about a second of updates. None when
-    it is neither."""
+    initialisation, as the IRNN), rounds for about 20 GFLOP of products (20 to 2000 of
+    them). None when it is neither."""
     if name in CASES:
         return CASES[name]
     match = _SPEC.fullmatch(name)
@@ -116,7 +116,7 @@ def case_of(name):
         return None
     gates = {"lstm": 4, "gru": 3}.get(cell, 1)
     flops = 6 * T * B * gates * H * (I + H)    # forward and backward's products
-    rounds = int(np.clip(2e10 / max(flops, 1), 20, 2000))  # ~20 GFLOP per process
+    rounds = int(np.clip(2e10 / flops, 20, 2000))
     return Case(cell, T, B, I, H, O, "cross_entropy", True,
                 init="identity" if cell == "relu" else "default", rounds=rounds)
 
@@ -410,7 +410,7 @@ def main(argv=None):
             print(f"{LABELS[peer]}: not timed, {why}")
         else:
             peers.append(peer)
-    width = max(14, *(len(n) for n in args.cases))
+    width = max([14] + [len(n) for n in args.cases])
     header = f"  {'case':<{width}} {'fastbptt ms':>12}" + "".join(
         f" {LABELS[p] + ' ms':>14} {'x ' + p:>9}" for p in peers if p != "fastbptt")
     print("\n" + header)

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import losses as _losses
+from ._flat import FlatArrays
 from ._validation import check_positive_int, check_positive_number
 from .checkpoint import load_checkpoint, save_checkpoint
-from ._flat import FlatArrays
 from .clip import clip_grad_norm, clip_grad_value, sum_squares
 from .optim import Optimizer
 

@@ -359,6 +359,30 @@ def test_compiled_losses_equal_their_numpy_twins(scored, dtype, rng, compiled_ke
         assert k.softmax_cross_entropy(logits, labels, rows, np.zeros((N, C), dtype), 0.25)[1] == 3
 
 
+@pytest.mark.parametrize("scored", ["all", "rows"])
+def test_a_compiled_cross_entropy_over_many_logits_gives_the_same_bits_on_any_thread_count(
+        scored, dtype, rng, compiled_kernels, restore_threads, assert_close_to_math, math_tol):
+    """Past LOSS_PARALLEL_MIN logits (128K) the rows are shared among the team: the same
+    loss and d_out bits on 1, 2 and 3 threads, equal to the NumPy twin."""
+    N, C = 67, 2011
+    logits = (rng.standard_normal((N, C)) * 4).astype(dtype)
+    rows = None if scored == "all" else np.sort(rng.choice(N, 61, replace=False)).astype(np.int64)
+    labels = rng.integers(0, C, N if rows is None else rows.size).astype(np.int64)
+    runs = []
+    for threads in (1, 2, 3):
+        fb.set_num_threads(threads)
+        d = np.zeros((N, C), dtype)
+        runs.append((compiled_kernels.softmax_cross_entropy(logits, labels, rows, d, 0.25), d))
+    for (loss, d), (loss0, d0) in zip(runs[1:], runs[:1] * 2):
+        assert loss == loss0
+        np.testing.assert_array_equal(d, d0)
+    want_d = np.zeros((N, C), dtype)
+    want, _ = _reference.softmax_cross_entropy(logits, labels, rows, want_d, 0.25)
+    assert runs[0][0][0] == pytest.approx(want, rel=math_tol(dtype)["rtol"])
+    assert runs[0][0][1] == -1
+    assert_close_to_math(runs[0][1], want_d, dtype, "d_out")
+
+
 # --------------------------------------------------------------------------- clipping over g.flat
 
 

@@ -52,6 +52,7 @@ cdef enum:
     TEAM_LINEAR_FORWARD
     TEAM_LINEAR_BACKWARD
     TEAM_UPDATE
+    TEAM_LOSS
 
 cdef struct TeamEntry:
     unsigned long long key

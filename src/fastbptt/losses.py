@@ -33,6 +33,16 @@ def _check_outputs(name, a, dims, all_finite):
     return check_float_array(name, a, dims, finite_check=all_finite)
 
 
+def _gradient_like(kernels, out, rows):
+    """d_out's array, shaped like out: from the kernels' pool (a word-level model's logits are
+    tens of MB, which NumPy would map fresh, and the loss fault in, at every step); zeroed
+    when only some rows are scored (the loss writes those)."""
+    d_out = kernels.empty(out.shape, out.dtype)
+    if rows is not None:
+        d_out.fill(0)
+    return d_out
+
+
 def _scored_rows(T, B, last_step, lengths):
     """The rows of out.reshape(T·B, O) that are scored, as int64 (None: every row), and
     the (t, b) positions of the targets that go with them (None: all, in order)."""
@@ -73,7 +83,7 @@ def mse(out, target, *, last_step=False, lengths=None):
     if not finite:
         raise ValueError("target contains NaN or infinite values")
     scored = np.ascontiguousarray(scored, dtype=out.dtype)
-    d_out = np.empty_like(out) if rows is None else np.zeros_like(out)
+    d_out = _gradient_like(kernels, out, rows)
     total = kernels.squared_error(out.reshape(T * B, O), scored, rows, d_out.reshape(T * B, O), 2.0 / B)
     return total / B, d_out
 
@@ -93,7 +103,7 @@ def cross_entropy(logits, labels, *, last_step=False, lengths=None):
     scored = labels.reshape(-1) if running is None else labels[running]
     # uint64 labels past 2^63 wrap to negative int64: still outside [0, C), still caught
     scored64 = np.ascontiguousarray(scored, dtype=np.int64)
-    d_out = np.empty_like(logits) if rows is None else np.zeros_like(logits)
+    d_out = _gradient_like(kernels, logits, rows)
     total, bad = kernels.softmax_cross_entropy(logits.reshape(T * B, C), scored64, rows,
                                                d_out.reshape(T * B, C), 1.0 / B)
     if bad >= 0:

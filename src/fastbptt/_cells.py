@@ -11,11 +11,13 @@ same names and signatures) that give every cell one calling convention and one r
         tuple the layer's backward needs, whose first ``cell.state_count`` entries are the
         state sequences (T+1, B, H), in the order of ``cell.states`` (state0 first).
     grads = cell.backward(kernels, d_out, d_state_n, x, cache, w_ih, w_hh, clip_step,
-                          step_norms, batch_sizes, need_dx)
+                          step_norms, batch_sizes, need_dx, out)
         d_out (T, B, H); d_state_n: a tuple like state0 whose entries may be None, or None.
         grads: :class:`LayerGradients`, with both bias gradients always (as separate arrays,
         also where the kernel computes one for both); grads.dx is None when not ``need_dx``
-        or for ids (the kernels then skip its product).
+        or for ids (the kernels then skip its product). out: None, or the four arrays
+        (dw_ih, dw_hh, db_ih, db_hh) the weight gradients are written into and returned as
+        (C-contiguous, of the weights' shapes and dtype: views of the model's flat buffer).
 
 The model, gradcheck, bench and the tests read this table instead of branching on the cell's
 name; adding a cell means a row here, its oracle in ``_reference`` and its compiled kernels.
@@ -77,13 +79,22 @@ def _elman_forward(relu, kernels, x, state0, w_ih, w_hh, b_ih, b_hh, batch_sizes
     return (kernels.elman_forward(x, state0[0], w_ih, w_hh, b_ih, b_hh, relu, batch_sizes),)
 
 
+def _both_biases(db, out):
+    """b_ih's and b_hh's gradients where a kernel computes one db for both (they enter the
+    pre-activation alike): db and a copy of it, out[3] when out is given."""
+    if out is None:
+        return db, db.copy()
+    np.copyto(out[3], db)
+    return db, out[3]
+
+
 def _elman_backward(relu, kernels, d_out, d_state_n, x, cache, w_ih, w_hh, clip_step=None,
-                    step_norms=None, batch_sizes=None, need_dx=True):
+                    step_norms=None, batch_sizes=None, need_dx=True, out=None):
     dh_n, = _finals(d_state_n, 1)
     dx, dh0, dw_ih, dw_hh, db = kernels.elman_backward(
-        d_out, dh_n, x, cache[0], w_ih, w_hh, relu, clip_step, step_norms, batch_sizes, need_dx)
-    # b_ih and b_hh enter the pre-activation alike: the kernel's one db is the gradient of both
-    return LayerGradients(dx, (dh0,), dw_ih, dw_hh, db, db.copy())
+        d_out, dh_n, x, cache[0], w_ih, w_hh, relu, clip_step, step_norms, batch_sizes, need_dx,
+        None if out is None else out[:3])
+    return LayerGradients(dx, (dh0,), dw_ih, dw_hh, *_both_biases(db, out))
 
 
 def _lstm_forward(kernels, x, state0, w_ih, w_hh, b_ih, b_hh, batch_sizes=None):
@@ -91,11 +102,12 @@ def _lstm_forward(kernels, x, state0, w_ih, w_hh, b_ih, b_hh, batch_sizes=None):
 
 
 def _lstm_backward(kernels, d_out, d_state_n, x, cache, w_ih, w_hh, clip_step=None,
-                   step_norms=None, batch_sizes=None, need_dx=True):
+                   step_norms=None, batch_sizes=None, need_dx=True, out=None):
     dh_n, dc_n = _finals(d_state_n, 2)
     dx, dh0, dc0, dw_ih, dw_hh, db = kernels.lstm_backward(
-        d_out, dh_n, dc_n, x, *cache, w_ih, w_hh, clip_step, step_norms, batch_sizes, need_dx)
-    return LayerGradients(dx, (dh0, dc0), dw_ih, dw_hh, db, db.copy())
+        d_out, dh_n, dc_n, x, *cache, w_ih, w_hh, clip_step, step_norms, batch_sizes, need_dx,
+        None if out is None else out[:3])
+    return LayerGradients(dx, (dh0, dc0), dw_ih, dw_hh, *_both_biases(db, out))
 
 
 def _gru_forward(kernels, x, state0, w_ih, w_hh, b_ih, b_hh, batch_sizes=None):
@@ -103,10 +115,10 @@ def _gru_forward(kernels, x, state0, w_ih, w_hh, b_ih, b_hh, batch_sizes=None):
 
 
 def _gru_backward(kernels, d_out, d_state_n, x, cache, w_ih, w_hh, clip_step=None,
-                  step_norms=None, batch_sizes=None, need_dx=True):
+                  step_norms=None, batch_sizes=None, need_dx=True, out=None):
     dh_n, = _finals(d_state_n, 1)
     dx, dh0, dw_ih, dw_hh, db_ih, db_hh = kernels.gru_backward(
-        d_out, dh_n, x, *cache, w_ih, w_hh, clip_step, step_norms, batch_sizes, need_dx)
+        d_out, dh_n, x, *cache, w_ih, w_hh, clip_step, step_norms, batch_sizes, need_dx, out)
     return LayerGradients(dx, (dh0,), dw_ih, dw_hh, db_ih, db_hh)
 
 

@@ -141,8 +141,8 @@ cdef void elman_backward_rows(const Loop* L, Py_ssize_t r0, Py_ssize_t r1, int t
 
 
 def elman_backward(d_out, dh_n, x, hs, w_ih, w_hh, bint relu, clip_step=None, step_norms=None,
-                   batch_sizes=None, bint need_dx=True):
-    """Backpropagate through an Elman layer; see ``_reference.elman_backward``.
+                   batch_sizes=None, bint need_dx=True, out=None):
+    """Backpropagate through an Elman layer; see ``_reference.elman_backward`` (and its out).
 
     Returns (dx (T, B, I), dh0 (B, H), dw_ih (H, I), dw_hh (H, H), db (H,)); dx is None when
     not ``need_dx`` or for ids.
@@ -152,17 +152,17 @@ def elman_backward(d_out, dh_n, x, hs, w_ih, w_hh, bint relu, clip_step=None, st
         call = layer_call(TEAM_ELMAN_BACKWARD, d_out, w_ih, w_hh, batch_sizes)
         try:
             return _elman_backward[float](d_out, dh_n, x, hs, w_ih, w_hh, relu, clip_step,
-                                          step_norms, batch_sizes, need_dx)
+                                          step_norms, batch_sizes, need_dx, out)
         finally:
             team_leave(call)
     return _elman_backward[double](d_out, dh_n, x, hs, w_ih, w_hh, relu, clip_step, step_norms,
-                                   batch_sizes, need_dx)
+                                   batch_sizes, need_dx, out)
 
 
 cdef object _elman_backward(const floating[:, :, ::1] d_out, dh_n, x,
                             const floating[:, :, ::1] hs, const floating[:, ::1] w_ih,
                             const floating[:, ::1] w_hh, bint relu, clip_step, step_norms,
-                            batch_sizes, bint need_dx):
+                            batch_sizes, bint need_dx, out):
     cdef Py_ssize_t T = d_out.shape[0], B = d_out.shape[1], H = d_out.shape[2], I = w_ih.shape[1]
     cdef const floating* xp
     cdef const Py_ssize_t* ids
@@ -175,7 +175,7 @@ cdef object _elman_backward(const floating[:, :, ::1] d_out, dh_n, x,
     delta_arr = pooled_empty((T, B, H), dtype=dtype)
     cdef floating[:, :, ::1] delta = delta_arr
     dx_arr, dw_ih_arr, dw_hh_arr, db_arr = backward_arrays(T, B, I, H, H, dtype, work is not None,
-                                                           need_dx)
+                                                           need_dx, out)
     cdef floating[:, :, ::1] dx
     cdef floating* dxp = NULL
     if need_dx:

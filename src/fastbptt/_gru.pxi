@@ -279,8 +279,9 @@ cdef void gru_backward_rows(const Loop* L, Py_ssize_t r0, Py_ssize_t r1, int thr
 
 
 def gru_backward(d_out, dh_n, x, hs, gates, w_ih, w_hh, clip_step=None, step_norms=None,
-                 batch_sizes=None, bint need_dx=True):
-    """Backpropagate through a GRU layer; see ``_reference.gru_backward`` (and its clipping).
+                 batch_sizes=None, bint need_dx=True, out=None):
+    """Backpropagate through a GRU layer; see ``_reference.gru_backward`` (its clipping, its
+    out).
 
     Returns (dx (T, B, I), dh0 (B, H), dw_ih (3H, I), dw_hh (3H, H), db_ih (3H,), db_hh (3H,));
     dx is None when not ``need_dx`` or for ids.
@@ -290,17 +291,17 @@ def gru_backward(d_out, dh_n, x, hs, gates, w_ih, w_hh, clip_step=None, step_nor
         call = layer_call(TEAM_GRU_BACKWARD, d_out, w_ih, w_hh, batch_sizes)
         try:
             return _gru_backward[float](d_out, dh_n, x, hs, gates, w_ih, w_hh, clip_step,
-                                        step_norms, batch_sizes, need_dx)
+                                        step_norms, batch_sizes, need_dx, out)
         finally:
             team_leave(call)
     return _gru_backward[double](d_out, dh_n, x, hs, gates, w_ih, w_hh, clip_step, step_norms,
-                                 batch_sizes, need_dx)
+                                 batch_sizes, need_dx, out)
 
 
 cdef object _gru_backward(const floating[:, :, ::1] d_out, dh_n, x,
                           const floating[:, :, ::1] hs, const floating[:, :, ::1] gates,
                           const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
-                          clip_step, step_norms, batch_sizes, bint need_dx):
+                          clip_step, step_norms, batch_sizes, bint need_dx, out):
     cdef Py_ssize_t T = d_out.shape[0], B = d_out.shape[1], H = d_out.shape[2], I = w_ih.shape[1]
     cdef Py_ssize_t G = 3 * H
     cdef const floating* xp
@@ -320,8 +321,10 @@ cdef object _gru_backward(const floating[:, :, ::1] d_out, dh_n, x,
     cdef floating[:, :, ::1] delta_hn = delta_hn_arr
     cdef floating[:, ::1] step_delta_h = pooled_empty((B, G), dtype=dtype)
     dx_arr, dw_ih_arr, dw_hh_arr, db_ih_arr = backward_arrays(T, B, I, H, G, dtype,
-                                                              work is not None, need_dx)
-    db_hh_arr = pooled_empty(G, dtype=dtype)
+                                                              work is not None, need_dx, out)
+    if out is not None:
+        check_out(out[3:], ((G,),), dtype)          # the first three backward_arrays checked
+    db_hh_arr = pooled_empty(G, dtype=dtype) if out is None else out[3]
     cdef floating[:, :, ::1] dx
     cdef floating* dxp = NULL
     if need_dx:

@@ -84,10 +84,26 @@ cdef inline void input_gradients(const floating* delta, const floating* x,
         matmul(True, False, G, I, T * B, delta, G, x, I, False, dw_ih, I)
 
 
+cdef check_out(out, shapes, dtype):
+    """A backward's ``out``: arrays of these shapes (at least as many) and dtype, or a
+    ValueError (their layout the memoryviews taking them check)."""
+    if len(out) < len(shapes) or any(a.shape != s or a.dtype != dtype for a, s in zip(out, shapes)):
+        raise ValueError(f"out must hold arrays of shapes {shapes} and dtype {np.dtype(dtype)}, "
+                         f"got {[(a.shape, a.dtype) for a in out]}")
+
+
 cdef tuple backward_arrays(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t G,
-                           dtype, bint packed_rows, bint need_dx):
-    """``_gradient_arrays``, with dx None when not ``need_dx`` (ids never need it)."""
-    dx, dw_ih, dw_hh, db = _gradient_arrays(T, B, I if need_dx else 0, H, G, dtype, packed_rows)
+                           dtype, bint packed_rows, bint need_dx, out):
+    """A backward's outputs beside the state gradients: dx (T, B, I), None when not
+    ``need_dx`` (ids never need it), zeroed when packed_rows (the packed gradients place
+    dx's running rows only); dw_ih (G, I), dw_hh (G, H), db (G,), out's first three when
+    out is given (a backward's ``out``: the kernels write every element of them, as of
+    arrays fresh from the pool)."""
+    dx = None
     if need_dx:
-        return dx, dw_ih, dw_hh, db
-    return None, pooled_empty((G, I), dtype=dtype), dw_hh, db
+        dx = (pooled_zeros((T, B, I), dtype=dtype) if packed_rows
+              else pooled_empty((T, B, I), dtype=dtype))
+    if out is not None:
+        check_out(out, ((G, I), (G, H), (G,)), dtype)
+        return dx, out[0], out[1], out[2]
+    return dx, pooled_empty((G, I), dtype=dtype), pooled_empty((G, H), dtype=dtype), pooled_empty(G, dtype=dtype)

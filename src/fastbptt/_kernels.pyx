@@ -190,24 +190,29 @@ cdef object _linear_forward(const floating[:, ::1] x, const floating[:, ::1] w, 
     return y_arr
 
 
-def linear_backward(dy, x, w):
-    """Gradients of y = x wᵀ + b: dy (M, N), x (M, K) -> (dx (M, K), dw (N, K), db (N,))."""
+def linear_backward(dy, x, w, out=None):
+    """Gradients of y = x wᵀ + b: dy (M, N), x (M, K) -> (dx (M, K), dw (N, K), db (N,));
+    out: None, or (dw, db) to write those two into and return (C-contiguous, dy's dtype)."""
     cdef TeamCall call
     if dy.dtype == np.float32:
         call = team_enter(TEAM_LINEAR_BACKWARD, dy.shape[0], dy.shape[1], x.shape[1], 0, False)
         try:
-            return _linear_backward[float](dy, x, w)
+            return _linear_backward[float](dy, x, w, out)
         finally:
             team_leave(call)
-    return _linear_backward[double](dy, x, w)
+    return _linear_backward[double](dy, x, w, out)
 
 
-cdef object _linear_backward(const floating[:, ::1] dy, const floating[:, ::1] x, const floating[:, ::1] w):
+cdef object _linear_backward(const floating[:, ::1] dy, const floating[:, ::1] x, const floating[:, ::1] w,
+                             out):
     cdef Py_ssize_t M = dy.shape[0], N = dy.shape[1], K = x.shape[1]
     dtype = np.float32 if floating is float else np.float64
     dx_arr = pooled_empty((M, K), dtype=dtype)
-    dw_arr = pooled_empty((N, K), dtype=dtype)
-    db_arr = np.empty(N, dtype=dtype)
+    if out is None:
+        dw_arr, db_arr = pooled_empty((N, K), dtype=dtype), np.empty(N, dtype=dtype)
+    else:
+        check_out(out, ((N, K), (N,)), dtype)
+        dw_arr, db_arr = out
     cdef floating[:, ::1] dx = dx_arr
     cdef floating[:, ::1] dw = dw_arr
     cdef floating[::1] db = db_arr

@@ -259,8 +259,8 @@ cdef void lstm_backward_rows(const Loop* L, Py_ssize_t r0, Py_ssize_t r1, int th
 
 
 def lstm_backward(d_out, dh_n, dc_n, x, hs, cs, gates, w_ih, w_hh, clip_step=None,
-                  step_norms=None, batch_sizes=None, bint need_dx=True):
-    """Backpropagate through an LSTM layer; see ``_reference.lstm_backward``.
+                  step_norms=None, batch_sizes=None, bint need_dx=True, out=None):
+    """Backpropagate through an LSTM layer; see ``_reference.lstm_backward`` (and its out).
 
     Returns (dx (T, B, I), dh0 (B, H), dc0 (B, H), dw_ih (4H, I), dw_hh (4H, H), db (4H,));
     dx is None when not ``need_dx`` or for ids.
@@ -270,18 +270,18 @@ def lstm_backward(d_out, dh_n, dc_n, x, hs, cs, gates, w_ih, w_hh, clip_step=Non
         call = layer_call(TEAM_LSTM_BACKWARD, d_out, w_ih, w_hh, batch_sizes)
         try:
             return _lstm_backward[float](d_out, dh_n, dc_n, x, hs, cs, gates, w_ih, w_hh,
-                                         clip_step, step_norms, batch_sizes, need_dx)
+                                         clip_step, step_norms, batch_sizes, need_dx, out)
         finally:
             team_leave(call)
     return _lstm_backward[double](d_out, dh_n, dc_n, x, hs, cs, gates, w_ih, w_hh,
-                                  clip_step, step_norms, batch_sizes, need_dx)
+                                  clip_step, step_norms, batch_sizes, need_dx, out)
 
 
 cdef object _lstm_backward(const floating[:, :, ::1] d_out, dh_n, dc_n,
                            x, const floating[:, :, ::1] hs,
                            const floating[:, :, ::1] cs, const floating[:, :, ::1] gates,
                            const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
-                           clip_step, step_norms, batch_sizes, bint need_dx):
+                           clip_step, step_norms, batch_sizes, bint need_dx, out):
     cdef Py_ssize_t T = d_out.shape[0], B = d_out.shape[1], H = d_out.shape[2], I = w_ih.shape[1]
     cdef Py_ssize_t G = 4 * H
     cdef const floating* xp
@@ -297,7 +297,7 @@ cdef object _lstm_backward(const floating[:, :, ::1] d_out, dh_n, dc_n,
     delta_arr = pooled_empty((T, B, G), dtype=dtype)
     cdef floating[:, :, ::1] delta = delta_arr
     dx_arr, dw_ih_arr, dw_hh_arr, db_arr = backward_arrays(T, B, I, H, G, dtype, work is not None,
-                                                           need_dx)
+                                                           need_dx, out)
     cdef floating[:, :, ::1] dx
     cdef floating* dxp = NULL
     if need_dx:

@@ -123,15 +123,6 @@ cdef object _carry(d_state, Py_ssize_t B, Py_ssize_t H, dtype):
             else np.array(d_state, dtype=dtype, order="C"))
 
 
-cdef tuple _gradient_arrays(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                            Py_ssize_t G, dtype, bint packed_rows):
-    """A backward's outputs beside the state gradients: dx (T, B, I), dw_ih (G, I),
-    dw_hh (G, H), db (G,); dx zero when packed_rows (the packed gradients place dx's running
-    rows only)."""
-    dx = pooled_zeros((T, B, I), dtype=dtype) if packed_rows else pooled_empty((T, B, I), dtype=dtype)
-    return dx, pooled_empty((G, I), dtype=dtype), pooled_empty((G, H), dtype=dtype), pooled_empty(G, dtype=dtype)
-
-
 cdef tuple plan_loop(Loop* L, const floating[:, ::1] w_hh, Py_ssize_t T, Py_ssize_t B,
                      Py_ssize_t H, Py_ssize_t gates, bint backward, batch_sizes):
     """Fill L's sizes, per-step product and sharding for a time loop over w_hh (gates·H, H);

@@ -68,6 +68,19 @@ def _add_input_gradient(dw_ih, delta, x_t):
         dw_ih += delta.T @ x_t
 
 
+def _weight_gradient_arrays(out, w_ih, w_hh, biases):
+    """The zeroed arrays a backward sums its weight gradients into, dW_ih, dW_hh and
+    ``biases`` bias gradients (G,): ``out``'s when given (see the backward functions' out),
+    else new ones."""
+    if out is None:
+        G = w_hh.shape[0]
+        return (np.zeros_like(w_ih), np.zeros_like(w_hh),
+                *(np.zeros(G, dtype=w_hh.dtype) for _ in range(biases)))
+    for a in out:
+        a[...] = 0
+    return tuple(out)
+
+
 def _input_gradient_array(x, need_dx):
     """The zeroed dx (T, B, I) a backward fills, or None for ids or when not ``need_dx``."""
     return np.zeros_like(x) if need_dx and not _is_ids(x) else None
@@ -100,7 +113,7 @@ def elman_forward(x, h0, w_ih, w_hh, b_ih, b_hh, relu, batch_sizes=None):
 
 
 def elman_backward(d_out, dh_n, x, hs, w_ih, w_hh, relu, clip_step=None, step_norms=None,
-                   batch_sizes=None, need_dx=True):
+                   batch_sizes=None, need_dx=True, out=None):
     """Backpropagate through an Elman layer run by :func:`elman_forward`.
 
     d_out (T, B, H): ∂E/∂s_t from above (the readout or the next layer), per step.
@@ -113,14 +126,14 @@ def elman_backward(d_out, dh_n, x, hs, w_ih, w_hh, relu, clip_step=None, step_no
         a sequence has finished.
     batch_sizes (T,) or None: see the module's docstring.
     need_dx: False (or ids as x) gives dx = None.
+    out: None, or (dw_ih, dw_hh, db): C-contiguous arrays of the shapes and dtype returned,
+        which the gradients are written into and returned as (the model's flat buffer).
     Returns (dx (T, B, I), dh0 (B, H), dw_ih (H, I), dw_hh (H, H), db (H,)); db is the
     gradient of both b_ih and b_hh.
     """
     T, B, H = d_out.shape
     dx = _input_gradient_array(x, need_dx)
-    dw_ih = np.zeros_like(w_ih)
-    dw_hh = np.zeros_like(w_hh)
-    db = np.zeros(H, dtype=d_out.dtype)
+    dw_ih, dw_hh, db = _weight_gradient_arrays(out, w_ih, w_hh, 1)
     ds = np.zeros((B, H), dtype=d_out.dtype) if dh_n is None else dh_n.copy()
     if step_norms is not None:
         step_norms[...] = 0
@@ -153,9 +166,15 @@ def linear_forward(x, w, b):
     return x @ w.T + b
 
 
-def linear_backward(dy, x, w):
-    """Gradients of y = x wᵀ + b: dy (M, N), x (M, K) -> (dx (M, K), dw (N, K), db (N,))."""
-    return dy @ w, dy.T @ x, dy.sum(axis=0)
+def linear_backward(dy, x, w, out=None):
+    """Gradients of y = x wᵀ + b: dy (M, N), x (M, K) -> (dx (M, K), dw (N, K), db (N,));
+    out: None, or (dw, db) to write those two into and return."""
+    if out is None:
+        return dy @ w, dy.T @ x, dy.sum(axis=0)
+    dw, db = out
+    np.matmul(dy.T, x, out=dw)
+    np.sum(dy, axis=0, out=db)
+    return dy @ w, dw, db
 
 
 # ---------------------------------------------------------------------------- gated cells
@@ -210,7 +229,7 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes=None):
 
 
 def lstm_backward(d_out, dh_n, dc_n, x, hs, cs, gates, w_ih, w_hh, clip_step=None,
-                  step_norms=None, batch_sizes=None, need_dx=True):
+                  step_norms=None, batch_sizes=None, need_dx=True, out=None):
     """Backpropagate through an LSTM layer run by :func:`lstm_forward`.
 
     d_out (T, B, H): ∂E/∂h_t from above, per step. dh_n, dc_n (B, H) or None: ∂E/∂h_T and
@@ -225,14 +244,13 @@ def lstm_backward(d_out, dh_n, dc_n, x, hs, cs, gates, w_ih, w_hh, clip_step=Non
         sequence has finished).
     batch_sizes (T,) or None: see the module's docstring.
     need_dx: False (or ids as x) gives dx = None.
+    out: None, or (dw_ih, dw_hh, db), as :func:`elman_backward`'s.
     Returns (dx (T, B, I), dh0 (B, H), dc0 (B, H), dw_ih (4H, I), dw_hh (4H, H), db (4H,));
     db is the gradient of both b_ih and b_hh.
     """
     T, B, H = d_out.shape
     dx = _input_gradient_array(x, need_dx)
-    dw_ih = np.zeros_like(w_ih)
-    dw_hh = np.zeros_like(w_hh)
-    db = np.zeros(4 * H, dtype=d_out.dtype)
+    dw_ih, dw_hh, db = _weight_gradient_arrays(out, w_ih, w_hh, 1)
     dh_all = np.zeros((B, H), dtype=d_out.dtype) if dh_n is None else dh_n.copy()
     dc_all = np.zeros((B, H), dtype=d_out.dtype) if dc_n is None else dc_n.copy()
     if step_norms is not None:
@@ -302,7 +320,7 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes=None):
 
 
 def gru_backward(d_out, dh_n, x, hs, gates, w_ih, w_hh, clip_step=None, step_norms=None,
-                 batch_sizes=None, need_dx=True):
+                 batch_sizes=None, need_dx=True, out=None):
     """Backpropagate through a GRU layer run by :func:`gru_forward`.
 
     d_out (T, B, H): ∂E/∂h_t from above, per step. dh_n (B, H) or None: ∂E/∂h_T from beyond
@@ -321,14 +339,12 @@ def gru_backward(d_out, dh_n, x, hs, gates, w_ih, w_hh, clip_step=None, step_nor
         sequence has finished).
     batch_sizes (T,) or None: see the module's docstring.
     need_dx: False (or ids as x) gives dx = None.
+    out: None, or (dw_ih, dw_hh, db_ih, db_hh), as :func:`elman_backward`'s.
     Returns (dx (T, B, I), dh0 (B, H), dw_ih (3H, I), dw_hh (3H, H), db_ih (3H,), db_hh (3H,)).
     """
     T, B, H = d_out.shape
     dx = _input_gradient_array(x, need_dx)
-    dw_ih = np.zeros_like(w_ih)
-    dw_hh = np.zeros_like(w_hh)
-    db_ih = np.zeros(3 * H, dtype=d_out.dtype)
-    db_hh = np.zeros(3 * H, dtype=d_out.dtype)
+    dw_ih, dw_hh, db_ih, db_hh = _weight_gradient_arrays(out, w_ih, w_hh, 2)
     dh_all = np.zeros((B, H), dtype=d_out.dtype) if dh_n is None else dh_n.copy()
     if step_norms is not None:
         step_norms[...] = 0

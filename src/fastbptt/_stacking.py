@@ -89,13 +89,15 @@ class Stack:
         return StackRun(inputs, reversed_inputs, runs, layer_in)
 
     def backward(self, params, run, d_top, carry, sizes, flip, clip_step, norms, accumulate,
-                 input_grad=True, layer_done=None):
+                 input_grad=True, layer_done=None, outs=None):
         """Backpropagate d_top (T, B, D·H), ∂E/∂top, through every layer of ``run``.
 
         carry (S, D·L, B, H): ∂E/∂(final states) on entry, ∂E/∂(initial states) on return
         (updated in place). norms: None, or (D·L, T, B) to fill with ‖∂E/∂h_t‖.
         accumulate(name, value) receives every parameter gradient; layer_done(k), when given,
-        is called once layer k's (every direction's) have all been given. Returns ∂E/∂x (T, B, I),
+        is called once layer k's (every direction's) have all been given. outs, when given,
+        maps every parameter name to the array its gradient is written into (and given to
+        accumulate as). Returns ∂E/∂x (T, B, I),
         or None when not ``input_grad`` (the kernels then skip the first layer's dx) or when
         x is ids (T, B).
         """
@@ -114,7 +116,8 @@ class Stack:
                 dir_norms = None if norms is None else np.empty((T, B), d_top.dtype)
                 g = backward(self.kernels, np.ascontiguousarray(d_dir), tuple(carry[:, index]),
                              layer_in, run.runs[index], params[names[0]], params[names[1]],
-                             clip_step, dir_norms, sizes, k > 0 or input_grad)
+                             clip_step, dir_norms, sizes, k > 0 or input_grad,
+                             None if outs is None else tuple(outs[name] for name in names))
                 carry[:, index] = g.d_state0
                 if norms is not None:
                     norms[index] = reverse_time(dir_norms, flip) if d else dir_norms

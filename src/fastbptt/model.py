@@ -502,23 +502,30 @@ class RNN:
             else:
                 grads[name] = value
 
-        # the gradients go into their slots of one buffer, laid out as flat_params, as soon as
-        # they are final (in the last segment swept, the first in time): the readout's first,
-        # then each layer's, top first, so that _on_final can start reducing them early
-        # (without _on_final, one concatenation at the end does it: fewer calls)
-        if _on_final is not None:
-            flat = self._kernels.empty(self._layout.size, self.dtype)
-            slots = {name: (start, stop) for name, start, stop, _ in self._layout.slots}
-        copied = set()
+        # The gradients go into their slots of one buffer, laid out as flat_params. Over one
+        # segment each is one kernel's output, which the kernels write into its slot itself
+        # (``outs``: views of flat; a 10,000-word model's 13M gradients are 52 MB that would
+        # be copied otherwise); over several (truncated checkpointing) they are summed first
+        # and copied in as soon as final (in the last segment swept, the first in time). The
+        # readout's are final first, then each layer's, top first, so that _on_final can
+        # start reducing them early.
+        flat = self._kernels.empty(self._layout.size, self.dtype)
+        slots = {name: (start, stop) for name, start, stop, _ in self._layout.slots}
+        outs = None
+        if len(cache.segments) == 1:
+            outs = {name: flat[start:stop].reshape(self._shapes[name])
+                    for name, (start, stop) in slots.items() if name != EMBEDDING}
+        copied = set() if outs is None else set(outs)     # the names flat already holds
 
         def final(names):
             names = [name for name in names if name in grads]
             if _on_final is None or not names:
                 return
             for name in names:
-                start, stop = slots[name]
-                flat[start:stop] = grads[name].reshape(-1)
-                copied.add(name)
+                if name not in copied:
+                    start, stop = slots[name]
+                    flat[start:stop] = grads[name].reshape(-1)
+                    copied.add(name)
             _on_final(flat, min(slots[n][0] for n in names), max(slots[n][1] for n in names))
 
         def layer_done(k):
@@ -536,7 +543,8 @@ class RNN:
             if self.output_size is not None:
                 n = (stop - start) * B
                 d_top, dw, db = self._kernels.linear_backward(
-                    d_top.reshape(n, out_size), run.top.reshape(n, D * H), params["weight_out"])
+                    d_top.reshape(n, out_size), run.top.reshape(n, D * H), params["weight_out"],
+                    None if outs is None else (outs["weight_out"], outs["bias_out"]))
                 d_top = d_top.reshape(stop - start, B, D * H)
                 accumulate("weight_out", dw)
                 accumulate("bias_out", db)
@@ -545,7 +553,7 @@ class RNN:
                 final(("weight_out", "bias_out"))
             d_top = self._stack.backward(params, run, d_top, carry, seg.batch_sizes, flip, clip_step,
                                          None if norms is None else norms[:, start:stop], accumulate,
-                                         want_dx, layer_done if last else None)
+                                         want_dx, layer_done if last else None, outs)
             if want_dx and d_x is None:
                 d_x = d_top
             elif want_dx:
@@ -561,9 +569,8 @@ class RNN:
             carry = packing.unsort(carry, axis=2)
             if norms is not None:
                 norms = packing.unsort(norms, axis=2)
-        if _on_final is None:  # one buffer, laid out as flat_params, in one copy
-            flat = np.concatenate([grads[name].reshape(-1) for name in self._shapes],
-                                  out=self._kernels.empty(self._layout.size, self.dtype))
+        if not copied:      # every gradient summed over segments: one concatenation
+            np.concatenate([grads[name].reshape(-1) for name in self._shapes], out=flat)
         else:
             for name in self._shapes:
                 if name not in copied:

@@ -73,6 +73,31 @@ def test_ids_match_one_hot(backend, cell, bidirectional, case, readout, rng, ass
         assert_close(_all_grads(g_i)[name], expected, np.float64, name, kind="ids")
 
 
+@pytest.mark.parametrize("cell", ["tanh", "lstm"])
+def test_a_gather_and_scatter_shared_among_threads_match_one_hot_with_the_same_bits(
+        compiled_backend, cell, rng, restore_threads, assert_close):
+    """Past IDS_PARALLEL_MIN elements (64K: here 128 rows of ids by G = 512) the
+    gather and scatter share their work among the team: ids give the one-hot input's
+    outputs and gradients, and the same bits on 1, 2 and 3 threads."""
+    V, T, B = 301, 16, 8
+    ids = rng.integers(0, V, (T, B))
+    ids[:4, 0] = ids[5, 3]                      # repeated ids: their gradients sum
+    d_out = rng.standard_normal((T, B, 2))
+    runs = []
+    for threads in (1, 2, 3):
+        fb.set_num_threads(threads)
+        model = fb.RNN(V, 512 // _cells.CELLS[cell].gates, cell=cell, output_size=2,
+                       dtype="float64", seed=1, backend=compiled_backend)
+        out, _ = model.forward(ids)
+        runs.append((out, model.backward(d_out).flat))
+    for out, flat in runs[1:]:
+        np.testing.assert_array_equal(out, runs[0][0])
+        np.testing.assert_array_equal(flat, runs[0][1])
+    out, _ = model.forward(np.eye(V)[ids])
+    assert_close(runs[0][0], out, np.float64, "out", kind="ids")
+    assert_close(runs[0][1], model.backward(d_out).flat, np.float64, "g.flat", kind="ids")
+
+
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("embedding", [None, 3], ids=["one-hot", "embedding"])

@@ -44,10 +44,12 @@ def test_bench_quick_prints_a_table(capsys):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_fma_peak_is_a_rate_in_every_build(level, threads, restore_threads):
     """Each build's peak runs on the team it is given and returns FLOP/s: positive, finite,
-    within what a CPU core can do (no speed is asserted: this machine's speed drifts)."""
+    within what a CPU core can do. No speed is asserted: the lower bound only tells FLOP/s from
+    GFLOP/s, since a team thread descheduled by a loaded machine (CI beside a compiler) made a
+    2 ms baseline run measure 0.1 GFLOP/s."""
     fb.set_num_threads(threads)
     rate = fb._backend.compiled_builds()[level].fma_peak(0.002, 2)
-    assert 1e8 < rate < threads * 1e13
+    assert 1e6 < rate < threads * 1e13
 
 
 @pytest.mark.parametrize("seconds, repeats", [(0.0, 5), (-1.0, 5), (0.01, 0)])

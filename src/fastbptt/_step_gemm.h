@@ -561,6 +561,101 @@ static void fb_dot_rows(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a,
     }
 }
 
+/* c (m, n) += a (m, k) @ w (k, n), all row-major: the backward per-step product of a single
+   sequence (δ_t (1, G·H) @ W_hh (G·H, H), a char-RNN LSTM's 1x400 @ 400x100), in axpy form,
+   four rows of w at a time. Each element is the sum small_matmul_acc (_products.pxi) forms,
+   c + (((a0 w0 + a1 w1) + a2 w2) + a3 w3) per four rows and c + a w for the last k % 4, with
+   the same contractions into multiply-adds, so the bits are its own; but the accumulators of
+   up to FB_AXPY_NV vectors of c stay in registers over all of k, where that loop loaded and
+   stored c for every four rows of w (and summed n % FB_VW columns in scalars): the stores
+   alone cost as much as the streaming of w from L2. The last n % FB_VW columns run in one
+   more vector over c's last FB_VW columns, whose lanes that other vectors cover are computed
+   and dropped. */
+#define FB_AXPY_NV 8
+
+static inline __attribute__((always_inline)) void fb_axpy_block(
+        ptrdiff_t k, ptrdiff_t n, const float* a, const float* w, float* c,
+        const ptrdiff_t* start, int nv, int tail, ptrdiff_t keep_from) {
+    fb_vf acc[FB_AXPY_NV];
+    for (int v = 0; v < nv; v++) {
+        fb_vfu x;
+        memcpy(&x, c + start[v], sizeof(x));
+        acc[v] = x;
+    }
+    ptrdiff_t kk = 0;
+    for (; kk + 4 <= k; kk += 4) {
+        float a0 = a[kk], a1 = a[kk + 1], a2 = a[kk + 2], a3 = a[kk + 3];
+        const float* w0 = w + kk * n;
+        for (int v = 0; v < nv; v++) {
+            fb_vfu x0, x1, x2, x3;
+            memcpy(&x0, w0 + start[v], sizeof(x0));
+            memcpy(&x1, w0 + n + start[v], sizeof(x1));
+            memcpy(&x2, w0 + 2 * n + start[v], sizeof(x2));
+            memcpy(&x3, w0 + 3 * n + start[v], sizeof(x3));
+            acc[v] += a0 * x0 + a1 * x1 + a2 * x2 + a3 * x3;
+        }
+    }
+    for (; kk < k; kk++) {
+        float a0 = a[kk];
+        for (int v = 0; v < nv; v++) {
+            fb_vfu x0;
+            memcpy(&x0, w + kk * n + start[v], sizeof(x0));
+            acc[v] += a0 * x0;
+        }
+    }
+    for (int v = 0; v < nv; v++) {
+        if (v != tail) {
+            fb_vfu x = acc[v];
+            memcpy(c + start[v], &x, sizeof(x));
+        } else {    /* the overlapping last vector: only its columns from keep_from on */
+            float lanes[FB_VW];
+            memcpy(lanes, &acc[v], sizeof(lanes));
+            for (ptrdiff_t j = keep_from; j < start[v] + FB_VW; j++) c[j] = lanes[j - start[v]];
+        }
+    }
+}
+
+static void fb_axpy_rows(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float* a,
+                         const float* w, float* c) {
+    for (ptrdiff_t i = 0; i < m; i++) {
+        const float* ar = a + i * k;
+        float* row = c + i * n;
+        if (n < FB_VW) {
+            ptrdiff_t kk = 0;
+            for (; kk + 4 <= k; kk += 4) {
+                float a0 = ar[kk], a1 = ar[kk + 1], a2 = ar[kk + 2], a3 = ar[kk + 3];
+                const float* w0 = w + kk * n;
+                for (ptrdiff_t j = 0; j < n; j++)
+                    row[j] += a0 * w0[j] + a1 * w0[n + j] + a2 * w0[2 * n + j] + a3 * w0[3 * n + j];
+            }
+            for (; kk < k; kk++)
+                for (ptrdiff_t j = 0; j < n; j++) row[j] += ar[kk] * w[kk * n + j];
+            continue;
+        }
+        /* vector starts: 0, FB_VW, ... over the whole vectors, then n - FB_VW for a tail;
+           that overlaps the last whole one and stores only its columns from `done` (the
+           first column no whole vector covers) */
+        ptrdiff_t whole = n / FB_VW, done = whole * FB_VW, count = whole + (done < n);
+        for (ptrdiff_t v0 = 0; v0 < count; v0 += FB_AXPY_NV) {
+            ptrdiff_t start[FB_AXPY_NV];
+            int nv = (int)(count - v0 < FB_AXPY_NV ? count - v0 : FB_AXPY_NV);
+            for (int v = 0; v < nv; v++)
+                start[v] = v0 + v < whole ? (v0 + v) * FB_VW : n - FB_VW;
+            int tail = v0 + nv > whole ? (int)(whole - v0) : -1;
+            switch (nv) {   /* a constant count per copy, so the accumulators stay in registers */
+            case 1: fb_axpy_block(k, n, ar, w, row, start, 1, tail, done); break;
+            case 2: fb_axpy_block(k, n, ar, w, row, start, 2, tail, done); break;
+            case 3: fb_axpy_block(k, n, ar, w, row, start, 3, tail, done); break;
+            case 4: fb_axpy_block(k, n, ar, w, row, start, 4, tail, done); break;
+            case 5: fb_axpy_block(k, n, ar, w, row, start, 5, tail, done); break;
+            case 6: fb_axpy_block(k, n, ar, w, row, start, 6, tail, done); break;
+            case 7: fb_axpy_block(k, n, ar, w, row, start, 7, tail, done); break;
+            default: fb_axpy_block(k, n, ar, w, row, start, 8, tail, done); break;
+            }
+        }
+    }
+}
+
 /* The machine's multiply-add limit, as this build's vectors reach it: each of `threads`
  * threads runs `rounds` rounds of FB_PEAK_ACC independent vector multiply-adds (enough chains
  * to cover the latency of two FMA units), all from registers; returns the wall time of the

@@ -383,6 +383,30 @@ def test_a_compiled_cross_entropy_over_many_logits_gives_the_same_bits_on_any_th
     assert_close_to_math(runs[0][1], want_d, dtype, "d_out")
 
 
+@pytest.mark.parametrize("n", [2 * 256 * 1024 - 1, 2 * 256 * 1024, 5 * 256 * 1024 + 17])
+def test_scans_of_a_large_buffer_shared_among_threads_give_the_same_answer_on_any_thread_count(
+        n, dtype, rng, compiled_kernels, restore_threads):
+    """From 512K elements on, sum_squares and all_finite share blocks of 256K among the team:
+    the sum has the same bits on 1, 2 and 3 threads (block sums added in order) and equals
+    the exact sum to float64 rounding; a NaN or infinity in any block, the last partial one
+    included, is found."""
+    a = (rng.standard_normal(n) * 3).astype(dtype)
+    exact = math.fsum(float(v) * float(v) for v in a)
+    sums, found = [], []
+    bad_at = [0, 256 * 1024 - 1, 256 * 1024, n // 2, n - 1]
+    for threads in (1, 2, 3):
+        fb.set_num_threads(threads)
+        sums.append(compiled_kernels.sum_squares(a))
+        assert compiled_kernels.all_finite(a) is True
+        for pos, bad in zip(bad_at, [np.nan, np.inf, -np.inf, np.nan, np.inf]):
+            b = a.copy()
+            b[pos] = bad
+            found.append(compiled_kernels.all_finite(b) is False)
+    assert sums[1] == sums[0] and sums[2] == sums[0]
+    assert sums[0] == pytest.approx(exact, rel=1e-12)
+    assert all(found), found
+
+
 # --------------------------------------------------------------------------- clipping over g.flat
 
 

@@ -106,6 +106,19 @@ cdef inline void column_sums(const floating* a, floating* out, Py_ssize_t M, Py_
             out[j] += a[m * N + j]
 
 
+# Scans of a whole buffer (the finiteness check of a model's parameters before each forward,
+# the global norm of its gradients): from SCAN_PARALLEL_MIN elements up, in blocks of
+# SCAN_BLOCK that the thread team shares, each block's result kept apart and combined in
+# block order, so that a sum has the same bits on any thread count. A 10,000-word model's 13M
+# parameters are 52 MB: one core's scan of them takes about 2 ms, half of it on two.
+DEF SCAN_BLOCK = 256 * 1024
+cdef Py_ssize_t SCAN_PARALLEL_MIN = 2 * SCAN_BLOCK
+
+
+cdef inline Py_ssize_t scan_blocks(Py_ssize_t n) noexcept nogil:
+    return (n + SCAN_BLOCK - 1) // SCAN_BLOCK
+
+
 def all_finite(a):
     """True when no element of the C-contiguous float32/float64 array ``a`` is NaN or inf."""
     if a.dtype == np.float32:
@@ -113,16 +126,36 @@ def all_finite(a):
     return _all_finite[double](a.reshape(-1))
 
 
-cdef bint _all_finite(const floating[::1] a):
-    cdef Py_ssize_t i, start, stop, n = a.shape[0]
+cdef inline bint finite_ptr(const floating* a, Py_ssize_t n) noexcept nogil:
+    """In sub-blocks, so a NaN near the front stops the scan early, while a sub-block's loop
+    stays an integer OR-reduction that vectorizes (x - x is NaN for inf and NaN)."""
+    cdef Py_ssize_t i, start = 0, stop
     cdef int bad = 0
-    with nogil:
-        # In blocks, so a NaN near the front stops the scan early, while the block's loop
-        # stays an integer OR-reduction that vectorizes (x - x is NaN for inf and NaN).
-        start = 0
-        while start < n and not bad:
-            stop = min(start + 4096, n)
-            for i in range(start, stop):
-                bad |= (a[i] - a[i]) != 0
-            start = stop
+    while start < n and not bad:
+        stop = min(start + 4096, n)
+        for i in range(start, stop):
+            bad |= (a[i] - a[i]) != 0
+        start = stop
     return not bad
+
+
+cdef bint _all_finite(const floating[::1] a):
+    cdef Py_ssize_t b, n = a.shape[0], blocks = scan_blocks(n)
+    cdef const floating* p = &a[0] if n else NULL
+    cdef unsigned char[::1] finite
+    cdef TeamCall call
+    cdef bint ok
+    if n < SCAN_PARALLEL_MIN:
+        with nogil:
+            ok = finite_ptr(p, n)
+        return ok
+    finite = np.empty(blocks, dtype=np.uint8)
+    call = team_enter(TEAM_SCAN, n, 0, 0, 0, False)
+    with nogil:
+        for b in prange(blocks, num_threads=fb_max_threads(), schedule="static"):
+            finite[b] = finite_ptr(p + b * SCAN_BLOCK, min(SCAN_BLOCK, n - b * SCAN_BLOCK))
+    team_leave(call)
+    for b in range(blocks):
+        if not finite[b]:
+            return False
+    return True

@@ -53,6 +53,7 @@ cdef enum:
     TEAM_LINEAR_BACKWARD
     TEAM_UPDATE
     TEAM_LOSS
+    TEAM_SCAN
 
 cdef struct TeamEntry:
     unsigned long long key

@@ -159,9 +159,26 @@ def sum_squares(a):
 
 
 cdef double _sum_squares(const floating[::1] a):
-    cdef double total
+    """One pass below SCAN_PARALLEL_MIN elements; from there each SCAN_BLOCK's sum apart,
+    the team sharing the blocks, then the block sums added in order (the same bits on any
+    thread count)."""
+    cdef Py_ssize_t b, n = a.shape[0], blocks = scan_blocks(n)
+    cdef const floating* p = &a[0]
+    cdef double[::1] partial
+    cdef double total = 0
+    cdef TeamCall call
+    if n < SCAN_PARALLEL_MIN:
+        with nogil:
+            total = sum_squares_ptr(p, n)
+        return total
+    partial = np.empty(blocks, dtype=np.float64)
+    call = team_enter(TEAM_SCAN, n, 1, 0, 0, False)
     with nogil:
-        total = sum_squares_ptr(&a[0], a.shape[0])
+        for b in prange(blocks, num_threads=fb_max_threads(), schedule="static"):
+            partial[b] = sum_squares_ptr(p + b * SCAN_BLOCK, min(SCAN_BLOCK, n - b * SCAN_BLOCK))
+        for b in range(blocks):
+            total += partial[b]
+    team_leave(call)
     return total
 
 

@@ -89,6 +89,32 @@ def test_digits_pixels_gru_learns_above_chance(digits):
     assert result.accuracy[-1] > 2 * CHANCE
 
 
+def test_digits_recipe_cosine_lr_and_irnn_input_weights(digits):
+    lrs = [digits.epoch_lr(1e-2, e, 20) for e in range(20)]
+    assert lrs[0] == 1e-2 and all(a > b > 0 for a, b in zip(lrs, lrs[1:]))
+    assert digits.epoch_lr(1e-2, 10, 20) == pytest.approx(5e-3)
+    assert digits.irnn_input_std(8) == pytest.approx(8 ** -0.5)
+
+
+def test_digits_rows_irnn_learns_above_chance(digits):
+    data = _subset(digits, digits.load("rows"), 640)
+    model, result = digits.train_fastbptt("irnn", data, seed=0, hidden=32, epochs=3)
+    assert result.accuracy[-1] > 3 * CHANCE
+    # an IRNN still: the weights moved from W_hh = I and zero biases, not from another init
+    assert np.abs(model.params["weight_hh_l0"] - np.eye(32)).max() < 0.5
+
+
+def test_digits_irnn_starts_as_the_recipe_says(digits):
+    # lr 1e-12: after one short epoch the weights are their initial values to 1e-9
+    data = _subset(digits, digits.load("rows"), 64)
+    model, _ = digits.train_fastbptt("irnn", data, seed=0, hidden=256, epochs=1, lr=1e-12)
+    weight = np.asarray(model.params["weight_ih_l0"], dtype=np.float64)
+    assert abs(weight.std() - 8 ** -0.5) < 0.03 and abs(weight.mean()) < 0.03   # 2048 draws
+    np.testing.assert_allclose(model.params["weight_hh_l0"], np.eye(256), atol=1e-9)
+    for name in ("bias_ih_l0", "bias_hh_l0"):
+        np.testing.assert_allclose(model.params[name], 0, atol=1e-9)
+
+
 def _subset(digits, data, n):
     """The first n training sequences, and the whole test set."""
     return digits.Data(np.ascontiguousarray(data.x_train[:, :n]), data.y_train[:n], data.x_test, data.y_test)

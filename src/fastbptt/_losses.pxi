@@ -17,23 +17,30 @@ cdef extern from *:
     #include <stdint.h>
     #include <string.h>
     #include <immintrin.h>
-    /* e^x for -87 <= x <= 0 (the caller clamps): within 1.3 ulp. */
-    static inline float fb_expf(float x) {
+    /* e^x for -87 <= x <= 0 (the caller clamps), on 16 lanes at once: within 1.3 ulp. */
+    typedef float fb_exp_vf __attribute__((vector_size(64), aligned(4)));
+    typedef int32_t fb_exp_vi __attribute__((vector_size(64), aligned(4)));
+    static inline fb_exp_vf fb_expf16(fb_exp_vf x) {
         const float round_magic = 12582912.0f;     /* 1.5 * 2^23: adding it rounds to an int */
-        float n = (x * 1.44269504088896341f + round_magic) - round_magic;
-        float r = x - n * 0.693359375f;             /* ln 2 in two parts, exact products */
+        fb_exp_vf n = (x * 1.44269504088896341f + round_magic) - round_magic;
+        fb_exp_vf r = x - n * 0.693359375f;         /* ln 2 in two parts, exact products */
         r = r - n * -2.12194440e-4f;
-        float y = 1.9875691500e-4f;
+        fb_exp_vf y = (fb_exp_vf){0} + 1.9875691500e-4f;
         y = y * r + 1.3981999507e-3f;
         y = y * r + 8.3334519073e-3f;
         y = y * r + 4.1665795894e-2f;
         y = y * r + 1.6666665459e-1f;
         y = y * r + 5.0000001201e-1f;
         y = y * (r * r) + r + 1.0f;
-        int32_t bits = ((int32_t)n + 127) << 23;    /* 2^n, n in [-126, 0] */
-        float two_n;
-        memcpy(&two_n, &bits, sizeof two_n);
-        return y * two_n;
+        fb_exp_vi bits = (__builtin_convertvector(n, fb_exp_vi) + 127) << 23;   /* 2^n, n in [-126, 0] */
+        return y * (fb_exp_vf) bits;
+    }
+
+    /* fb_expf16 of one value (its lane 0): the arithmetic the softmax runs, for the tests. */
+    static inline float fb_expf(float x) {
+        fb_exp_vf v = {0};
+        v[0] = x;
+        return fb_expf16(v)[0];
     }
 
     /* max a[0:n] (n >= 1, finite values) in one register of partial maxima per vector width
@@ -69,24 +76,15 @@ cdef extern from *:
         return top;
     }
 
-    /* fb_expf on 16 lanes at once, each lane's arithmetic fb_expf's own (the same products,
-       the same multiply-adds), so the same bits. */
-    typedef float fb_exp_vf __attribute__((vector_size(64), aligned(4)));
-    typedef int32_t fb_exp_vi __attribute__((vector_size(64), aligned(4)));
-    static inline fb_exp_vf fb_expf16(fb_exp_vf x) {
-        const float round_magic = 12582912.0f;
-        fb_exp_vf n = (x * 1.44269504088896341f + round_magic) - round_magic;
-        fb_exp_vf r = x - n * 0.693359375f;
-        r = r - n * -2.12194440e-4f;
-        fb_exp_vf y = r * 0.0f + 1.9875691500e-4f;
-        y = y * r + 1.3981999507e-3f;
-        y = y * r + 8.3334519073e-3f;
-        y = y * r + 4.1665795894e-2f;
-        y = y * r + 1.6666665459e-1f;
-        y = y * r + 5.0000001201e-1f;
-        y = y * (r * r) + r + 1.0f;
-        fb_exp_vi bits = (__builtin_convertvector(n, fb_exp_vi) + 127) << 23;
-        return y * (fb_exp_vf) bits;
+    /* e^(t - top) of 16 values, clamped at `low` and 0 where t - top < low (the probability
+       underflows). */
+    static inline fb_exp_vf fb_softmax_exp16(const float* z, float top, float low) {
+        fb_exp_vf t;
+        memcpy(&t, z, sizeof t);
+        t = t - top;
+        fb_exp_vi under = t < low;
+        fb_exp_vf clamped = (fb_exp_vf) (((fb_exp_vi) t & ~under) | ((fb_exp_vi) ((fb_exp_vf){0} + low) & under));
+        return (fb_exp_vf) ((fb_exp_vi) fb_expf16(clamped) & ~under);
     }
 
     /* d = e^(z - top) over a row of n, in one pass: each element clamped at `low`, fb_expf'd,
@@ -102,12 +100,7 @@ cdef extern from *:
         double acc[8], total = 0;
         ptrdiff_t i = 0;
         for (; i + 16 <= n; i += 16) {
-            fb_exp_vf t, e;
-            memcpy(&t, z + i, sizeof t);
-            t = t - top;
-            fb_exp_vi under = t < low;
-            fb_exp_vf clamped = (fb_exp_vf) (((fb_exp_vi) t & ~under) | ((fb_exp_vi) (t * 0.0f + low) & under));
-            e = (fb_exp_vf) ((fb_exp_vi) fb_expf16(clamped) & ~under);
+            fb_exp_vf e = fb_softmax_exp16(z + i, top, low);
             memcpy(d + i, &e, sizeof e);
             v8f lo = __builtin_shufflevector(e, e, 0, 1, 2, 3, 4, 5, 6, 7);
             v8f hi = __builtin_shufflevector(e, e, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -121,12 +114,12 @@ cdef extern from *:
     #endif
         }
         memcpy(acc, &sums, sizeof acc);
-        ptrdiff_t rest = i;
-        for (; i < n; i++) {
-            float t = z[i] - top;
-            d[i] = t < low ? 0.0f : fb_expf(t);
+        if (i < n) {    /* the last n % 16: the same lanes over a zero-padded copy */
+            float pad[16] = {0};
+            memcpy(pad, z + i, (size_t)(n - i) * sizeof(float));
+            fb_exp_vf e = fb_softmax_exp16(pad, top, low);
+            memcpy(d + i, &e, (size_t)(n - i) * sizeof(float));
         }
-        i = rest;
         for (; i + 8 <= n; i += 8)
             for (int k = 0; k < 8; k++) acc[k] += d[i + k];
         for (; i < n; i++) total += d[i];

@@ -59,6 +59,7 @@ cdef extern from "_step_gemm.h" nogil:
                      float* c, bint accumulate)
     void fb_axpy_rows(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n, const float* a, const float* w,
                       float* c)
+    enum: FB_VW
 
 
 cdef enum ProductPath:
@@ -146,8 +147,9 @@ cdef inline void small_matmul_acc(const floating* a, const floating* w, floating
     """c (M, N) += a (M, K) @ w (K, N), row-major, for products too small for BLAS.
 
     Each row of c is built as a sum of scaled rows of w (axpy form), four at a time, so the
-    inner loop is contiguous and vectorizes without reassociating a reduction. float32 runs
-    the same sums in fb_axpy_rows (_step_gemm.h), c's vectors held in registers.
+    inner loop is contiguous and vectorizes without reassociating a reduction. float32 rows of at
+    least a vector run the same sums in fb_axpy_rows (_step_gemm.h), c's vectors held in
+    registers.
     """
     cdef Py_ssize_t m, k, j
     cdef floating a0, a1, a2, a3
@@ -156,7 +158,7 @@ cdef inline void small_matmul_acc(const floating* a, const floating* w, floating
     cdef const floating* w2
     cdef const floating* w3
     cdef floating* row
-    if floating is float:
+    if floating is float and N >= FB_VW:
         fb_axpy_rows(M, K, N, a, w, c)
         return
     for m in range(M):

@@ -570,7 +570,7 @@ static void fb_dot_rows(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a,
    stored c for every four rows of w (and summed n % FB_VW columns in scalars): the stores
    alone cost as much as the streaming of w from L2. The last n % FB_VW columns run in one
    more vector over c's last FB_VW columns, whose lanes that other vectors cover are computed
-   and dropped. */
+   and dropped; so n >= FB_VW (a narrower c stays on small_matmul_acc's loop). */
 #define FB_AXPY_NV 8
 
 static inline __attribute__((always_inline)) void fb_axpy_block(
@@ -616,22 +616,10 @@ static inline __attribute__((always_inline)) void fb_axpy_block(
 }
 
 static void fb_axpy_rows(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float* a,
-                         const float* w, float* c) {
+                         const float* w, float* c) {    /* n >= FB_VW */
     for (ptrdiff_t i = 0; i < m; i++) {
         const float* ar = a + i * k;
         float* row = c + i * n;
-        if (n < FB_VW) {
-            ptrdiff_t kk = 0;
-            for (; kk + 4 <= k; kk += 4) {
-                float a0 = ar[kk], a1 = ar[kk + 1], a2 = ar[kk + 2], a3 = ar[kk + 3];
-                const float* w0 = w + kk * n;
-                for (ptrdiff_t j = 0; j < n; j++)
-                    row[j] += a0 * w0[j] + a1 * w0[n + j] + a2 * w0[2 * n + j] + a3 * w0[3 * n + j];
-            }
-            for (; kk < k; kk++)
-                for (ptrdiff_t j = 0; j < n; j++) row[j] += ar[kk] * w[kk * n + j];
-            continue;
-        }
         /* vector starts: 0, FB_VW, ... over the whole vectors, then n - FB_VW for a tail;
            that overlaps the last whole one and stores only its columns from `done` (the
            first column no whole vector covers) */

@@ -42,6 +42,34 @@ def test_compiled_batch_sizes_match_the_oracle(compiled_kernels, cell, sizes, dt
 
 
 @pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("ids", [False, True], ids=["floats", "ids"])
+def test_compiled_batch_sizes_without_dx_match_the_oracle(compiled_kernels, cell, ids, dtype, rng,
+                                                          assert_close, layer_arrays):
+    """The weight gradients of a backward without dx (a training step's) run over the running
+    rows only, packed, as the backward with dx does: the same gradients as the oracle's, for
+    float inputs and for ids (whose dW_ih is the scatter)."""
+    T, B, I, H = 9, 7, 4, 5
+    a = layer_arrays(rng, cell, T, B, I, H, dtype)
+    x = rng.integers(0, I, (T, B)).astype(np.intp) if ids else a["x"]
+    sizes = np.array([7, 7, 6, 4, 4, 2, 1, 1, 1], dtype=np.intp)
+    spec = fb._cells.CELLS[cell]
+    state0 = tuple(a[f"{s}0"] for s in spec.states)
+    results = []
+    for kernels in (_reference, compiled_kernels):
+        cache = spec.forward(kernels, x, state0, a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], sizes)
+        results.append(spec.backward(kernels, a["d_out"], None, x, cache, a["w_ih"], a["w_hh"],
+                                     None, None, sizes, False))
+    expected, actual = results
+    assert actual.dx is None
+    kind = "gated" if spec.gates > 1 else "oracle"
+    for name in ("dw_ih", "dw_hh", "db_ih", "db_hh"):
+        assert_close(getattr(actual, name), getattr(expected, name), dtype, f"{cell} {name}",
+                     kind=kind)
+    for k, (e, g) in enumerate(zip(expected.d_state0, actual.d_state0)):
+        assert_close(g, e, dtype, f"{cell} d_state0[{k}]", kind=kind)
+
+
+@pytest.mark.parametrize("cell", CELLS)
 def test_oracle_batch_sizes_zero_finished_rows_and_ignore_their_d_out(cell, rng, layer_arrays, run_layer):
     """The semantics themselves, on the oracle: a finished row's states are zero past its end,
     its d_out there changes nothing, and its dx and step norms there are zero."""

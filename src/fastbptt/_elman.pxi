@@ -169,8 +169,9 @@ cdef object _elman_backward(const floating[:, :, ::1] d_out, dh_n, x,
     keep_x = input_pointers(x, &xp, &ids)
     need_dx = need_dx and ids == NULL
     dtype = np.float32 if floating is float else np.float64
-    cdef floating[::1] work = (_packed_work(batch_sizes, T, B, H + 2 * I + H, dtype) if need_dx
-                               else None)
+    cdef floating[::1] work = _gradient_work(batch_sizes, T, B, H, H, False,
+                                             (I if ids == NULL else 0) + (I if need_dx else 0),
+                                             dtype)
     cdef floating[:, ::1] carry = _carry(dh_n, B, H, dtype)
     delta_arr = pooled_empty((T, B, H), dtype=dtype)
     cdef floating[:, :, ::1] delta = delta_arr
@@ -194,8 +195,8 @@ cdef object _elman_backward(const floating[:, :, ::1] d_out, dh_n, x,
     with nogil:
         run_rows(elman_backward_rows[floating], &L)
         # 3: dx = delta @ w_ih; dw_ih = delta.T @ x; dw_hh = delta.T @ hs[:-1]
-        input_gradients(&delta[0, 0, 0], xp, ids, &hs[0, 0, 0], &w_ih[0, 0],
-                        dxp, &dw_ih[0, 0], &dw_hh[0, 0], T, B, I, H, H, L.sizes,
+        input_gradients(&delta[0, 0, 0], &delta[0, 0, 0], xp, ids, &hs[0, 0, 0],
+                        &w_ih[0, 0], dxp, &dw_ih[0, 0], &dw_hh[0, 0], T, B, I, H, H, L.sizes,
                         &work[0] if work is not None else NULL)
         # db = delta.sum(axis=(0, 1))
         column_sums(&delta[0, 0, 0], &db[0], T * B, H)

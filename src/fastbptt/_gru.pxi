@@ -4,9 +4,9 @@
 #
 # The LSTM's recipe, with one difference: r multiplies the hidden side of the n gate, so a
 # step's hidden-side products (gh) are kept apart from the input side's, and the backward's
-# gate gradients differ on the two sides in their n block: δi (input side, (T, B, 3H)) is
-# kept whole, of the hidden side only its n block δh_n = δi_n ⊙ r ((T, B, H)); a step's
-# whole δh (r, z, n) is assembled in a one-step scratch for that step's product.
+# gate gradients differ on the two sides in their n block: δi (input side) and δh (hidden
+# side, the same r, z blocks and δh_n = δi_n ⊙ r) are each kept whole, (T, B, 3H), so that
+# δh feeds the step's product and dW_hh is one gemm over it, as dW_ih is over δi.
 
 cdef inline void gru_cell(floating* gates, const floating* gh, const floating* bias,
                           const floating* b_ih, const floating* b_hh, const floating* h_prev,
@@ -100,24 +100,19 @@ cdef inline void gru_cell_backward(const floating* d_out, floating* carry, const
 
 
 cdef inline void gru_hidden_delta(const floating* delta_i, const floating* gates,
-                                  floating* delta_h, floating* delta_hn, Py_ssize_t B,
-                                  Py_ssize_t H) noexcept nogil:
-    """δh_t (B, 3H) from δi_t: the same r, z blocks, and δi_n ⊙ r (gh_n enters as r ⊙ hn),
-    which also goes to delta_hn (B, H)."""
+                                  floating* delta_h, Py_ssize_t B, Py_ssize_t H) noexcept nogil:
+    """δh_t (B, 3H) from δi_t: the same r, z blocks, and δi_n ⊙ r (gh_n enters as r ⊙ hn)."""
     cdef Py_ssize_t b, j
     cdef const floating* dn
     cdef const floating* gr
     cdef floating* dh
-    cdef floating* dhn
     for b in range(B):
         memcpy(delta_h + b * 3 * H, delta_i + b * 3 * H, 2 * H * sizeof(floating))
         dn = delta_i + b * 3 * H + 2 * H
         gr = gates + b * 4 * H
         dh = delta_h + b * 3 * H + 2 * H
-        dhn = delta_hn + b * H
         for j in range(H):
             dh[j] = dn[j] * gr[j]
-            dhn[j] = dh[j]
 
 
 cdef inline void gru_cell_team(floating* gates, const floating* gh, const floating* bias,
@@ -138,8 +133,8 @@ cdef inline void gru_cell_team(floating* gates, const floating* gh, const floati
 
 cdef inline void gru_backward_team(const floating* d_out, floating* carry, const floating* gates,
                                    const floating* h_prev, floating* delta_i, floating* delta_h,
-                                   floating* delta_hn, Py_ssize_t B, Py_ssize_t H, bint clip,
-                                   double max_norm, int parts) noexcept nogil:
+                                   Py_ssize_t B, Py_ssize_t H, bint clip, double max_norm,
+                                   int parts) noexcept nogil:
     """``gru_cell_backward``, the rows' clip and ``gru_hidden_delta`` over B rows, shared by
     rows among ``parts`` threads (``pass_team``)."""
     cdef int part
@@ -148,7 +143,7 @@ cdef inline void gru_backward_team(const floating* d_out, floating* carry, const
         gru_cell_backward(d_out, carry, gates, h_prev, delta_i, B, H)
         if clip:
             clip_rows(delta_i, B, G, max_norm)
-        gru_hidden_delta(delta_i, gates, delta_h, delta_hn, B, H)
+        gru_hidden_delta(delta_i, gates, delta_h, B, H)
         return
     for part in prange(parts, num_threads=parts, schedule="static", chunksize=1):
         a = part_start(part, parts, B)
@@ -157,8 +152,7 @@ cdef inline void gru_backward_team(const floating* d_out, floating* carry, const
                           delta_i + a * G, e - a, H)
         if clip:
             clip_rows(delta_i + a * G, e - a, G, max_norm)
-        gru_hidden_delta(delta_i + a * G, gates + a * 4 * H, delta_h + a * G, delta_hn + a * H,
-                         e - a, H)
+        gru_hidden_delta(delta_i + a * G, gates + a * 4 * H, delta_h + a * G, e - a, H)
 
 
 cdef void gru_forward_rows(const Loop* L, Py_ssize_t r0, Py_ssize_t r1, int threads,
@@ -248,31 +242,30 @@ cdef void gru_backward_rows(const Loop* L, Py_ssize_t r0, Py_ssize_t r1, int thr
     cdef const floating* hs = <const floating*> L.hs
     cdef const floating* gates = <const floating*> L.gates
     cdef floating* delta_i = <floating*> L.delta
-    cdef floating* delta_hn = <floating*> L.delta_h
+    cdef floating* delta_h = <floating*> L.delta_h
     cdef floating* norms = <floating*> L.norms
     cdef Py_ssize_t t, G = 3 * H, rows = r1 - r0, n = r1 - r0
     cdef floating* di
-    cdef floating* dhn
-    cdef floating* dh = (<floating*> L.gh) + r0 * G       # this step's δh (rows, 3H)
+    cdef floating* dh
     cdef floating* c = (<floating*> L.carry) + r0 * H
     cdef const floating* dy
     cdef const floating* gt
     for t in range(T - 1, -1, -1):
         di = delta_i + (t * B + r0) * G
-        dhn = delta_hn + (t * B + r0) * H
+        dh = delta_h + (t * B + r0) * G
         dy = d_out + (t * B + r0) * H
         gt = gates + (t * B + r0) * 4 * H
         # rows n: finished before step t: δ_t = 0, their carry passes on unchanged
         n = running_at(sizes, t, r0, r1)
         zero_rows(di, n, rows, G)
-        zero_rows(dhn, n, rows, H)
+        zero_rows(dh, n, rows, G)
         if norms != NULL:
             step_norms(norms + t * B + r0, dy, c, n, rows, H)
         if n == 0:
             continue
         # 1: h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}: δi_t, and carry = z ⊙ ∂E/∂h_t;
         # 2: n = tanh(gi_n + r ⊙ gh_n): δh_t from δi_t
-        gru_backward_team(dy, c, gt, hs + (t * B + r0) * H, di, dh, dhn, n, H, clip, max_norm,
+        gru_backward_team(dy, c, gt, hs + (t * B + r0) * H, di, dh, n, H, clip, max_norm,
                           pass_team(n, H, threads))
         # 3: gh_t = h_{t-1} W_hhᵀ: carry[:n] += delta_h[t, :n] @ w_hh
         step_product(&L.product, n, H, G, dh, True, c, threads)
@@ -309,17 +302,16 @@ cdef object _gru_backward(const floating[:, :, ::1] d_out, dh_n, x,
     keep_x = input_pointers(x, &xp, &ids)
     need_dx = need_dx and ids == NULL
     dtype = np.float32 if floating is float else np.float64
-    cdef floating[::1] work = (_packed_work(batch_sizes, T, B, G + 2 * I + H, dtype) if need_dx
-                               else None)
+    cdef floating[::1] work = _gradient_work(batch_sizes, T, B, H, G, True,
+                                             (I if ids == NULL else 0) + (I if need_dx else 0),
+                                             dtype)
     # carry holds the part of ∂E/∂h_t arriving from step t+1 (or d_h_n at the end)
     cdef floating[:, ::1] carry = _carry(dh_n, B, H, dtype)
-    # The input- and hidden-side gate gradients differ in their n block: δi whole, of δh
-    # its n block (the rest is δi's), and one step's δh whole for the step's product.
+    # The input- and hidden-side gate gradients, which differ in their n block
     delta_i_arr = pooled_empty((T, B, G), dtype=dtype)
-    delta_hn_arr = pooled_empty((T, B, H), dtype=dtype)
+    delta_h_arr = pooled_empty((T, B, G), dtype=dtype)
     cdef floating[:, :, ::1] delta_i = delta_i_arr
-    cdef floating[:, :, ::1] delta_hn = delta_hn_arr
-    cdef floating[:, ::1] step_delta_h = pooled_empty((B, G), dtype=dtype)
+    cdef floating[:, :, ::1] delta_h = delta_h_arr
     dx_arr, dw_ih_arr, dw_hh_arr, db_ih_arr = backward_arrays(T, B, I, H, G, dtype,
                                                               work is not None, need_dx, out)
     if out is not None:
@@ -341,22 +333,14 @@ cdef object _gru_backward(const floating[:, :, ::1] d_out, dh_n, x,
     L.gates = <void*> &gates[0, 0, 0]
     L.carry = &carry[0, 0]
     L.delta = &delta_i[0, 0, 0]
-    L.delta_h = &delta_hn[0, 0, 0]
-    L.gh = &step_delta_h[0, 0]
+    L.delta_h = &delta_h[0, 0, 0]
     with nogil:
         run_rows(gru_backward_rows[floating], &L)
-        # 4: dx = delta_i @ w_ih; dw_ih = delta_i.T @ x
-        input_gradients(&delta_i[0, 0, 0], xp, ids, &hs[0, 0, 0], &w_ih[0, 0], dxp,
-                        &dw_ih[0, 0], NULL, T, B, I, H, G, L.sizes,
+        # 4: dx = delta_i @ w_ih; dw_ih = delta_i.T @ x; dw_hh = delta_h.T @ hs[:-1]
+        input_gradients(&delta_i[0, 0, 0], &delta_h[0, 0, 0], xp, ids, &hs[0, 0, 0],
+                        &w_ih[0, 0], dxp, &dw_ih[0, 0], &dw_hh[0, 0], T, B, I, H, G, L.sizes,
                         &work[0] if work is not None else NULL)
-        # dw_hh = δh.T @ hs[:-1] over all T·B rows (finished ones are zero): the r, z rows
-        # from δi's r, z columns, the n rows from δh_n
-        matmul(True, False, 2 * H, H, T * B, &delta_i[0, 0, 0], G, &hs[0, 0, 0], H, False,
-               &dw_hh[0, 0], H)
-        matmul(True, False, H, H, T * B, &delta_hn[0, 0, 0], H, &hs[0, 0, 0], H, False,
-               &dw_hh[2 * H, 0], H)
-        # db_ih = delta_i.sum(axis=(0, 1)); db_hh: the same r, z sums, then δh_n's
+        # db_ih = delta_i.sum(axis=(0, 1)); db_hh = delta_h.sum(axis=(0, 1))
         column_sums(&delta_i[0, 0, 0], &db_ih[0], T * B, G)
-        memcpy(&db_hh[0], &db_ih[0], 2 * H * sizeof(floating))
-        column_sums(&delta_hn[0, 0, 0], &db_hh[2 * H], T * B, H)
+        column_sums(&delta_h[0, 0, 0], &db_hh[0], T * B, G)
     return dx_arr, np.asarray(carry), dw_ih_arr, dw_hh_arr, db_ih_arr, db_hh_arr

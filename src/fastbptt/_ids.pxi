@@ -85,26 +85,24 @@ cdef inline void project_input(const floating* x, const Py_ssize_t* ids, const f
         input_projection(x, w_ih, out, T, B, I, G, stride, sizes, work)
 
 
-cdef inline void input_gradients(const floating* delta, const floating* x,
-                                 const Py_ssize_t* ids, const floating* h_prev,
-                                 const floating* w_ih, floating* dx, floating* dw_ih,
-                                 floating* dw_hh, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
-                                 Py_ssize_t H, Py_ssize_t G, const Py_ssize_t* sizes,
-                                 floating* work) noexcept nogil:
-    """dx (when dx is not NULL), dW_ih, dW_hh (when not NULL) after a backward sweep:
-    ``hoisted_gradients`` with dx; without it, dW_hh and dW_ih (a gemm for float x, the
-    scatter for ids) over all T·B rows, whose finished rows have zero δ's."""
-    if dx != NULL:
-        hoisted_gradients(delta, x, h_prev, w_ih, dx, dw_ih, dw_hh, T, B, I, H, G, sizes, work)
-        return
-    if dw_hh != NULL:
-        # dw_hh = delta.T @ h_prev              (G, TB) @ (TB, H)
-        matmul(True, False, G, H, T * B, delta, G, h_prev, H, False, dw_hh, H)
+cdef inline void input_gradients(const floating* delta, const floating* delta_h,
+                                 const floating* x, const Py_ssize_t* ids,
+                                 const floating* h_prev, const floating* w_ih, floating* dx,
+                                 floating* dw_ih, floating* dw_hh, Py_ssize_t T, Py_ssize_t B,
+                                 Py_ssize_t I, Py_ssize_t H, Py_ssize_t G,
+                                 const Py_ssize_t* sizes, floating* work) noexcept nogil:
+    """dx (unless NULL), dW_ih and dW_hh after a backward sweep (``weight_gradients``): over
+    all T·B rows, or with a work buffer (``_gradient_work``) over the running rows only
+    (``packed_weight_gradients``). For ids dW_ih is the scatter over all T·B rows (finished
+    rows have zero δ's), and there is no dx."""
+    cdef const floating* xf = x if ids == NULL else NULL
+    if work == NULL:
+        weight_gradients(delta, delta_h, xf, h_prev, w_ih, dx, dw_ih, dw_hh, T * B, I, H, G)
+    else:
+        packed_weight_gradients(delta, delta_h, xf, h_prev, w_ih, dx, dw_ih, dw_hh, T, B, I, H,
+                                G, sizes, work)
     if ids != NULL:
         scatter_columns(delta, ids, dw_ih, T * B, I, G)
-    else:
-        # dw_ih = delta.T @ x                   (G, TB) @ (TB, I)
-        matmul(True, False, G, I, T * B, delta, G, x, I, False, dw_ih, I)
 
 
 cdef check_out(out, shapes, dtype):

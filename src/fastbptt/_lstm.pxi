@@ -289,8 +289,9 @@ cdef object _lstm_backward(const floating[:, :, ::1] d_out, dh_n, dc_n,
     keep_x = input_pointers(x, &xp, &ids)
     need_dx = need_dx and ids == NULL
     dtype = np.float32 if floating is float else np.float64
-    cdef floating[::1] work = (_packed_work(batch_sizes, T, B, G + 2 * I + H, dtype) if need_dx
-                               else None)
+    cdef floating[::1] work = _gradient_work(batch_sizes, T, B, H, G, False,
+                                             (I if ids == NULL else 0) + (I if need_dx else 0),
+                                             dtype)
     # carry_h, carry_c hold the parts of ∂E/∂h_t, ∂E/∂c_t arriving from step t+1
     cdef floating[:, ::1] carry_h = _carry(dh_n, B, H, dtype)
     cdef floating[:, ::1] carry_c = _carry(dc_n, B, H, dtype)
@@ -317,8 +318,8 @@ cdef object _lstm_backward(const floating[:, :, ::1] d_out, dh_n, dc_n,
     with nogil:
         run_rows(lstm_backward_rows[floating], &L)
         # 3: dx = delta @ w_ih; dw_ih = delta.T @ x; dw_hh = delta.T @ hs[:-1]
-        input_gradients(&delta[0, 0, 0], xp, ids, &hs[0, 0, 0], &w_ih[0, 0],
-                        dxp, &dw_ih[0, 0], &dw_hh[0, 0], T, B, I, H, G, L.sizes,
+        input_gradients(&delta[0, 0, 0], &delta[0, 0, 0], xp, ids, &hs[0, 0, 0],
+                        &w_ih[0, 0], dxp, &dw_ih[0, 0], &dw_hh[0, 0], T, B, I, H, G, L.sizes,
                         &work[0] if work is not None else NULL)
         # db = delta.sum(axis=(0, 1))
         column_sums(&delta[0, 0, 0], &db[0], T * B, G)

@@ -58,8 +58,7 @@ cdef struct Loop:
     void* hs                       # (T+1, B, H) states s_t, hs[0] = h0
     void* cs                       # LSTM: (T+1, B, H) cell states
     void* gates                    # LSTM: (T, B, 4H) i, f, g, o; GRU: (T, B, 4H) r, z, n, hn
-    void* gh                       # GRU: (B, 3H) one step's hidden-side products (forward)
-                                   # or hidden-side gate gradients δh (backward)
+    void* gh                       # GRU forward: (B, 3H) one step's hidden-side products
     const void* bias               # (G,) b_ih + b_hh
     const void* b_ih               # GRU forward: (3H,) each, for the n gate
     const void* b_hh
@@ -67,7 +66,7 @@ cdef struct Loop:
     void* carry                    # backward: (B, H) ∂E/∂h_t arriving from step t+1
     void* carry_c                  # LSTM backward: (B, H) ∂E/∂c_t arriving from step t+1
     void* delta                    # backward: (T, B, G) gate gradients (GRU: input side)
-    void* delta_h                  # GRU backward: (T, B, H) the hidden side's n block δh_n
+    void* delta_h                  # GRU backward: (T, B, G) the hidden side's gate gradients
     void* norms                    # backward: (T, B) step norms ‖∂E/∂h_t‖, or NULL
 
 
@@ -89,6 +88,15 @@ cdef object _packed_work(batch_sizes, Py_ssize_t T, Py_ssize_t B, Py_ssize_t per
         return None
     rows = int(np.sum(batch_sizes))
     return None if rows == T * B else pooled_empty(max(rows * per_row, 1), dtype=dtype)
+
+
+cdef object _gradient_work(batch_sizes, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
+                           Py_ssize_t G, bint hidden_apart, Py_ssize_t x_columns, dtype):
+    """``packed_weight_gradients``' work buffer (``_packed_work``): a running row's δ (G),
+    hidden-side δ (G more when ``hidden_apart``: the GRU's), s_{t-1} (H), and x_columns
+    for x and dx (I each, when there are: none for ids)."""
+    return _packed_work(batch_sizes, T, B, G * (2 if hidden_apart else 1) + H + x_columns,
+                        dtype)
 
 
 cdef object _shards(bint single, Py_ssize_t B, Py_ssize_t weights, batch_sizes, int threads):

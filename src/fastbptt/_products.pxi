@@ -244,23 +244,27 @@ cdef inline void matmul(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, 
     gemm(trans_a, trans_b, m, n, k, 1, a, lda, b, ldb, 1 if accumulate else 0, c, ldc)
 
 
-cdef inline void weight_gradients(const floating* delta, const floating* x,
-                                  const floating* h_prev, const floating* w_ih, floating* dx,
-                                  floating* dw_ih, floating* dw_hh, Py_ssize_t TB, Py_ssize_t I,
-                                  Py_ssize_t H, Py_ssize_t G) noexcept nogil:
-    """After the backward sweep, from the stored gate gradients of all T·B rows: dx, dW_ih
-    and dW_hh, one gemm each (the adjoint accumulation dW += δ_tᵀ s_{t-1} over all t at once).
+cdef inline void weight_gradients(const floating* delta, const floating* delta_h,
+                                  const floating* x, const floating* h_prev,
+                                  const floating* w_ih, floating* dx, floating* dw_ih,
+                                  floating* dw_hh, Py_ssize_t TB, Py_ssize_t I, Py_ssize_t H,
+                                  Py_ssize_t G) noexcept nogil:
+    """After the backward sweep, from the stored gate gradients of TB rows: dx, dW_ih and
+    dW_hh, one gemm each (the adjoint accumulation dW += δ_tᵀ s_{t-1} over all t at once).
 
-    delta (TB, G): ∂E/∂(pre-activations); x (TB, I); h_prev (TB, H) the states s_{t-1},
-    i.e. hs[:-1]. dw_hh NULL leaves dW_hh to the caller (the GRU's hidden side differs).
+    delta (TB, G): ∂E/∂(input-side pre-activations); delta_h (TB, G): the hidden side's,
+    delta itself but for the GRU (whose r multiplies the hidden side of its n gate); x (TB,
+    I), or NULL to leave dW_ih to the caller (ids scatter it); h_prev (TB, H) the states
+    s_{t-1}, i.e. hs[:-1]; dx NULL: no dx.
     """
-    # dx = delta @ w_ih                         (TB, G) @ (G, I)
-    matmul(False, False, TB, I, G, delta, G, w_ih, I, False, dx, I)
-    # dw_ih = delta.T @ x                       (G, TB) @ (TB, I)
-    matmul(True, False, G, I, TB, delta, G, x, I, False, dw_ih, I)
-    if dw_hh != NULL:
-        # dw_hh = delta.T @ h_prev              (G, TB) @ (TB, H)
-        matmul(True, False, G, H, TB, delta, G, h_prev, H, False, dw_hh, H)
+    if dx != NULL:
+        # dx = delta @ w_ih                     (TB, G) @ (G, I)
+        matmul(False, False, TB, I, G, delta, G, w_ih, I, False, dx, I)
+    if x != NULL:
+        # dw_ih = delta.T @ x                   (G, TB) @ (TB, I)
+        matmul(True, False, G, I, TB, delta, G, x, I, False, dw_ih, I)
+    # dw_hh = delta_h.T @ h_prev                (G, TB) @ (TB, H)
+    matmul(True, False, G, H, TB, delta_h, G, h_prev, H, False, dw_hh, H)
 
 
 cdef inline Py_ssize_t gather_rows(const floating* src, floating* dst, const Py_ssize_t* sizes,
@@ -307,41 +311,34 @@ cdef inline void input_projection(const floating* x, const floating* w_ih, float
     place_rows(work + rows * I, out, sizes, T, B, G, stride)
 
 
-cdef inline void packed_weight_gradients(const floating* delta, const floating* x,
-                                         const floating* h_prev, const floating* w_ih,
-                                         floating* dx, floating* dw_ih, floating* dw_hh,
-                                         Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                                         Py_ssize_t G, const Py_ssize_t* sizes,
-                                         floating* work) noexcept nogil:
+cdef inline void packed_weight_gradients(const floating* delta, const floating* delta_h,
+                                         const floating* x, const floating* h_prev,
+                                         const floating* w_ih, floating* dx, floating* dw_ih,
+                                         floating* dw_hh, Py_ssize_t T, Py_ssize_t B,
+                                         Py_ssize_t I, Py_ssize_t H, Py_ssize_t G,
+                                         const Py_ssize_t* sizes, floating* work) noexcept nogil:
     """``weight_gradients`` over the running rows only (the others' δ's are zero): each
-    operand gathered into work (N·(G + I + H + I)), the gemms over N rows, dx placed back
+    operand gathered into work (``_gradient_work``), the gemms over N rows, dx placed back
     (its other rows are left as they are)."""
-    cdef Py_ssize_t rows
+    cdef Py_ssize_t rows = gather_rows(delta, work, sizes, T, B, G)
     cdef floating* dp = work
-    rows = gather_rows(delta, dp, sizes, T, B, G)
-    cdef floating* xp = dp + rows * G
-    cdef floating* hp = xp + rows * I
-    cdef floating* dxp = hp + rows * H
-    gather_rows(x, xp, sizes, T, B, I)
-    if dw_hh != NULL:
-        gather_rows(h_prev, hp, sizes, T, B, H)
-    weight_gradients(dp, xp, hp, w_ih, dxp, dw_ih, dw_hh, rows, I, H, G)
-    place_rows(dxp, dx, sizes, T, B, I, I)
-
-
-cdef inline void hoisted_gradients(const floating* delta, const floating* x,
-                                   const floating* h_prev, const floating* w_ih, floating* dx,
-                                   floating* dw_ih, floating* dw_hh, Py_ssize_t T, Py_ssize_t B,
-                                   Py_ssize_t I, Py_ssize_t H, Py_ssize_t G,
-                                   const Py_ssize_t* sizes, floating* work) noexcept nogil:
-    """dx, dW_ih, dW_hh (unless NULL) after a backward sweep (``weight_gradients``), over all
-    T·B rows, or with a work buffer (``_packed_work``) over the running rows only
-    (``packed_weight_gradients``)."""
-    if work == NULL:
-        weight_gradients(delta, x, h_prev, w_ih, dx, dw_ih, dw_hh, T * B, I, H, G)
-    else:
-        packed_weight_gradients(delta, x, h_prev, w_ih, dx, dw_ih, dw_hh, T, B, I, H, G, sizes,
-                                work)
+    cdef floating* dhp = dp
+    cdef floating* hp = dp + rows * G
+    cdef floating* xp = NULL
+    cdef floating* dxp = NULL
+    if delta_h != delta:
+        dhp = hp
+        hp = dhp + rows * G
+        gather_rows(delta_h, dhp, sizes, T, B, G)
+    gather_rows(h_prev, hp, sizes, T, B, H)
+    if x != NULL:
+        xp = hp + rows * H
+        gather_rows(x, xp, sizes, T, B, I)
+    if dx != NULL:
+        dxp = hp + rows * (H + I)
+    weight_gradients(dp, dhp, xp, hp, w_ih, dxp, dw_ih, dw_hh, rows, I, H, G)
+    if dx != NULL:
+        place_rows(dxp, dx, sizes, T, B, I, I)
 
 
 cdef object _transposed(const floating[:, ::1] w):

@@ -115,3 +115,14 @@ def test_inputs_take_the_seed_as_their_second_argument():
     x, d_out = bench.inputs(shape, seed=1)
     assert (x == x1).all() and (d_out == d1).all()
     assert x.shape == (shape.T, shape.B, shape.I) and d_out.shape == (shape.T, shape.B, shape.H)
+
+
+def test_measure_in_turns_alternates_blocks_and_times_every_round():
+    """Each implementation's rounds come in turns, after its own warm-up each turn, the
+    implementations alternating, and every timed call is counted once."""
+    calls = []
+    steps = {name: (lambda name=name: calls.append(name)) for name in ("a", "b")}
+    timings = bench.measure_in_turns(steps, rounds=7, warmup=1, settle=0, turns=3)
+    assert {name: t.rounds for name, t in timings.items()} == {"a": 7, "b": 7}
+    # turns of 2, 2, 3 rounds, each after one warm-up call
+    assert "".join(calls) == "aaabbb" + "aaabbb" + "aaaabbbb"

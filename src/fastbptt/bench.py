@@ -80,6 +80,10 @@ LENGTHS_IMPLEMENTATIONS = {"cython": "compiled", "cython+lengths": "compiled, le
 # Seconds to wait before timing an implementation. OpenBLAS threads spin for about 2^28
 # cycles (~0.1 s here) after a call before they sleep.
 SETTLE_SECONDS = 0.5
+# A shape's implementations are timed in turns, each turn a block of its rounds: this
+# machine's speed drifts by up to 2x over minutes, and timed one after the other the
+# implementations would each meet another phase of it. In turns they meet the same phases.
+TURNS = 5
 SGEMM_ROUNDS = 10
 PEAK_SECONDS = 0.02      # each of fma_peak's runs (the best of five counts)
 
@@ -242,6 +246,12 @@ class Timing:
 
 def measure(fn, rounds, warmup, settle=SETTLE_SECONDS):
     """Time ``rounds`` back-to-back calls of ``fn`` after ``warmup`` untimed ones."""
+    return Timing.of(time_calls(fn, rounds, warmup, settle))
+
+
+def time_calls(fn, rounds, warmup, settle=SETTLE_SECONDS):
+    """The seconds of each of ``rounds`` back-to-back calls of ``fn``, after a pause of
+    ``settle`` seconds and ``warmup`` untimed calls."""
     if settle:
         time.sleep(settle)
     for _ in range(warmup):
@@ -258,7 +268,21 @@ def measure(fn, rounds, warmup, settle=SETTLE_SECONDS):
     finally:
         if gc_was_enabled:
             gc.enable()
-    return Timing.of(seconds)
+    return seconds
+
+
+def measure_in_turns(steps, rounds, warmup, settle=SETTLE_SECONDS, turns=TURNS):
+    """Time ``rounds`` calls of each of ``steps`` (name -> callable), in ``turns`` turns of
+    about rounds / turns calls each, the implementations taking turns (each turn after a
+    pause and its own warm-up calls: another implementation ran just before); a dict name ->
+    Timing over all of its calls."""
+    seconds = {name: [] for name in steps}
+    turns = max(1, min(turns, rounds))
+    for turn in range(turns):
+        block = rounds * (turn + 1) // turns - rounds * turn // turns
+        for name, fn in steps.items():
+            seconds[name].extend(time_calls(fn, block, warmup, settle))
+    return {name: Timing.of(s) for name, s in seconds.items()}
 
 
 def fma_peak(compiled, quick, settle):
@@ -401,14 +425,11 @@ def main(argv=None):
             peaks = [fma_peak(compiled, args.quick, settle)]
             reference = measure(sgemm, QUICK_ROUNDS if args.quick else SGEMM_ROUNDS, 1, settle)
             sgemm_rate = sgemm_flops / reference.median
-            timings = {}
-            for impl in impls:
-                if unavailable[impl]:
-                    timings[impl] = "not available"
-                    continue
-                step = make_step(impl, shape, args.cell)
-                timings[impl] = measure(step, rounds, warmup, settle)
-                del step  # free the caches before the next implementation allocates its own
+            steps = {impl: make_step(impl, shape, args.cell) for impl in runnable}
+            measured = measure_in_turns(steps, rounds, warmup, settle,
+                                        1 if args.quick else TURNS)
+            timings = {impl: measured.get(impl, "not available") for impl in impls}
+            del steps  # free the caches before the next shape allocates its own
             peaks.append(fma_peak(compiled, args.quick, settle))
             peak_rate = max(peaks) if compiled is not None else None
             print(file=out)

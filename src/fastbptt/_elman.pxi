@@ -1,9 +1,10 @@
 # The Elman (tanh, ReLU) layer's kernels (included by _kernels.pyx): the twins of
-# ``_reference.elman_forward`` and ``_reference.elman_backward``, tested in tests/test_kernels.py.
+# ``_reference.elman_forward`` and ``_reference.elman_backward``, tested in tests/test_elman_kernels.py.
 #
 # Forward: hs[1:] = x W_ihᵀ for all steps at once, then per step s_t = f(s_{t-1} W_hhᵀ +
 # hs[t] + b). Backward: per step δ_t = (∂E/∂s_t) ⊙ f'(s_t) from the saved s_t, the carry
-# δ_t W_hh passed to step t-1; then dx, dW_ih, dW_hh as one gemm each over all stored δ's.
+# δ_t W_hh passed to step t-1; then dx, dW_ih, dW_hh as one gemm each over the stored δ's (of the running rows only, with
+# lengths; for ids dW_ih is a scatter).
 
 cdef inline void bias_activation(floating* pre, const floating* bias, Py_ssize_t B,
                                  Py_ssize_t H, bint relu) noexcept nogil:
@@ -169,9 +170,8 @@ cdef object _elman_backward(const floating[:, :, ::1] d_out, dh_n, x,
     keep_x = input_pointers(x, &xp, &ids)
     need_dx = need_dx and ids == NULL
     dtype = np.float32 if floating is float else np.float64
-    cdef floating[::1] work = _gradient_work(batch_sizes, T, B, H, H, False,
-                                             (I if ids == NULL else 0) + (I if need_dx else 0),
-                                             dtype)
+    cdef floating[::1] work = _gradient_work(batch_sizes, T, B, I, H, H, False, ids == NULL,
+                                             need_dx, dtype)
     cdef floating[:, ::1] carry = _carry(dh_n, B, H, dtype)
     delta_arr = pooled_empty((T, B, H), dtype=dtype)
     cdef floating[:, :, ::1] delta = delta_arr

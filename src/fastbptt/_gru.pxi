@@ -1,6 +1,6 @@
 # The GRU layer's kernels (included by _kernels.pyx): the twins of ``_reference.gru_forward``
 # and ``_reference.gru_backward`` (PyTorch's equations, gate order r, z, n), tested in
-# tests/test_gated_kernels.py.
+# tests/test_lstm_gru_kernels.py.
 #
 # The LSTM's recipe, with one difference: r multiplies the hidden side of the n gate, so a
 # step's hidden-side products (gh) are kept apart from the input side's, and the backward's
@@ -302,9 +302,8 @@ cdef object _gru_backward(const floating[:, :, ::1] d_out, dh_n, x,
     keep_x = input_pointers(x, &xp, &ids)
     need_dx = need_dx and ids == NULL
     dtype = np.float32 if floating is float else np.float64
-    cdef floating[::1] work = _gradient_work(batch_sizes, T, B, H, G, True,
-                                             (I if ids == NULL else 0) + (I if need_dx else 0),
-                                             dtype)
+    cdef floating[::1] work = _gradient_work(batch_sizes, T, B, I, H, G, True, ids == NULL,
+                                             need_dx, dtype)
     # carry holds the part of ∂E/∂h_t arriving from step t+1 (or d_h_n at the end)
     cdef floating[:, ::1] carry = _carry(dh_n, B, H, dtype)
     # The input- and hidden-side gate gradients, which differ in their n block

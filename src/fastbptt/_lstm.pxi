@@ -1,6 +1,6 @@
 # The LSTM layer's kernels (included by _kernels.pyx): the twins of ``_reference.lstm_forward``
 # and ``_reference.lstm_backward`` (PyTorch's equations, gate order i, f, g, o), tested in
-# tests/test_gated_kernels.py.
+# tests/test_lstm_gru_kernels.py.
 #
 # The recipe is the Elman kernels': all gates' input projections in one gemm before the time
 # loop, one recurrent product over all gates per step, one fused element-wise pass per step,
@@ -289,9 +289,8 @@ cdef object _lstm_backward(const floating[:, :, ::1] d_out, dh_n, dc_n,
     keep_x = input_pointers(x, &xp, &ids)
     need_dx = need_dx and ids == NULL
     dtype = np.float32 if floating is float else np.float64
-    cdef floating[::1] work = _gradient_work(batch_sizes, T, B, H, G, False,
-                                             (I if ids == NULL else 0) + (I if need_dx else 0),
-                                             dtype)
+    cdef floating[::1] work = _gradient_work(batch_sizes, T, B, I, H, G, False, ids == NULL,
+                                             need_dx, dtype)
     # carry_h, carry_c hold the parts of ∂E/∂h_t, ∂E/∂c_t arriving from step t+1
     cdef floating[:, ::1] carry_h = _carry(dh_n, B, H, dtype)
     cdef floating[:, ::1] carry_c = _carry(dc_n, B, H, dtype)

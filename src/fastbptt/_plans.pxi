@@ -90,13 +90,14 @@ cdef object _packed_work(batch_sizes, Py_ssize_t T, Py_ssize_t B, Py_ssize_t per
     return None if rows == T * B else pooled_empty(max(rows * per_row, 1), dtype=dtype)
 
 
-cdef object _gradient_work(batch_sizes, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
-                           Py_ssize_t G, bint hidden_apart, Py_ssize_t x_columns, dtype):
-    """``packed_weight_gradients``' work buffer (``_packed_work``): a running row's δ (G),
-    hidden-side δ (G more when ``hidden_apart``: the GRU's), s_{t-1} (H), and x_columns
-    for x and dx (I each, when there are: none for ids)."""
-    return _packed_work(batch_sizes, T, B, G * (2 if hidden_apart else 1) + H + x_columns,
-                        dtype)
+cdef object _gradient_work(batch_sizes, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
+                           Py_ssize_t H, Py_ssize_t G, bint hidden_apart, bint float_x,
+                           bint need_dx, dtype):
+    """``packed_weight_gradients``' work buffer (``_packed_work``), as it lays a running row
+    out: δ (G), the hidden-side δ (G, when ``hidden_apart``: the GRU's), s_{t-1} (H), x (I,
+    for float x; ids have none) and dx (I, when ``need_dx``)."""
+    return _packed_work(batch_sizes, T, B, G * (2 if hidden_apart else 1) + H
+                        + (I if float_x else 0) + (I if need_dx else 0), dtype)
 
 
 cdef object _shards(bint single, Py_ssize_t B, Py_ssize_t weights, batch_sizes, int threads):

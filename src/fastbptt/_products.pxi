@@ -321,21 +321,26 @@ cdef inline void packed_weight_gradients(const floating* delta, const floating* 
     operand gathered into work (``_gradient_work``), the gemms over N rows, dx placed back
     (its other rows are left as they are)."""
     cdef Py_ssize_t rows = gather_rows(delta, work, sizes, T, B, G)
+    # the operands one after the other, each of rows rows, as _gradient_work counts them
     cdef floating* dp = work
+    cdef floating* cursor = dp + rows * G
     cdef floating* dhp = dp
-    cdef floating* hp = dp + rows * G
+    cdef floating* hp
     cdef floating* xp = NULL
     cdef floating* dxp = NULL
     if delta_h != delta:
-        dhp = hp
-        hp = dhp + rows * G
+        dhp = cursor
+        cursor += rows * G
         gather_rows(delta_h, dhp, sizes, T, B, G)
+    hp = cursor
+    cursor += rows * H
     gather_rows(h_prev, hp, sizes, T, B, H)
     if x != NULL:
-        xp = hp + rows * H
+        xp = cursor
+        cursor += rows * I
         gather_rows(x, xp, sizes, T, B, I)
     if dx != NULL:
-        dxp = hp + rows * (H + I)
+        dxp = cursor
     weight_gradients(dp, dhp, xp, hp, w_ih, dxp, dw_ih, dw_hh, rows, I, H, G)
     if dx != NULL:
         place_rows(dxp, dx, sizes, T, B, I, I)

@@ -6,10 +6,13 @@
 
 A step is ``model.forward(x)`` then ``model.backward(d_out)`` on one layer, float32, no
 readout, with a fixed random ``d_out`` (torch: the module's forward, then
-``out.backward(d_out)`` with the gradients reset first). Each implementation runs all of its
-rounds in one go, after a pause that lets the previous one's thread pool go idle: numpy,
-scipy and torch each carry their own BLAS/OpenMP pool whose threads spin after a call, and
-on a machine with few cores a spinning pool steals them from the next implementation.
+``out.backward(d_out)`` with the gradients reset first). The implementations take turns
+(``measure_in_turns``): each runs a fifth of its rounds, then the next, five times over, so
+that all of them meet the same phases of a machine whose speed drifts; each turn starts
+after a pause that lets the previous one's thread pool go idle (numpy, scipy and torch each
+carry their own BLAS/OpenMP pool whose threads spin after a call, and on a machine with few
+cores a spinning pool steals them from the next implementation) and its own warm-up calls.
+All of a shape's implementations, their weights and caches, are alive at once.
 
 Each rate is also put against the machine's limit, the FMA peak ("% peak"): float32
 multiply-adds from registers on the compiled kernels' team (``fma_peak``), measured before
@@ -19,8 +22,8 @@ and against an sgemm of the
 large shape's size, ``(T·B, I+H) @ (I+H, H)``, through scipy's OpenBLAS (the compiled float32 kernels run their
 own gemm, which beats it by a few percent at that size: above 100 % is possible),
 timed again before each shape because this shared machine's speed drifts from one minute to
-the next. The medians' IQR shows the noise within a run, not that drift: compare ratios
-taken in one run rather than times taken in two.
+the next. The IQR pools the five turns, so it shows the drift within a shape's run too:
+compare ratios taken in one run rather than times taken in two.
 
 With ``--lengths`` it times variable-length batches instead: the same step with ``lengths``
 spread evenly over 1..T (mean ≈ T/2, in shuffled order) against the padded batch, and
@@ -429,7 +432,7 @@ def main(argv=None):
             measured = measure_in_turns(steps, rounds, warmup, settle,
                                         1 if args.quick else TURNS)
             timings = {impl: measured.get(impl, "not available") for impl in impls}
-            del steps  # free the caches before the next shape allocates its own
+            del steps  # free the caches before the next shape's implementations allocate theirs
             peaks.append(fma_peak(compiled, args.quick, settle))
             peak_rate = max(peaks) if compiled is not None else None
             print(file=out)
@@ -444,8 +447,9 @@ def main(argv=None):
         if torch_threads is not None:
             torch.set_num_threads(torch_threads)
     print(file=out)
-    print("median and interquartile range of the wall time of one step; '/ compiled' is the "
-          "median's ratio to the compiled kernels'.", file=out)
+    print("median and interquartile range of the wall time of one step, over rounds taken in "
+          "turns of the implementations; '/ compiled' is the median's ratio to the compiled "
+          "kernels'.", file=out)
     if args.quick:
         print("--quick: a few rounds without pauses between implementations; not a measurement.",
               file=out)

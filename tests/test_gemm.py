@@ -1,12 +1,13 @@
 """fastbptt's own float32 gemm (``_step_gemm.h``), in every compiled build this CPU runs.
 
 The float32 kernels run their products on it: the hoisted ones of every size through
-``matmul`` (B packed FB_KB = 1024 of its rows at a time), the per-step ones through
+``matmul`` (B packed a chunk of its rows at a time: 1024, or for a narrow B as many whole
+blocks of 256 as 256K floats hold), the per-step ones through
 ``fb_gemm`` on weights packed once. ``_matmul`` reaches the own gemm at every size, so that these tests cover it;
 ``_matmul_path`` says where the kernels' own products of a size run. Its tiles differ per build (8 rows of 2x16 floats with AVX-512, 6 rows of
 2x8 with AVX2, 2x4 in the baseline), so the shapes here cross every tile edge: rows and
 columns not a multiple of a tile, a last panel one vector wide or narrower (its own kernel),
-k past a packing block, enough rows to share row ranges among threads, and the empty cases.
+k past a packing chunk (k = 1100 over n = 300, 9000 over a narrow 33), enough rows to share row ranges among threads, and the empty cases.
 """
 import os
 
@@ -22,7 +23,7 @@ LEVELS = sorted(BUILDS, key=_backend.CPU_LEVELS.index)
 # (m, k, n)
 SHAPES = [(1, 1, 1), (1, 100, 100), (3, 5, 7), (7, 33, 65), (9, 64, 31), (32, 128, 512),
           (17, 300, 100), (130, 600, 70), (200, 40, 33), (700, 70, 129), (5, 2100, 37),
-          (64, 1025, 48), (401, 70, 40)]
+          (64, 1025, 48), (401, 70, 40), (3, 1100, 300), (5, 9000, 33)]
 
 
 def _operands(rng, m, k, n, trans_a, trans_b, dtype):

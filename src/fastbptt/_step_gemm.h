@@ -8,7 +8,7 @@
  * is packed once per kernel call into panels of FB_NR columns (panel p: k rows of FB_NR
  * floats, contiguous, zero-padded past n) and each step runs a register-tiled micro-kernel
  * straight from A's rows (fb_gemm). The hoisted products (input projection, dx, dW) pack
- * their B as they go, FB_KB rows at a time (fb_matmul); dW's A is δᵀ, read in place.
+ * their B as they go, a chunk of rows at a time (fb_matmul, fb_pack_rows); dW's A is δᵀ, read in place.
  * One OpenMP team serves them all: blocks of rows are shared among its threads when there
  * are enough of them, else the panels (a time step's few batch rows).
  *
@@ -278,8 +278,14 @@ static __attribute__((noinline)) void fb_tile_rows(
  * than it saves (25x65 @ 65x100, 162K: 9 µs on one thread, 16-18 on two; 32x128 @ 128x128,
  * 524K: 9.5 on one, 6.1 on two). */
 #define FB_PARALLEL_MIN (256 * 1024)
-/* fb_matmul packs B this many of its k rows at a time. */
+/* fb_matmul packs B this many of its k rows at a time, or for a narrow B as many more whole
+ * FB_KC blocks of rows as FB_KB_FLOATS floats hold (fb_pack_rows): a chunk of B is packed on
+ * the panels' threads, one panel to a thread, and a narrow B's few panels left the second
+ * thread idle through each chunk's packing, then met it again for each chunk's product. dW
+ * over T·B = 1600 rows (64 x 1600 @ 1600 x 32): one chunk where there were two. The chunks
+ * end on FB_KC blocks either way, so each element is summed as before. */
 #define FB_KB 1024
+#define FB_KB_FLOATS (256 * 1024)
 
 /* Buffers kept per thread between calls (fb_a_buffer, fb_pack_buffer), so that their pages
  * are not faulted in again at every product. Each is registered under a pthread key whose
@@ -423,7 +429,7 @@ static void fb_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrdi
 /* The calling thread's buffer for fb_matmul's packed B, of at least size floats, aligned:
  * kept between calls and grown when a product needs more, so that its pages are not faulted
  * in again at every product (fresh multi-MB blocks from malloc are). NULL if it cannot grow.
- * At most FB_KB rows of the widest B the thread multiplied; freed when the thread ends. */
+ * At most fb_pack_rows rows of the widest B the thread multiplied; freed when the thread ends. */
 static float* fb_pack_buffer(size_t size) {
     if (size > fb_b_pack_capacity) {
         size_t bytes = (size * sizeof(float) + 4095) & ~(size_t)4095;
@@ -439,9 +445,14 @@ static float* fb_pack_buffer(size_t size) {
 
 /* C (m x n, row-major, ldc) = op(A) . op(B), or += when accumulate, for products whose B is
  * used once: A as in fb_gemm; B (k x n) is b[kk * ldb + j], or with b_transposed b[j * ldb + kk]
- * (B is the transpose of the row-major array at b), packed here FB_KB of its rows at a time.
+ * (B is the transpose of the row-major array at b), packed here fb_pack_rows of its rows at a time.
  * Uses all of OpenMP's threads. Returns -1, having done nothing, if the packing buffer cannot
  * be allocated. */
+static ptrdiff_t fb_pack_rows(ptrdiff_t n) {
+    ptrdiff_t rows = FB_KB_FLOATS / n / FB_KC * FB_KC;
+    return rows > FB_KB ? rows : FB_KB;
+}
+
 static int fb_matmul(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrdiff_t lda,
                      int a_transposed, const float* b, ptrdiff_t ldb, int b_transposed,
                      float* c, ptrdiff_t ldc, int accumulate) {
@@ -451,11 +462,15 @@ static int fb_matmul(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrd
         fb_gemm(m, n, 0, a, lda, a_transposed, NULL, c, ldc, accumulate, 1);
         return 0;
     }
-    ptrdiff_t kb_max = k < FB_KB ? k : FB_KB;
+    ptrdiff_t kb_step = fb_pack_rows(n), kb_max = k < kb_step ? k : kb_step;
+    /* on one thread if chunks of FB_KB rows would each be too small to share (FB_PARALLEL_MIN):
+       a longer chunk of a narrow B is not more work to share (100 x 2500 @ 2500 x 2, an
+       adding-problem dW_ih, 1.24x slower on two threads) */
+    if ((double)m * n * (k < FB_KB ? k : FB_KB) < FB_PARALLEL_MIN) threads = 1;
     float* work = fb_pack_buffer(fb_packed_size(n, kb_max));
     if (work == NULL) return -1;
-    for (ptrdiff_t k0 = 0; k0 < k; k0 += FB_KB) {
-        ptrdiff_t kb = k - k0 < FB_KB ? k - k0 : FB_KB;
+    for (ptrdiff_t k0 = 0; k0 < k; k0 += kb_step) {
+        ptrdiff_t kb = k - k0 < kb_step ? k - k0 : kb_step;
         if (b_transposed) fb_pack_transposed(b + k0, n, kb, ldb, work, threads);
         else fb_pack(b + k0 * ldb, n, kb, ldb, work, threads);
         fb_gemm(m, n, kb, a_transposed ? a + k0 * lda : a + k0, lda, a_transposed, work, c, ldc,

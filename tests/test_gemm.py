@@ -2,12 +2,13 @@
 
 The float32 kernels run their products on it: the hoisted ones of every size through
 ``matmul`` (B packed a chunk of its rows at a time: 1024, or for a narrow B as many whole
-blocks of 256 as 256K floats hold), the per-step ones through
-``fb_gemm`` on weights packed once. ``_matmul`` reaches the own gemm at every size, so that these tests cover it;
+blocks of 256 as 256K floats hold), the per-step ones through ``fb_gemm`` on weights packed
+once. ``_matmul`` reaches the own gemm at every size, so that these tests cover it;
 ``_matmul_path`` says where the kernels' own products of a size run. Its tiles differ per build (8 rows of 2x16 floats with AVX-512, 6 rows of
 2x8 with AVX2, 2x4 in the baseline), so the shapes here cross every tile edge: rows and
 columns not a multiple of a tile, a last panel one vector wide or narrower (its own kernel),
-k past a packing chunk (k = 1100 over n = 300, 9000 over a narrow 33), enough rows to share row ranges among threads, and the empty cases.
+k past a packing chunk (k = 1100 over n = 300, 9000 over a narrow 33), enough rows to share
+row ranges among threads, and the empty cases.
 """
 import os
 

@@ -1,10 +1,11 @@
 # The Elman (tanh, ReLU) layer's kernels (included by _kernels.pyx): the twins of
-# ``_reference.elman_forward`` and ``_reference.elman_backward``, tested in tests/test_elman_kernels.py.
+# ``_reference.elman_forward`` and ``_reference.elman_backward``, tested in
+# tests/test_elman_kernels.py.
 #
 # Forward: hs[1:] = x W_ihᵀ for all steps at once, then per step s_t = f(s_{t-1} W_hhᵀ +
 # hs[t] + b). Backward: per step δ_t = (∂E/∂s_t) ⊙ f'(s_t) from the saved s_t, the carry
-# δ_t W_hh passed to step t-1; then dx, dW_ih, dW_hh as one gemm each over the stored δ's (of the running rows only, with
-# lengths; for ids dW_ih is a scatter).
+# δ_t W_hh passed to step t-1; then dx, dW_ih, dW_hh as one gemm each over the stored δ's
+# (of the running rows only, with lengths; for ids dW_ih is a scatter).
 
 cdef inline void bias_activation(floating* pre, const floating* bias, Py_ssize_t B,
                                  Py_ssize_t H, bint relu) noexcept nogil:

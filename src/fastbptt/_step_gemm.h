@@ -8,7 +8,8 @@
  * is packed once per kernel call into panels of FB_NR columns (panel p: k rows of FB_NR
  * floats, contiguous, zero-padded past n) and each step runs a register-tiled micro-kernel
  * straight from A's rows (fb_gemm). The hoisted products (input projection, dx, dW) pack
- * their B as they go, a chunk of rows at a time (fb_matmul, fb_pack_rows); dW's A is δᵀ, read in place.
+ * their B as they go, a chunk of its rows at a time (fb_matmul, fb_pack_rows); dW's A is δᵀ,
+ * read in place.
  * One OpenMP team serves them all: blocks of rows are shared among its threads when there
  * are enough of them, else the panels (a time step's few batch rows).
  *
@@ -297,6 +298,12 @@ static __attribute__((noinline)) void fb_tile_rows(
 #define FB_KB 1024
 #define FB_KB_FLOATS (256 * 1024)
 
+/* How many of a B's rows fb_matmul packs at a time, for a B of n columns. */
+static ptrdiff_t fb_pack_rows(ptrdiff_t n) {
+    ptrdiff_t rows = FB_KB_FLOATS / n / FB_KC * FB_KC;
+    return rows > FB_KB ? rows : FB_KB;
+}
+
 /* Buffers kept per thread between calls (fb_a_buffer, fb_pack_buffer), so that their pages
  * are not faulted in again at every product. Each is registered under a pthread key whose
  * destructor, run on the thread as it ends, frees it and forgets it: a program that runs its
@@ -458,11 +465,6 @@ static float* fb_pack_buffer(size_t size) {
  * (B is the transpose of the row-major array at b), packed here fb_pack_rows of its rows at a time.
  * Uses all of OpenMP's threads. Returns -1, having done nothing, if the packing buffer cannot
  * be allocated. */
-static ptrdiff_t fb_pack_rows(ptrdiff_t n) {
-    ptrdiff_t rows = FB_KB_FLOATS / n / FB_KC * FB_KC;
-    return rows > FB_KB ? rows : FB_KB;
-}
-
 static int fb_matmul(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrdiff_t lda,
                      int a_transposed, const float* b, ptrdiff_t ldb, int b_transposed,
                      float* c, ptrdiff_t ldc, int accumulate) {

@@ -5,7 +5,7 @@ is installed, against ``pack_padded_sequence``."""
 import numpy as np
 import pytest
 from _support import ALL_CELLS as CELLS
-from _support import as_state, torch_module
+from _support import as_state, state0, torch_module
 from _support import state_parts as _parts
 
 import fastbptt as fb
@@ -53,10 +53,10 @@ def test_compiled_batch_sizes_without_dx_match_the_oracle(compiled_kernels, cell
     x = rng.integers(0, I, (T, B)).astype(np.intp) if ids else a["x"]
     sizes = np.array([7, 7, 6, 4, 4, 2, 1, 1, 1], dtype=np.intp)
     spec = fb._cells.CELLS[cell]
-    state0 = tuple(a[f"{s}0"] for s in spec.states)
     results = []
     for kernels in (_reference, compiled_kernels):
-        cache = spec.forward(kernels, x, state0, a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], sizes)
+        cache = spec.forward(kernels, x, state0(cell, a), a["w_ih"], a["w_hh"], a["b_ih"],
+                             a["b_hh"], sizes)
         results.append(spec.backward(kernels, a["d_out"], None, x, cache, a["w_ih"], a["w_hh"],
                                      None, None, sizes, False))
     expected, actual = results

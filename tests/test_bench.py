@@ -126,3 +126,44 @@ def test_measure_in_turns_alternates_blocks_and_times_every_round():
     assert {name: t.rounds for name, t in timings.items()} == {"a": 7, "b": 7}
     # turns of 2, 2, 3 rounds, each after one warm-up call
     assert "".join(calls) == "aaabbb" + "aaabbb" + "aaaabbbb"
+
+
+def test_torch_peer_process_times_blocks_in_a_process_of_its_own():
+    pytest.importorskip("torch")
+    import os
+
+    with bench.PeerProcess("torch", "charrnn", "gru", threads=1) as peer:
+        assert peer.pid != os.getpid()
+        first = peer.time_calls(rounds=4, warmup=1, settle=0)
+        second = peer.time_calls(rounds=2, warmup=0, settle=0)
+    assert len(first) == 4 and len(second) == 2
+    assert all(isinstance(s, float) and s > 0 for s in first + second)
+    assert peer._process.returncode == 0  # it left when its input ended
+
+
+def test_bench_torch_rows_are_timed_without_importing_torch_here():
+    """The step bench prints torch's rows while its own process never imports torch."""
+    pytest.importorskip("torch")
+    import subprocess
+    import sys
+
+    code = ("import sys; from fastbptt import bench; "
+            "bench.main(['--quick', '--shapes', 'charrnn', '--lengths']); "
+            "print('torch imported:', 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "torch imported: False" in done.stdout
+    for label in ("torch", "torch, packed"):
+        median_ms = _row(done.stdout, label)[-8]  # eight figures follow the label
+        assert float(median_ms) > 0
+
+
+def test_peer_process_that_fails_raises_with_its_stderr():
+    with pytest.raises(RuntimeError, match=r"(?s)the torch process exited with code 2.*--shape"):
+        bench.PeerProcess("torch", "no-such-shape", "tanh", threads=1)
+
+
+def test_peer_process_that_stays_silent_raises_after_its_timeout():
+    with pytest.raises(RuntimeError, match="the torch process gave no answer within 0.001 s"):
+        bench.PeerProcess("torch", "charrnn", "tanh", threads=1, timeout=0.001)

@@ -12,7 +12,11 @@ that all of them meet the same phases of a machine whose speed drifts; each turn
 after a pause that lets the previous one's thread pool go idle (numpy, scipy and torch each
 carry their own BLAS/OpenMP pool whose threads spin after a call, and on a machine with few
 cores a spinning pool steals them from the next implementation) and its own warm-up calls.
-All of a shape's implementations, their weights and caches, are alive at once.
+All of a shape's implementations, their weights and caches, are alive at once. PyTorch runs
+in a process of its own (``PeerProcess``), one for each of its rows, with
+``torch.set_num_threads`` at fastbptt's thread count: none of its thread pools, allocator
+or library state is in the compiled kernels' process, nor theirs in its; it builds its step
+once and times a turn's block each time it is asked, so it takes its turns like the others.
 
 Each rate is also put against the machine's limit, the FMA peak ("% peak"): float32
 multiply-adds from registers on the compiled kernels' team (``fma_peak``), measured before
@@ -33,10 +37,15 @@ torch's ``pack_padded_sequence`` path against its padded one.
 and step builders from this module.
 """
 import argparse
+import contextlib
 import gc
 import importlib.util
+import json
 import os
+import select
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -79,6 +88,8 @@ IMPLEMENTATIONS = {"cython": "compiled", "numpy": "numpy", "torch": "torch"}
 # The same for ``--lengths``: each implementation padded, then with lengths (packed).
 LENGTHS_IMPLEMENTATIONS = {"cython": "compiled", "cython+lengths": "compiled, lengths",
                            "torch": "torch", "torch+lengths": "torch, packed"}
+# The peers: implementations that run in a process of their own (``PeerProcess``).
+PEERS = ("torch",)
 
 # Seconds to wait before timing an implementation. OpenBLAS threads spin for about 2^28
 # cycles (~0.1 s here) after a call before they sleep.
@@ -283,9 +294,109 @@ def measure_in_turns(steps, rounds, warmup, settle=SETTLE_SECONDS, turns=TURNS):
     turns = max(1, min(turns, rounds))
     for turn in range(turns):
         block = rounds * (turn + 1) // turns - rounds * turn // turns
-        for name, fn in steps.items():
-            seconds[name].extend(time_calls(fn, block, warmup, settle))
+        for name, step in steps.items():
+            if isinstance(step, PeerProcess):
+                seconds[name].extend(step.time_calls(block, warmup, settle))
+            else:
+                seconds[name].extend(time_calls(step, block, warmup, settle))
     return {name: Timing.of(s) for name, s in seconds.items()}
+
+
+class PeerProcess:
+    """One implementation's training step in a process of its own, timed on request.
+
+    The process (``python -m fastbptt.bench --serve IMPL ...``) builds the step of
+    :func:`make_step` for a shape of ``SHAPES`` once, with ``OMP_NUM_THREADS`` and
+    ``torch.set_num_threads`` at ``threads``, then answers each :meth:`time_calls` with the
+    seconds of a block of calls it timed itself, so that only the peer's own work is in
+    them. A process that dies or stays silent for ``timeout`` seconds raises RuntimeError
+    with its stderr. Use it as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, impl, shape_name, cell, threads, seed=0, timeout=600.0):
+        self.impl = impl
+        self.timeout = timeout
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        command = [sys.executable, "-m", "fastbptt.bench", "--serve", impl,
+                   "--shape", shape_name, "--cell", cell, "--threads", str(threads),
+                   "--seed", str(seed)]
+        self._stderr = tempfile.TemporaryFile(mode="w+")
+        self._process = subprocess.Popen(command, stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=self._stderr,
+                                         text=True, env=env)
+        try:
+            self.pid = self._reply()["pid"]
+        except BaseException:
+            self.close()
+            raise
+
+    def time_calls(self, rounds, warmup, settle=SETTLE_SECONDS):
+        """As :func:`time_calls`, in the peer's process: a list of ``rounds`` seconds."""
+        request = {"rounds": int(rounds), "warmup": int(warmup), "settle": float(settle)}
+        try:
+            self._process.stdin.write(json.dumps(request) + "\n")
+            self._process.stdin.flush()
+        except OSError:
+            pass  # the process has gone: _reply says why
+        return self._reply()["seconds"]
+
+    def _reply(self):
+        stdout = self._process.stdout
+        ready, _, _ = select.select([stdout], [], [], self.timeout)
+        line = stdout.readline() if ready else ""
+        if not line:
+            self._process.kill()
+            self._process.wait()
+            self._stderr.seek(0)
+            why = (f"exited with code {self._process.returncode}" if ready
+                   else f"gave no answer within {self.timeout:g} s")
+            raise RuntimeError(f"bench: the {self.impl} process {why}:\n"
+                               f"{self._stderr.read()[-2000:]}")
+        return json.loads(line)
+
+    def close(self):
+        """End the process (it leaves on the end of its input) and wait for it."""
+        if self._process.poll() is None:
+            with contextlib.suppress(OSError):
+                self._process.stdin.close()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        for stream in (self._process.stdin, self._process.stdout, self._stderr):
+            with contextlib.suppress(OSError):
+                stream.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _serve(argv):
+    """The peer's side of :class:`PeerProcess`: build the step, then time blocks on request
+    (one JSON line in, one out) until the input ends."""
+    parser = argparse.ArgumentParser(prog="python -m fastbptt.bench --serve")
+    parser.add_argument("--serve", required=True,
+                        choices=[impl for impl in LENGTHS_IMPLEMENTATIONS
+                                 if impl.partition("+")[0] in PEERS])
+    parser.add_argument("--shape", choices=list(SHAPES), required=True)
+    parser.add_argument("--cell", choices=list(_cells.CELLS), required=True)
+    parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    step = make_step(args.serve, SHAPES[args.shape], args.cell, args.seed)
+    print(json.dumps({"pid": os.getpid()}), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        seconds = time_calls(step, request["rounds"], request["warmup"], request["settle"])
+        print(json.dumps({"seconds": seconds}), flush=True)
+    return 0
 
 
 def fma_peak(compiled, quick, settle):
@@ -372,19 +483,20 @@ def _parse(argv):
 
 
 def main(argv=None):
+    """Run the comparison and print one table per shape; returns 0."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--train" in argv:
         from .bench_train import main as train_main
         return train_main([a for a in argv if a != "--train"])
-    """Run the comparison and print one table per shape; returns 0."""
+    if "--serve" in argv:
+        return _serve(argv)
     args = _parse(argv)
     out = sys.stdout
-    threads = blas_threads()  # before torch is imported: only numpy's and scipy's pools
+    threads = blas_threads()  # numpy's and scipy's pools (torch is not imported here)
     settle = 0 if args.quick else SETTLE_SECONDS
 
     impls = [impl for impl in (LENGTHS_IMPLEMENTATIONS if args.lengths else IMPLEMENTATIONS)
              if not (impl.startswith("torch") and args.no_torch)]
-    uses_torch = any(impl.startswith("torch") for impl in impls)
     unavailable = {impl: implementation_status(impl) for impl in impls}
     runnable = [impl for impl in impls if unavailable[impl] is None]
 
@@ -394,7 +506,8 @@ def main(argv=None):
         print("variable lengths: spread evenly over 1..T (mean ~T/2), shuffled; rates count "
               "the padded batch's FLOPs", file=out)
     print(f"threads: {threads} per BLAS pool (numpy's and scipy's OpenBLAS)"
-          + ("; torch.set_num_threads(%d)" % threads if "torch" in runnable else ""), file=out)
+          + ("; torch.set_num_threads(%d), in processes of its own" % threads
+             if "torch" in runnable else ""), file=out)
     if "cython" in runnable:
         print(f"compiled kernels: the {_backend.compiled_level} build, float32 products on its "
               f"own gemm, OpenMP team of {_backend._compiled.threads()}", file=out)
@@ -404,11 +517,6 @@ def main(argv=None):
     if args.no_torch:
         print("torch: left out (--no-torch)", file=out)
 
-    torch_threads = None
-    if uses_torch and unavailable["torch"] is None:
-        import torch
-        torch_threads = torch.get_num_threads()
-        torch.set_num_threads(threads)
     sgemm, sgemm_flops = make_sgemm()
     M, K, N = sgemm_dims()
     print(f"sgemm reference: scipy.linalg.blas.sgemm ({M}, {K}) @ ({K}, {N}), timed just before "
@@ -420,32 +528,33 @@ def main(argv=None):
               "measured before and after each shape, the higher counting", file=out)
     else:
         print("FMA peak: not measured (it needs the compiled kernels)", file=out)
-    try:
-        for name in args.shapes:
-            shape = SHAPES[name]
-            rounds = args.rounds or (QUICK_ROUNDS if args.quick else shape.rounds)
-            warmup = QUICK_WARMUP if args.quick else shape.warmup
-            peaks = [fma_peak(compiled, args.quick, settle)]
-            reference = measure(sgemm, QUICK_ROUNDS if args.quick else SGEMM_ROUNDS, 1, settle)
-            sgemm_rate = sgemm_flops / reference.median
-            steps = {impl: make_step(impl, shape, args.cell) for impl in runnable}
+    for name in args.shapes:
+        shape = SHAPES[name]
+        rounds = args.rounds or (QUICK_ROUNDS if args.quick else shape.rounds)
+        warmup = QUICK_WARMUP if args.quick else shape.warmup
+        peaks = [fma_peak(compiled, args.quick, settle)]
+        reference = measure(sgemm, QUICK_ROUNDS if args.quick else SGEMM_ROUNDS, 1, settle)
+        sgemm_rate = sgemm_flops / reference.median
+        # the peers' processes end, and the caches are freed, before the next shape's start
+        with contextlib.ExitStack() as peers:
+            steps = {impl: (peers.enter_context(PeerProcess(impl, name, args.cell, threads))
+                            if impl.partition("+")[0] in PEERS
+                            else make_step(impl, shape, args.cell))
+                     for impl in runnable}
             measured = measure_in_turns(steps, rounds, warmup, settle,
                                         1 if args.quick else TURNS)
-            timings = {impl: measured.get(impl, "not available") for impl in impls}
-            del steps  # free the caches before the next shape's implementations allocate theirs
-            peaks.append(fma_peak(compiled, args.quick, settle))
-            peak_rate = max(peaks) if compiled is not None else None
-            print(file=out)
-            print(format_shape_table(name, shape, args.cell, timings, sgemm_rate, peak_rate),
-                  file=out)
-            print(f"  sgemm reference: {sgemm_rate / 1e9:.1f} GFLOP/s (median of "
-                  f"{reference.rounds}, IQR {100 * reference.iqr / reference.median:.1f}%)"
-                  + (f"; FMA peak {peak_rate / 1e9:.1f} GFLOP/s (before {peaks[0] / 1e9:.1f}, "
-                     f"after {peaks[1] / 1e9:.1f})" if peak_rate else ""), file=out)
-            out.flush()
-    finally:
-        if torch_threads is not None:
-            torch.set_num_threads(torch_threads)
+            del steps
+        timings = {impl: measured.get(impl, "not available") for impl in impls}
+        peaks.append(fma_peak(compiled, args.quick, settle))
+        peak_rate = max(peaks) if compiled is not None else None
+        print(file=out)
+        print(format_shape_table(name, shape, args.cell, timings, sgemm_rate, peak_rate),
+              file=out)
+        print(f"  sgemm reference: {sgemm_rate / 1e9:.1f} GFLOP/s (median of "
+              f"{reference.rounds}, IQR {100 * reference.iqr / reference.median:.1f}%)"
+              + (f"; FMA peak {peak_rate / 1e9:.1f} GFLOP/s (before {peaks[0] / 1e9:.1f}, "
+                 f"after {peaks[1] / 1e9:.1f})" if peak_rate else ""), file=out)
+        out.flush()
     print(file=out)
     print("median and interquartile range of the wall time of one step, over rounds taken in "
           "turns of the implementations; '/ compiled' is the median's ratio to the compiled "

@@ -91,6 +91,11 @@ LENGTHS_IMPLEMENTATIONS = {"cython": "compiled", "cython+lengths": "compiled, le
 # The peers: implementations that run in a process of their own (``PeerProcess``).
 PEERS = ("torch",)
 
+
+def is_peer(impl):
+    """Whether ``impl`` (with or without "+lengths") runs in a process of its own."""
+    return impl.partition("+")[0] in PEERS
+
 # Seconds to wait before timing an implementation. OpenBLAS threads spin for about 2^28
 # cycles (~0.1 s here) after a call before they sleep.
 SETTLE_SECONDS = 0.5
@@ -286,7 +291,8 @@ def time_calls(fn, rounds, warmup, settle=SETTLE_SECONDS):
 
 
 def measure_in_turns(steps, rounds, warmup, settle=SETTLE_SECONDS, turns=TURNS):
-    """Time ``rounds`` calls of each of ``steps`` (name -> callable), in ``turns`` turns of
+    """Time ``rounds`` calls of each of ``steps`` (name -> a callable timed here, or a
+    ``PeerProcess``, which times its blocks in its own process), in ``turns`` turns of
     about rounds / turns calls each, the implementations taking turns (each turn after a
     pause and its own warm-up calls: another implementation ran just before); a dict name ->
     Timing over all of its calls."""
@@ -380,8 +386,7 @@ def _serve(argv):
     (one JSON line in, one out) until the input ends."""
     parser = argparse.ArgumentParser(prog="python -m fastbptt.bench --serve")
     parser.add_argument("--serve", required=True,
-                        choices=[impl for impl in LENGTHS_IMPLEMENTATIONS
-                                 if impl.partition("+")[0] in PEERS])
+                        choices=[impl for impl in LENGTHS_IMPLEMENTATIONS if is_peer(impl)])
     parser.add_argument("--shape", choices=list(SHAPES), required=True)
     parser.add_argument("--cell", choices=list(_cells.CELLS), required=True)
     parser.add_argument("--threads", type=int, required=True)
@@ -538,7 +543,7 @@ def main(argv=None):
         # the peers' processes end, and the caches are freed, before the next shape's start
         with contextlib.ExitStack() as peers:
             steps = {impl: (peers.enter_context(PeerProcess(impl, name, args.cell, threads))
-                            if impl.partition("+")[0] in PEERS
+                            if is_peer(impl)
                             else make_step(impl, shape, args.cell))
                      for impl in runnable}
             measured = measure_in_turns(steps, rounds, warmup, settle,

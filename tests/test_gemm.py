@@ -4,9 +4,11 @@ The float32 kernels run their products on it: the hoisted ones of every size thr
 ``matmul`` (B packed a chunk of its rows at a time: 1024, or for a narrow B as many whole
 blocks of 256 as 256K floats hold), the per-step ones through ``fb_gemm`` on weights packed
 once. ``_matmul`` reaches the own gemm at every size, so that these tests cover it;
-``_matmul_path`` says where the kernels' own products of a size run. Its tiles differ per build (8 rows of 2x16 floats with AVX-512, 6 rows of
-2x8 with AVX2, 2x4 in the baseline), so the shapes here cross every tile edge: rows and
-columns not a multiple of a tile, a last panel one vector wide or narrower (its own kernel),
+``_matmul_path`` says where the kernels' own products of a size run. Its tiles differ per
+build (8 rows of 2x16 floats with AVX-512, 6 rows of 2x8 with AVX2, 2x4 in the baseline; and
+with AVX-512, for a B of at least 512 columns, 6 rows of 4x16 over 64-column panels), so the
+shapes here cross every tile edge: rows and columns not a multiple of a tile, a last panel one
+to three vectors wide or narrower (its own kernels), a block's last rows split in two tiles,
 k past a packing chunk (k = 1100 over n = 300, 9000 over a narrow 33), enough rows to share
 row ranges among threads, and the empty cases.
 """
@@ -25,6 +27,11 @@ LEVELS = sorted(BUILDS, key=_backend.CPU_LEVELS.index)
 SHAPES = [(1, 1, 1), (1, 100, 100), (3, 5, 7), (7, 33, 65), (9, 64, 31), (32, 128, 512),
           (17, 300, 100), (130, 600, 70), (200, 40, 33), (700, 70, 129), (5, 2100, 37),
           (64, 1025, 48), (401, 70, 40), (3, 1100, 300), (5, 9000, 33)]
+# (m, k, n) over the AVX-512 build's wide panels (n >= 512): last panels of 1 to 64 columns
+# (513, 520, 545, 560, 600, 1000), row counts whose last tiles split (7, 8, 9, 13, 50) or run
+# whole (6, 64), k past a block of 256 and a packing chunk
+WIDE_SHAPES = [(6, 64, 512), (7, 70, 513), (8, 33, 520), (9, 300, 545), (13, 260, 560),
+               (50, 1100, 600), (64, 256, 1024), (100, 20, 1000)]
 
 
 def _operands(rng, m, k, n, trans_a, trans_b, dtype):
@@ -36,7 +43,7 @@ def _operands(rng, m, k, n, trans_a, trans_b, dtype):
 @pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", SHAPES + WIDE_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_matmul_matches_numpy(level, trans_a, trans_b, shape, assert_close):
     m, k, n = shape
     rng = np.random.default_rng(m * 1000003 + k * 1009 + n + 2 * trans_a + trans_b)
@@ -74,6 +81,24 @@ def test_matmul_same_bits_on_any_thread_count(level, trans_a, shape, restore_thr
 
 
 @pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("shape", [(9, 300, 500), (64, 1100, 1000), (13, 70, 600)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_wide_and_narrow_panels_give_the_same_bits(level, trans_a, trans_b, shape):
+    """Each element of C is summed in the same order whatever the panel width: the first n
+    columns of a product over a B of 512 or more columns (wide panels in the AVX-512 build)
+    are, to the bit, the product over those n columns alone (narrow panels below 512), and
+    a column's sum does not depend on the columns beside it."""
+    m, k, n = shape
+    rng = np.random.default_rng(m + k + n + 2 * trans_a + trans_b)
+    a, b = _operands(rng, m, k, 1024, trans_a, trans_b, np.float32)
+    whole = BUILDS[level]._matmul(a, b, trans_a, trans_b)
+    part = np.ascontiguousarray(b[:n] if trans_b else b[:, :n])
+    np.testing.assert_array_equal(BUILDS[level]._matmul(a, part, trans_a, trans_b), whole[:, :n])
+
+
+@pytest.mark.parametrize("level", LEVELS)
 def test_matmul_empty_sum(level):
     a = np.empty((4, 0), np.float32)
     b = np.empty((0, 6), np.float32)
@@ -84,7 +109,8 @@ def test_matmul_empty_sum(level):
 
 @pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("shape", [(32, 128, 512), (64, 96, 100), (5, 40, 3), (200, 64, 64),
-                                   (400, 100, 100), (403, 30, 40)],
+                                   (400, 100, 100), (403, 30, 40), (8, 128, 520), (13, 100, 545),
+                                   (64, 256, 1024), (200, 40, 600)],
                          ids=lambda s: "x".join(map(str, s)))
 def test_step_gemm_same_bits_on_any_thread_count(level, shape, assert_close):
     """A per-step product is split among threads by whole panels (or row blocks), each output

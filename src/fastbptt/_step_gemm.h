@@ -5,8 +5,9 @@
  *
  * A time loop multiplies by the same B (W_hhᵀ forward, W_hh backward) at every step. BLAS
  * repacks B at each of those calls and meets its thread team for ~1 MFLOP of work; here B
- * is packed once per kernel call into panels of FB_NR columns (panel p: k rows of FB_NR
- * floats, contiguous, zero-padded past n) and each step runs a register-tiled micro-kernel
+ * is packed once per kernel call into panels of NR columns (panel p: k rows of NR floats,
+ * contiguous, zero-padded past n; NR = 32 floats, or 64 for a wide B in the AVX-512 build:
+ * fb_panel_vectors) and each step runs a register-tiled micro-kernel
  * straight from A's rows (fb_gemm). The hoisted products (input projection, dx, dW) pack
  * their B as they go, a chunk of its rows at a time (fb_matmul, fb_pack_rows); dW's A is δᵀ,
  * read in place.
@@ -50,6 +51,19 @@
 #endif
 #define FB_NV 2
 #define FB_NR (FB_NV * FB_VW)
+/* AVX-512 builds pack a B of at least FB_WIDE_MIN columns in wide panels of FB_WIDE_NV
+ * vectors (64 floats), multiplied by tiles of FB_WIDE_MR rows: 24 accumulators fed by 6
+ * broadcasts and 4 panel loads per 24 multiply-adds, where the 8 x 32 tile has 8 and 2 per
+ * 16. Measured on a Zen 4 (2 threads, per-step shapes, alternating): 64x1024 @ 1024x4096
+ * 198-205 -> 212-214 GFLOP/s, 1600x1024 @ 1024x4096 193-199 -> 205-210, 64x256 @ 256x1024
+ * +4 %; 64x1024 @ 1024x256 1.5 % slower and 32x384 @ 384x128 (a GRU step's backward) 15 %
+ * slower, hence the narrow panels below FB_WIDE_MIN columns. The same tile reading two
+ * neighbouring 32-column panels gained nothing: the gain is the contiguous 256-byte row. */
+#if FB_VW == 16
+#define FB_WIDE_NV 4
+#define FB_WIDE_MR 6
+#define FB_WIDE_MIN 512
+#endif
 /* Packed panels are aligned to this many bytes (the widest vector). */
 #define FB_ALIGN 64
 
@@ -90,9 +104,29 @@ static void fb_set_threads(int n) {
 #endif
 }
 
+/* Whether a B of n columns is packed in wide panels (FB_WIDE_NV vectors; else FB_NV). The
+ * layout is a function of n alone, so that packing and product agree without being told. */
+static inline int fb_wide(ptrdiff_t n) {
+#ifdef FB_WIDE_NV
+    return n >= FB_WIDE_MIN;
+#else
+    (void)n;
+    return 0;
+#endif
+}
+
+/* Vectors across a panel of a packed B of n columns. */
+static inline int fb_panel_vectors(ptrdiff_t n) {
+#ifdef FB_WIDE_NV
+    if (fb_wide(n)) return FB_WIDE_NV;
+#endif
+    return FB_NV;
+}
+
 /* Floats in the packed form of a k x n operand. */
 static size_t fb_packed_size(ptrdiff_t n, ptrdiff_t k) {
-    return (size_t)((n + FB_NR - 1) / FB_NR) * (size_t)k * FB_NR;
+    ptrdiff_t nr = fb_panel_vectors(n) * FB_VW;
+    return (size_t)((n + nr - 1) / nr) * (size_t)k * nr;
 }
 
 /* A square tile of FB_VW x FB_VW floats, one row a vector, transposed in registers: four
@@ -134,22 +168,24 @@ static inline __attribute__((always_inline)) void fb_transpose_tile(fb_vf* t) {
 #undef FB_XCHG
 #undef FB_LIST
 
-/* Pack B = Wᵀ, W (n x k) row-major with leading dimension ldw: out[p][kk][j] = W[p*NR + j][kk].
- * A panel is FB_NV column strips of FB_VW of W's rows; each strip is read FB_VW x FB_VW floats
- * at a time (a vector from each row: contiguous loads), transposed in registers and stored as
- * FB_VW aligned vectors of the panel's rows kk. Rows past n are zero; the last k % FB_VW
- * columns are copied one by one. Panels are shared among threads. */
+/* Pack B = Wᵀ, W (n x k) row-major with leading dimension ldw: out[p][kk][j] = W[p*NR + j][kk],
+ * NR = fb_panel_vectors(n) * FB_VW. A panel is NR / FB_VW column strips of FB_VW of W's rows;
+ * each strip is read FB_VW x FB_VW floats at a time (a vector from each row: contiguous
+ * loads), transposed in registers and stored as FB_VW aligned vectors of the panel's rows
+ * kk. Rows past n are zero; the last k % FB_VW columns are copied one by one. Panels are
+ * shared among threads. */
 static void fb_pack_transposed(const float* w, ptrdiff_t n, ptrdiff_t k, ptrdiff_t ldw,
                                float* out, int threads) {
-    ptrdiff_t panels = (n + FB_NR - 1) / FB_NR, k0 = k - k % FB_VW;
+    int nv = fb_panel_vectors(n);
+    ptrdiff_t nr = nv * FB_VW, panels = (n + nr - 1) / nr, k0 = k - k % FB_VW;
     if (threads > panels) threads = (int)panels;
 #ifdef _OPENMP
     #pragma omp parallel for schedule(static) num_threads(threads) if(threads > 1 && n * k >= 65536)
 #endif
     for (ptrdiff_t p = 0; p < panels; p++) {
-        float* dst = out + (size_t)p * k * FB_NR;
-        for (int v = 0; v < FB_NV; v++) {
-            ptrdiff_t row0 = p * FB_NR + v * FB_VW;
+        float* dst = out + (size_t)p * k * nr;
+        for (int v = 0; v < nv; v++) {
+            ptrdiff_t row0 = p * nr + v * FB_VW;
             ptrdiff_t rows = n - row0 < FB_VW ? (n - row0 > 0 ? n - row0 : 0) : FB_VW;
             for (ptrdiff_t kk = 0; kk < k0; kk += FB_VW) {
                 fb_vf t[FB_VW];
@@ -158,48 +194,62 @@ static void fb_pack_transposed(const float* w, ptrdiff_t n, ptrdiff_t k, ptrdiff
                                     : (fb_vf){0};
                 fb_transpose_tile(t);
                 for (int c = 0; c < FB_VW; c++)
-                    *(fb_vf*)(dst + (kk + c) * FB_NR + v * FB_VW) = t[c];
+                    *(fb_vf*)(dst + (kk + c) * nr + v * FB_VW) = t[c];
             }
             for (int r = 0; r < FB_VW; r++)
                 for (ptrdiff_t kk = k0; kk < k; kk++)
-                    dst[kk * FB_NR + v * FB_VW + r] = r < rows ? w[(row0 + r) * ldw + kk] : 0.0f;
+                    dst[kk * nr + v * FB_VW + r] = r < rows ? w[(row0 + r) * ldw + kk] : 0.0f;
         }
     }
 }
 
+/* A whole panel's k row segments of NV vectors, moved as vectors. */
+static inline __attribute__((always_inline)) void fb_copy_panel(
+        const float* w, ptrdiff_t k, ptrdiff_t ldw, float* dst, int nv) {
+    for (ptrdiff_t kk = 0; kk < k; kk++)
+        for (int v = 0; v < nv; v++)
+            *(fb_vf*)(dst + kk * nv * FB_VW + v * FB_VW) =
+                (fb_vf)*(const fb_vfu*)(w + kk * ldw + v * FB_VW);
+}
+
 /* Pack B = W, W (k x n) row-major with leading dimension ldw: out[p][kk][j] = W[kk][p*NR + j],
- * a row segment at a time: a whole panel's FB_NV vectors moved as vectors (memcpy's call, for
- * the 128 bytes of a row segment, had cost more than the copy: 4 % of a small Elman
- * backward's time), a last panel's narrower segment copied and zero-padded. Panels are shared
- * among threads. */
+ * a row segment at a time: a whole panel's vectors moved as vectors (memcpy's call, for the
+ * 128 bytes of a row segment, had cost more than the copy: 4 % of a small Elman backward's
+ * time), a last panel's narrower segment copied and zero-padded. Panels are shared among
+ * threads. */
 static void fb_pack(const float* w, ptrdiff_t n, ptrdiff_t k, ptrdiff_t ldw, float* out,
                     int threads) {
-    ptrdiff_t panels = (n + FB_NR - 1) / FB_NR;
+    int nv = fb_panel_vectors(n);
+    ptrdiff_t nr = nv * FB_VW, panels = (n + nr - 1) / nr;
     if (threads > panels) threads = (int)panels;
 #ifdef _OPENMP
     #pragma omp parallel for schedule(static) num_threads(threads) if(threads > 1 && n * k >= 65536)
 #endif
     for (ptrdiff_t p = 0; p < panels; p++) {
-        float* dst = out + (size_t)p * k * FB_NR;
-        ptrdiff_t cols = n - p * FB_NR < FB_NR ? n - p * FB_NR : FB_NR;
-        if (cols == FB_NR) {
-            for (ptrdiff_t kk = 0; kk < k; kk++)
-                for (int v = 0; v < FB_NV; v++)
-                    *(fb_vf*)(dst + kk * FB_NR + v * FB_VW) =
-                        (fb_vf)*(const fb_vfu*)(w + kk * ldw + p * FB_NR + v * FB_VW);
+        float* dst = out + (size_t)p * k * nr;
+        ptrdiff_t cols = n - p * nr < nr ? n - p * nr : nr;
+        if (cols == nr) {   /* a constant count of vectors per copy */
+#ifdef FB_WIDE_NV
+            if (nv == FB_WIDE_NV) {
+                fb_copy_panel(w + p * nr, k, ldw, dst, FB_WIDE_NV);
+                continue;
+            }
+#endif
+            fb_copy_panel(w + p * nr, k, ldw, dst, FB_NV);
             continue;
         }
         for (ptrdiff_t kk = 0; kk < k; kk++) {
-            memcpy(dst + kk * FB_NR, w + kk * ldw + p * FB_NR, (size_t)cols * sizeof(float));
-            for (ptrdiff_t j = cols; j < FB_NR; j++) dst[kk * FB_NR + j] = 0.0f;
+            memcpy(dst + kk * nr, w + kk * ldw + p * nr, (size_t)cols * sizeof(float));
+            for (ptrdiff_t j = cols; j < nr; j++) dst[kk * nr + j] = 0.0f;
         }
     }
 }
 
 /* The micro-kernel: R rows of C times NV vectors of one panel block, C[r][:cols] (+)=
  * sum_kk A[r][kk] b[kk][:], kk < k. One broadcast of A and NV panel loads per kk feed R * NV
- * fused multiply-adds. NV is FB_NV, or 1 for a last panel of at most FB_VW columns (n = 100
- * is three panels and 4 columns at FB_NR = 32: the narrow kernel skips the padding's half).
+ * fused multiply-adds; the panel's rows are NR floats apart. NV is the panel's vectors, or
+ * fewer for a last panel of fewer columns (n = 100 is three panels and 4 columns at NR = 32:
+ * a one-vector kernel skips the padding's half).
  * AIDX reads A[r][kk]: from A's rows (a[r * lda + kk]) or from a transposed A whose rows are
  * A's columns (a[kk * lda + r], the δᵀ of the weight gradients).
  * The tile's lines of C are prefetched for writing as it starts, to arrive during its k
@@ -209,7 +259,7 @@ static void fb_pack(const float* w, ptrdiff_t n, ptrdiff_t k, ptrdiff_t ldw, flo
  * in-process, alternating, 2 threads: 700x256 @ 256x10000 0.79-0.82x of the time, 3200x256
  * @ 256x2048 0.83-0.85x, 1600x1024 @ 1024x4096 0.89x; products whose C stays in cache
  * (a time step's, a dW's) 0.95-1.01x. */
-#define FB_TILE(R, NV, NAME, AIDX)                                                          \
+#define FB_TILE(R, NV, NR, NAME, AIDX)                                                      \
 static inline __attribute__((always_inline)) void NAME(                                   \
         ptrdiff_t k, const float* __restrict a, ptrdiff_t lda, const float* __restrict b,   \
         float* __restrict c, ptrdiff_t ldc, ptrdiff_t cols, int accumulate) {              \
@@ -223,7 +273,7 @@ static inline __attribute__((always_inline)) void NAME(                         
     for (ptrdiff_t kk = 0; kk < k; kk++) {                                                  \
         fb_vf bv[NV];                                                                       \
         _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                                \
-            bv[v] = *(const fb_vf*)(b + kk * FB_NR + v * FB_VW);                            \
+            bv[v] = *(const fb_vf*)(b + kk * NR + v * FB_VW);                               \
         _Pragma("GCC unroll 16") for (int r = 0; r < R; r++) {                              \
             /* scalar - vector broadcasts; x - 0 folds away, 0 + x would not (-0.0) */      \
             fb_vf ar = a[AIDX] - (fb_vf){0};                                                \
@@ -247,9 +297,13 @@ static inline __attribute__((always_inline)) void NAME(                         
     }                                                                                       \
 }
 
+/* The narrow panels' kernels: fb_tile_R (A's rows), fb_tilet_R (A transposed), and their
+ * one-vector forms fb_tile1_R, fb_tile1t_R. */
 #define FB_TILES(R)                                                                         \
-    FB_TILE(R, FB_NV, fb_tile_##R, r * lda + kk) FB_TILE(R, FB_NV, fb_tilet_##R, kk * lda + r) \
-    FB_TILE(R, 1, fb_tile1_##R, r * lda + kk) FB_TILE(R, 1, fb_tile1t_##R, kk * lda + r)
+    FB_TILE(R, FB_NV, FB_NR, fb_tile_##R, r * lda + kk)                                     \
+    FB_TILE(R, FB_NV, FB_NR, fb_tilet_##R, kk * lda + r)                                    \
+    FB_TILE(R, 1, FB_NR, fb_tile1_##R, r * lda + kk)                                        \
+    FB_TILE(R, 1, FB_NR, fb_tile1t_##R, kk * lda + r)
 FB_TILES(1) FB_TILES(2) FB_TILES(3) FB_TILES(4) FB_TILES(5) FB_TILES(6) FB_TILES(7) FB_TILES(8)
 
 /* R rows of C against one panel: the kernel for A's orientation and the panel's width. */
@@ -280,11 +334,74 @@ static __attribute__((noinline)) void fb_tile_rows(
 #define FB_FULL_(R, ...) FB_RUN(R, __VA_ARGS__)
 #define FB_FULL(...) FB_FULL_(FB_MR, __VA_ARGS__)
 
-/* k is walked in blocks of FB_KC: a block of a panel (FB_KC x FB_NR floats, 32 KB at
- * NR = 32) is reused by every row tile of a block of FB_MC rows, whose FB_MC x FB_KC
- * elements of A stay in L2 while every panel takes its turn. */
+#ifdef FB_WIDE_NV
+#if FB_WIDE_NV != 4 || FB_WIDE_MR != 6
+#error "the wide kernels below are written out for 6 rows by 4 vectors"
+#endif
+/* The wide panels' kernels, R rows by NV vectors: fb_wtileNV_R (A's rows) and fb_wtileNVt_R
+ * (A transposed); NV < FB_WIDE_NV for a last panel of fewer columns. */
+#define FB_WTILES_NV(R, NV)                                                                 \
+    FB_TILE(R, NV, FB_WIDE_NV * FB_VW, fb_wtile##NV##_##R, r * lda + kk)                    \
+    FB_TILE(R, NV, FB_WIDE_NV * FB_VW, fb_wtile##NV##t_##R, kk * lda + r)
+#define FB_WTILES(R) FB_WTILES_NV(R, 1) FB_WTILES_NV(R, 2) FB_WTILES_NV(R, 3) FB_WTILES_NV(R, 4)
+FB_WTILES(1) FB_WTILES(2) FB_WTILES(3) FB_WTILES(4) FB_WTILES(5) FB_WTILES(6)
+
+#define FB_WRUN(R, NV) do {                                                                 \
+        if (a_transposed) fb_wtile##NV##t_##R(k, a, lda, b, c, ldc, cols, accumulate);      \
+        else fb_wtile##NV##_##R(k, a, lda, b, c, ldc, cols, accumulate);                    \
+    } while (0)
+#define FB_WCASE(R) case R:                                                                 \
+    switch (nv) {                                                                           \
+        case 1: FB_WRUN(R, 1); break;                                                       \
+        case 2: FB_WRUN(R, 2); break;                                                       \
+        case 3: FB_WRUN(R, 3); break;                                                       \
+        default: FB_WRUN(R, 4); break;                                                      \
+    }                                                                                       \
+    break;
+
+/* rows (<= FB_WIDE_MR) rows of C against a wide panel of cols columns: a block's last tiles,
+   or a last panel of fewer columns. */
+static __attribute__((noinline)) void fb_wide_tile_rows(
+        int rows, int a_transposed, ptrdiff_t k, const float* a, ptrdiff_t lda, const float* b,
+        float* c, ptrdiff_t ldc, ptrdiff_t cols, int accumulate) {
+    int nv = (int)((cols + FB_VW - 1) / FB_VW);
+    switch (rows) {
+        FB_WCASE(1) FB_WCASE(2) FB_WCASE(3) FB_WCASE(4) FB_WCASE(5) FB_WCASE(6)
+        default: break;
+    }
+}
+#undef FB_WCASE
+#endif
+
+/* Rows per register tile over a B of n columns packed as fb_panel_vectors(n) says. */
+static inline int fb_tile_height(ptrdiff_t n) {
+#ifdef FB_WIDE_NV
+    if (fb_wide(n)) return FB_WIDE_MR;
+#endif
+    (void)n;
+    return FB_MR;
+}
+
+/* The height of the register tile that starts `left` rows before the end of a block of rows,
+ * tiles of at most mr rows. Over wide panels a block's last mr + 1 to mr + 3 rows are two
+ * tiles of about half each (8 rows: 4 + 4, where 6 + 2 ran the two-row tile at half the
+ * loads' worth of multiply-adds); the narrow tile keeps its plain remainder. */
+static inline int fb_next_tile(ptrdiff_t left, int mr, int balance) {
+    if (left <= mr) return (int)left;
+    if (balance && left < mr + 4) return (int)(left + 1) / 2;
+    return mr;
+}
+
+/* k is walked in blocks of FB_KC: a block of a panel (FB_KC x NR floats, 32 KB at NR = 32,
+ * 64 KB at 64) is reused by every row tile of a block of rows (FB_BLOCK_ROWS), whose
+ * rows x FB_KC elements of A stay in L2 while every panel takes its turn. FB_KC is also
+ * where each element's sum is grouped (a block's sum is added to C), so it is the same for
+ * every panel width: the same bits whichever layout a product runs on. */
 #define FB_KC 256
 #define FB_MC (8 * FB_MR)
+/* Rows per block for tiles of mr rows (FB_MC for the narrow tile; 48 for the wide, where
+   its 64 x FB_KC floats of A would crowd L2 beside the panel block). */
+#define FB_BLOCK_ROWS(mr) (8 * (mr))
 /* Products of fewer multiply-adds run on one thread: below this, meeting the team costs more
  * than it saves (25x65 @ 65x100, 162K: 9 µs on one thread, 16-18 on two; 32x128 @ 128x128,
  * 524K: 9.5 on one, 6.1 on two). */
@@ -336,59 +453,85 @@ static float* fb_a_buffer(void) {
 }
 
 /* Rows i0:i1 of a transposed A (a[kk * lda + i], the δᵀ of the weight gradients, read in
- * place), its k rows kk < kc, copied to out tile by tile: each FB_MR rows' kc x FB_MR floats
- * contiguous (out[i * kc + kk * FB_MR + r] = a[kk * lda + i + r]), which the tile kernels read
- * with lda = FB_MR. In place, a tile walks δ's rows at a stride of G floats, a power of two at
- * the usual sizes (4096 at H = 1024), so its lines fall in a few cache sets and evict each
- * other and the panel; copied once per block, they are read from L1 and L2 by every panel
- * (dW 4096x1024 over 1600 rows: 312-351 -> 356-411 GFLOP/s; 2048x512 over 3200: 301-351 ->
- * 336-389). A's rows (the other orientation) gain nothing measurable from the same copy. */
-static void fb_pack_a(const float* a, ptrdiff_t lda, ptrdiff_t rows, ptrdiff_t kc, float* out) {
-    for (ptrdiff_t i = 0; i < rows; i += FB_MR) {
-        ptrdiff_t r = rows - i < FB_MR ? rows - i : FB_MR;
-        float* dst = out + i * kc;
-        if (r == FB_MR)   /* one vector move each */
-            for (ptrdiff_t kk = 0; kk < kc; kk++)
-                memcpy(dst + kk * FB_MR, a + kk * lda + i, FB_MR * sizeof(float));
-        else
-            for (ptrdiff_t kk = 0; kk < kc; kk++)
-                memcpy(dst + kk * FB_MR, a + kk * lda + i, (size_t)r * sizeof(float));
+ * place), its k rows kk < kc, copied to out tile by tile (fb_next_tile's tiles of at most mr
+ * rows): each tile's kc x r floats contiguous (out[i * kc + kk * r + j] = a[kk * lda + i + j]),
+ * which the tile kernels read with lda = r. In place, a tile walks δ's rows at a stride of G
+ * floats, a power of two at the usual sizes (4096 at H = 1024), so its lines fall in a few
+ * cache sets and evict each other and the panel; copied once per block, they are read from
+ * L1 and L2 by every panel (dW 4096x1024 over 1600 rows: 312-351 -> 356-411 GFLOP/s;
+ * 2048x512 over 3200: 301-351 -> 336-389). A's rows (the other orientation) gain nothing
+ * measurable from the same copy. */
+static inline __attribute__((always_inline)) void fb_copy_tile(
+        const float* a, ptrdiff_t lda, ptrdiff_t kc, float* dst, int r) {
+    for (ptrdiff_t kk = 0; kk < kc; kk++)
+        memcpy(dst + kk * r, a + kk * lda, (size_t)r * sizeof(float));
+}
+
+static void fb_pack_a(const float* a, ptrdiff_t lda, ptrdiff_t rows, ptrdiff_t kc, float* out,
+                      int mr, int balance) {
+    int r;
+    for (ptrdiff_t i = 0; i < rows; i += r) {
+        r = fb_next_tile(rows - i, mr, balance);
+        /* a full tile's rows in one vector move each: its height a constant */
+        if (r == FB_MR) fb_copy_tile(a + i, lda, kc, out + i * kc, FB_MR);
+#ifdef FB_WIDE_NV
+        else if (r == FB_WIDE_MR) fb_copy_tile(a + i, lda, kc, out + i * kc, FB_WIDE_MR);
+#endif
+        else fb_copy_tile(a + i, lda, kc, out + i * kc, r);
     }
 }
 
-/* C[i0:i1, panels p0:p1] (+)= A[i0:i1] . B[:, panels p0:p1]; i1 - i0 <= FB_MC. */
+/* C[i0:i1, panels p0:p1] (+)= A[i0:i1] . B[:, panels p0:p1]; i1 - i0 <= FB_MC. The panels and
+ * tiles are those of a B of n columns (fb_panel_vectors, fb_tile_height). */
 static void fb_block(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t p0, ptrdiff_t p1, ptrdiff_t n,
                      ptrdiff_t k, const float* a, ptrdiff_t lda, int a_transposed,
                      const float* packed, float* c, ptrdiff_t ldc, int accumulate) {
+    int wide = fb_wide(n), mr = fb_tile_height(n);
+    ptrdiff_t nr = fb_panel_vectors(n) * FB_VW;
     /* a transposed A read by more than one panel is copied a block at a time (fb_pack_a) */
     float* a_block = a_transposed && p1 - p0 > 1 && i1 - i0 <= FB_MC ? fb_a_buffer() : NULL;
     for (ptrdiff_t k0 = 0; k0 < k; k0 += FB_KC) {
         ptrdiff_t kc = k - k0 < FB_KC ? k - k0 : FB_KC;
         int acc = accumulate || k0 > 0;
-        if (a_block != NULL) fb_pack_a(a + k0 * lda + i0, lda, i1 - i0, kc, a_block);
+        if (a_block != NULL) fb_pack_a(a + k0 * lda + i0, lda, i1 - i0, kc, a_block, mr, wide);
         for (ptrdiff_t p = p0; p < p1; p++) {
-            ptrdiff_t cols = n - p * FB_NR < FB_NR ? n - p * FB_NR : FB_NR;
-            const float* b = packed + (size_t)p * k * FB_NR + k0 * FB_NR;
-            float* cp = c + p * FB_NR;
-            int narrow = cols <= FB_VW;
-            ptrdiff_t i = i0;
-            if (a_transposed) {
-                /* row i of A at at + (i - i0) * step, the next k row ld floats on */
-                const float* at = a_block != NULL ? a_block : a + k0 * lda + i0;
-                ptrdiff_t step = a_block != NULL ? kc : 1, ld = a_block != NULL ? FB_MR : lda;
-                for (; i + FB_MR <= i1; i += FB_MR)
-                    FB_FULL(1, narrow, kc, at + (i - i0) * step, ld, b, cp + i * ldc, ldc, cols,
-                            acc);
-                if (i < i1)
-                    fb_tile_rows((int)(i1 - i), 1, kc, at + (i - i0) * step, ld, b,
-                                 cp + i * ldc, ldc, cols, acc);
-            } else {
-                for (; i + FB_MR <= i1; i += FB_MR)
-                    FB_FULL(0, narrow, kc, a + i * lda + k0, lda, b, cp + i * ldc, ldc, cols,
-                            acc);
-                if (i < i1)
-                    fb_tile_rows((int)(i1 - i), 0, kc, a + i * lda + k0, lda, b, cp + i * ldc,
-                                 ldc, cols, acc);
+            ptrdiff_t cols = n - p * nr < nr ? n - p * nr : nr;
+            const float* b = packed + (size_t)p * k * nr + k0 * nr;
+            float* cp = c + p * nr;
+            int narrow = cols <= FB_VW, r;
+            for (ptrdiff_t i = i0; i < i1; i += r) {
+                r = fb_next_tile(i1 - i, mr, wide);
+                /* the tile's A: a row per kk (transposed, copied or in place) or its rows */
+                const float* at;
+                ptrdiff_t ld;
+                if (!a_transposed) {
+                    at = a + i * lda + k0;
+                    ld = lda;
+                } else if (a_block != NULL) {
+                    at = a_block + (i - i0) * kc;
+                    ld = r;
+                } else {
+                    at = a + k0 * lda + i;
+                    ld = lda;
+                }
+#ifdef FB_WIDE_NV
+                if (wide) {
+                    if (r == FB_WIDE_MR && cols == nr) {
+                        if (a_transposed)
+                            fb_wtile4t_6(kc, at, ld, b, cp + i * ldc, ldc, cols, acc);
+                        else
+                            fb_wtile4_6(kc, at, ld, b, cp + i * ldc, ldc, cols, acc);
+                    } else {
+                        fb_wide_tile_rows(r, a_transposed, kc, at, ld, b, cp + i * ldc, ldc,
+                                          cols, acc);
+                    }
+                    continue;
+                }
+#endif
+                if (r == FB_MR)
+                    FB_FULL(a_transposed, narrow, kc, at, ld, b, cp + i * ldc, ldc, cols, acc);
+                else
+                    fb_tile_rows(r, a_transposed, kc, at, ld, b, cp + i * ldc, ldc, cols, acc);
             }
         }
     }
@@ -406,27 +549,29 @@ static void fb_block(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t p0, ptrdiff_t p1, ptr
 static void fb_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrdiff_t lda,
                     int a_transposed, const float* packed, float* c, ptrdiff_t ldc,
                     int accumulate, int threads) {
-    ptrdiff_t panels = (n + FB_NR - 1) / FB_NR, blocks = (m + FB_MC - 1) / FB_MC;
     if (m <= 0 || n <= 0) return;
+    int mr = fb_tile_height(n);
+    ptrdiff_t nr = fb_panel_vectors(n) * FB_VW, mc = FB_BLOCK_ROWS(mr);
+    ptrdiff_t panels = (n + nr - 1) / nr, blocks = (m + mc - 1) / mc;
     if (k <= 0) {   /* an empty sum */
         if (!accumulate)
             for (ptrdiff_t i = 0; i < m; i++) memset(c + i * ldc, 0, (size_t)n * sizeof(float));
         return;
     }
     if ((double)m * n * k < FB_PARALLEL_MIN) threads = 1;
-    int by_rows = blocks >= 2 * threads || (panels < 2 * threads && m >= 2 * FB_MR * threads);
+    int by_rows = blocks >= 2 * threads || (panels < 2 * threads && m >= 2 * mr * threads);
     if (threads > 1 && by_rows) {
         /* The same number of register tiles per thread, to within one (400 rows are 25 tiles
-           each, where blocks of FB_MC dealt out gave one thread 4 blocks and the other 3),
-           each range walked in blocks of FB_MC rows. */
-        ptrdiff_t tiles = (m + FB_MR - 1) / FB_MR, per = (tiles + threads - 1) / threads;
+           each, where blocks of 64 rows dealt out gave one thread 4 blocks and the other 3),
+           each range walked in blocks of mc rows. */
+        ptrdiff_t tiles = (m + mr - 1) / mr, per = (tiles + threads - 1) / threads;
 #ifdef _OPENMP
         #pragma omp parallel for schedule(static) num_threads(threads)
 #endif
         for (int t = 0; t < threads; t++) {
-            ptrdiff_t i0 = t * per * FB_MR, i1 = i0 + per * FB_MR < m ? i0 + per * FB_MR : m;
-            for (ptrdiff_t i = i0; i < i1; i += FB_MC)
-                fb_block(i, i + FB_MC < i1 ? i + FB_MC : i1, 0, panels, n, k, a, lda,
+            ptrdiff_t i0 = t * per * mr, i1 = i0 + per * mr < m ? i0 + per * mr : m;
+            for (ptrdiff_t i = i0; i < i1; i += mc)
+                fb_block(i, i + mc < i1 ? i + mc : i1, 0, panels, n, k, a, lda,
                          a_transposed, packed, c, ldc, accumulate);
         }
     } else if (threads > 1 && panels > 1) {
@@ -437,8 +582,8 @@ static void fb_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrdi
         for (ptrdiff_t p = 0; p < panels; p++)
             fb_block(0, m, p, p + 1, n, k, a, lda, a_transposed, packed, c, ldc, accumulate);
     } else {
-        for (ptrdiff_t i = 0; i < m; i += FB_MC)
-            fb_block(i, i + FB_MC < m ? i + FB_MC : m, 0, panels, n, k, a, lda, a_transposed,
+        for (ptrdiff_t i = 0; i < m; i += mc)
+            fb_block(i, i + mc < m ? i + mc : m, 0, panels, n, k, a, lda, a_transposed,
                      packed, c, ldc, accumulate);
     }
 }

@@ -200,5 +200,5 @@ cdef object _elman_backward(const floating[:, :, ::1] d_out, dh_n, x,
                         &w_ih[0, 0], dxp, &dw_ih[0, 0], &dw_hh[0, 0], T, B, I, H, H, L.sizes,
                         &work[0] if work is not None else NULL)
         # db = delta.sum(axis=(0, 1))
-        column_sums(&delta[0, 0, 0], &db[0], T * B, H)
+        column_sums(&delta[0, 0, 0], &db[0], T * B, H, H)
     return dx_arr, np.asarray(carry), dw_ih_arr, dw_hh_arr, db_arr

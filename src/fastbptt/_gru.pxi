@@ -339,7 +339,9 @@ cdef object _gru_backward(const floating[:, :, ::1] d_out, dh_n, x,
         input_gradients(&delta_i[0, 0, 0], &delta_h[0, 0, 0], xp, ids, &hs[0, 0, 0],
                         &w_ih[0, 0], dxp, &dw_ih[0, 0], &dw_hh[0, 0], T, B, I, H, G, L.sizes,
                         &work[0] if work is not None else NULL)
-        # db_ih = delta_i.sum(axis=(0, 1)); db_hh = delta_h.sum(axis=(0, 1))
-        column_sums(&delta_i[0, 0, 0], &db_ih[0], T * B, G)
-        column_sums(&delta_h[0, 0, 0], &db_hh[0], T * B, G)
+        # db_ih = delta_i.sum(axis=(0, 1)); db_hh = delta_h.sum(axis=(0, 1)), whose r, z
+        # blocks are delta_i's (the same columns, the same sums): only its n block is summed
+        column_sums(&delta_i[0, 0, 0], &db_ih[0], T * B, G, G)
+        memcpy(&db_hh[0], &db_ih[0], 2 * H * sizeof(floating))
+        column_sums(&delta_h[0, 0, 0] + 2 * H, &db_hh[0] + 2 * H, T * B, H, G)
     return dx_arr, np.asarray(carry), dw_ih_arr, dw_hh_arr, db_ih_arr, db_hh_arr

@@ -104,12 +104,14 @@ include "_plans.pxi"
 
 
 def _tuning(small_step=None, transposed_step=None, shard_step=None, pass_units=None,
-            small_rows=None):
+            small_rows=None, sums_min=None):
     """Set the size thresholds that choose between code paths (for tests, which run every
     path on small problems); returns the previous (small_step, transposed_step, shard_step,
-    pass_units, small_rows)."""
+    pass_units, small_rows, sums_min)."""
     global SMALL_STEP, TRANSPOSED_STEP, SHARD_STEP, PASS_SHARED_UNITS, SMALL_STEP_ROWS
-    previous = (SMALL_STEP, TRANSPOSED_STEP, SHARD_STEP, PASS_SHARED_UNITS, SMALL_STEP_ROWS)
+    global SUMS_PARALLEL_MIN
+    previous = (SMALL_STEP, TRANSPOSED_STEP, SHARD_STEP, PASS_SHARED_UNITS, SMALL_STEP_ROWS,
+                SUMS_PARALLEL_MIN)
     if small_step is not None:
         SMALL_STEP = small_step
     if transposed_step is not None:
@@ -120,6 +122,8 @@ def _tuning(small_step=None, transposed_step=None, shard_step=None, pass_units=N
         PASS_SHARED_UNITS = pass_units
     if small_rows is not None:
         SMALL_STEP_ROWS = small_rows
+    if sums_min is not None:
+        SUMS_PARALLEL_MIN = sums_min
     return previous
 
 
@@ -222,7 +226,7 @@ cdef object _linear_backward(const floating[:, ::1] dy, const floating[:, ::1] x
         # dw = dy.T @ x
         matmul(True, False, N, K, M, &dy[0, 0], N, &x[0, 0], K, False, &dw[0, 0], K)
         # db = dy.sum(axis=0)
-        column_sums(&dy[0, 0], &db[0], M, N)
+        column_sums(&dy[0, 0], &db[0], M, N, N)
     return dx_arr, dw_arr, db_arr
 
 

@@ -321,5 +321,5 @@ cdef object _lstm_backward(const floating[:, :, ::1] d_out, dh_n, dc_n,
                         &w_ih[0, 0], dxp, &dw_ih[0, 0], &dw_hh[0, 0], T, B, I, H, G, L.sizes,
                         &work[0] if work is not None else NULL)
         # db = delta.sum(axis=(0, 1))
-        column_sums(&delta[0, 0, 0], &db[0], T * B, G)
+        column_sums(&delta[0, 0, 0], &db[0], T * B, G, G)
     return dx_arr, np.asarray(carry_h), np.asarray(carry_c), dw_ih_arr, dw_hh_arr, db_arr

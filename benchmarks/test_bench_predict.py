@@ -1,13 +1,16 @@
 """Inference: ``model.predict`` against onnxruntime on the model's own export and torch's
 ``inference_mode``, at bench.SHAPES for each cell; and the latency of ``model.step`` at B = 1.
 
-One layer, float32; the char-RNN shape with its readout (O = I = 65), the others without.
-onnxruntime runs the graph ``export_onnx`` writes, with ``intra_op_num_threads`` set to
-fastbptt's thread count (and one inter-op thread); torch runs nn.RNN/LSTM/GRU loaded with the
-same weights, ``torch.set_num_threads`` likewise. All run in this one process (pytest-benchmark
-times them side by side; each implementation's rounds run in one go after the ``settle``
-pause), so a pool left spinning by one may slow the next: for a table, run the script form,
-one implementation at a time if in doubt:
+One layer, float32; the char-RNN shape with its readout (O = I = 65), the others without
+(``bench.inference_model``). onnxruntime runs the graph ``export_onnx`` writes, with
+``intra_op_num_threads`` set to fastbptt's thread count (and one inter-op thread); torch runs
+nn.RNN/LSTM/GRU loaded with the same weights, ``torch.set_num_threads`` likewise. Both are
+peers, each benchmark of theirs run in a process of its own (``bench.PeerProcess`` building
+``bench.make_inference``; conftest.py's ``time_peer``) that times the warm-up and rounds
+itself: none of their thread pools or library state is in the process of ``predict`` and
+``forward``, nor that process's in theirs. pytest-benchmark puts the implementations side by
+side, each one's rounds run in one go after the ``settle`` pause; the script form prints each
+one's ratio to predict's:
 
     python -m pytest benchmarks/test_bench_predict.py -p no:cacheprovider \\
         --benchmark-columns=median,iqr,rounds --benchmark-group-by=group [-k lstm]
@@ -17,29 +20,22 @@ Timings are reported, never asserted.
 """
 import argparse
 import importlib.util
-import io
 import sys
 
 import numpy as np
 import pytest
 
-import fastbptt as fb
 from fastbptt import _backend, bench
 
 CELLS = ["tanh", "lstm", "gru"]
+# predict and forward run here, the peers (bench.is_peer) in processes of their own.
 IMPLEMENTATIONS = ["predict", "forward", "onnxruntime", "torch"]
-TORCH_MODULES = {"tanh": "RNN", "relu": "RNN", "lstm": "LSTM", "gru": "GRU"}
 
 
 def fastbptt_threads():
     """The float32 kernels' OpenMP team (1 on the NumPy backend, whose BLAS has its own pool)."""
     kernels = _backend.resolve("auto")[1]
     return kernels.threads() if hasattr(kernels, "threads") else bench.blas_threads()
-
-
-def make_model(shape, cell):
-    output_size = shape.I if shape is bench.SHAPES["charrnn"] else None
-    return fb.RNN(shape.I, shape.H, cell=cell, output_size=output_size, seed=0)
 
 
 def status(impl):
@@ -54,50 +50,27 @@ def status(impl):
 
 
 def make_run(impl, shape, cell, seed=0):
-    """A no-argument callable running one inference over (T, B, I) with ``impl``."""
-    model = make_model(shape, cell)
-    x = np.random.default_rng(seed).standard_normal((shape.T, shape.B, shape.I)).astype(np.float32)
-    threads = fastbptt_threads()
+    """A no-argument callable running one inference over (T, B, I) with fastbptt's ``impl``,
+    predict or forward, in this process (the peers': bench.make_inference, in theirs)."""
+    model = bench.inference_model(shape, cell, seed)
+    x, _ = bench.inputs(shape, seed)
     if impl == "predict":
         return lambda: model.predict(x)
     if impl == "forward":
         return lambda: model.forward(x)
-    if impl == "onnxruntime":
-        import onnxruntime as ort
-        from fastbptt.export import export_onnx
-        f = io.BytesIO()
-        export_onnx(model, f)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        session = ort.InferenceSession(f.getvalue(), options, providers=["CPUExecutionProvider"])
-        feeds = {"x": x}
-        return lambda: session.run(None, feeds)
-    if impl == "torch":
-        import torch
-        torch.set_num_threads(threads)
-        kw = {"nonlinearity": cell} if cell in ("tanh", "relu") else {}
-        rnn = getattr(torch.nn, TORCH_MODULES[cell])(shape.I, shape.H, **kw)
-        rnn.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in model.params.items()
-                             if k.endswith("_l0")})
-        readout = None
-        if model.output_size is not None:
-            readout = torch.nn.Linear(shape.H, model.output_size)
-            readout.load_state_dict({"weight": torch.from_numpy(model.params["weight_out"].copy()),
-                                     "bias": torch.from_numpy(model.params["bias_out"].copy())})
-        xt = torch.from_numpy(x)
-
-        def run():
-            with torch.inference_mode():
-                out, h_n = rnn(xt)
-                return readout(out) if readout is not None else out
-        return run
     raise ValueError(f"unknown implementation {impl!r}")
+
+
+def measure_peer(impl, shape_name, cell, rounds, warmup):
+    """The Timing of ``rounds`` inferences of the peer ``impl``, timed in a process of its own
+    after ``warmup`` untimed ones."""
+    with bench.PeerProcess(impl, shape_name, cell, fastbptt_threads(), task="inference") as peer:
+        return bench.Timing.of(peer.time_calls(rounds, warmup))
 
 
 def make_step_run(shape, cell):
     """One model.step at B = 1, its state carried from call to call."""
-    model = make_model(shape, cell)
+    model = bench.inference_model(shape, cell)
     x_t = np.random.default_rng(1).standard_normal((1, shape.I)).astype(np.float32)
     state = [None]
 
@@ -111,15 +84,18 @@ CASES = [pytest.param(cell, shape, impl, id=f"{cell}-{shape}-{impl}")
 
 
 @pytest.mark.parametrize("cell, shape_name, impl", CASES)
-def test_inference(benchmark, cell, shape_name, impl):
+def test_inference(benchmark, time_peer, cell, shape_name, impl):
     reason = status(impl)
     if reason:
         pytest.skip(reason)
     shape = bench.SHAPES[shape_name]
-    run = make_run(impl, shape, cell)
     benchmark.group = f"predict-{cell}-{shape_name}"
     benchmark.extra_info.update(shape=str(shape), cell=cell, threads=fastbptt_threads())
-    benchmark.pedantic(run, rounds=shape.rounds, warmup_rounds=shape.warmup)
+    if bench.is_peer(impl):
+        time_peer(impl, shape_name, cell, fastbptt_threads(), task="inference")
+    else:
+        benchmark.pedantic(make_run(impl, shape, cell), rounds=shape.rounds,
+                           warmup_rounds=shape.warmup)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -150,7 +126,11 @@ def main(argv=None):
                 if reason:
                     print(f"  {impl}: left out ({reason})")
                     continue
-                times[impl] = bench.measure(make_run(impl, shape, cell), rounds, warmup).median
+                if bench.is_peer(impl):
+                    timing = measure_peer(impl, name, cell, rounds, warmup)
+                else:
+                    timing = bench.measure(make_run(impl, shape, cell), rounds, warmup)
+                times[impl] = timing.median
             base = times.get("predict")
             print(f"{cell} {name} ({shape}):")
             for impl, t in times.items():

@@ -1,4 +1,5 @@
-"""The benchmark command runs and prints its table (a smoke test: no timing is checked)."""
+"""The benchmark command runs and prints its table, and the peers it and benchmarks/ compare
+with run in processes of their own (smoke tests: no timing is checked)."""
 import pytest
 
 import fastbptt as fb
@@ -167,3 +168,118 @@ def test_peer_process_that_fails_raises_with_its_stderr():
 def test_peer_process_that_stays_silent_raises_after_its_timeout():
     with pytest.raises(RuntimeError, match="the torch process gave no answer within 0.001 s"):
         bench.PeerProcess("torch", "charrnn", "tanh", threads=1, timeout=0.001)
+
+
+def test_peer_process_refuses_an_implementation_its_task_cannot_build():
+    with pytest.raises(RuntimeError, match=r"(?s)exited with code 2.*the step peers are torch"):
+        bench.PeerProcess("onnxruntime", "charrnn", "tanh", threads=1)
+
+
+def test_onnxruntime_and_torch_inference_peers_time_blocks_in_processes_of_their_own():
+    for module in ("onnx", "onnxruntime", "torch"):
+        pytest.importorskip(module)
+    import os
+
+    for impl in ("onnxruntime", "torch"):
+        with bench.PeerProcess(impl, "charrnn", "lstm", threads=1, task="inference") as peer:
+            assert peer.pid != os.getpid()
+            seconds = peer.time_calls(rounds=3, warmup=1, settle=0)
+        assert len(seconds) == 3 and all(isinstance(s, float) and s > 0 for s in seconds)
+        assert peer._process.returncode == 0
+
+
+# A pytest plugin for the benchmarks' own pytest (_run_benchmarks): it keeps the seconds each
+# PeerProcess answered, and writes them at the end of the session with which of the peers'
+# libraries that process imported.
+_PROBE = '''
+import json, pathlib, sys
+from fastbptt import bench
+
+answers = []
+_time_calls = bench.PeerProcess.time_calls
+
+
+def time_calls(self, *args, **kwargs):
+    seconds = _time_calls(self, *args, **kwargs)
+    answers.append([self.impl, seconds])
+    return seconds
+
+
+bench.PeerProcess.time_calls = time_calls
+
+
+def pytest_sessionfinish(session):
+    imported = [m for m in ("torch", "onnxruntime") if m in sys.modules]
+    pathlib.Path(__file__).with_suffix(".json").write_text(
+        json.dumps({"imported": imported, "answers": answers}))
+'''
+
+
+def _run_benchmarks(tmp_path, args):
+    """Run benchmarks/ files in a pytest of their own, with the _PROBE plugin: (its stdout,
+    {benchmark name: its entry of --benchmark-json}, the plugin's record)."""
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "conftest.py").exists():
+        pytest.skip("no benchmarks/ beside the tests")
+    (tmp_path / "peer_probe.py").write_text(_PROBE)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(tmp_path)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    report = tmp_path / "benchmarks.json"
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "-p", "peer_probe", f"--benchmark-json={report}", *args],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = {b["name"]: b for b in json.loads(report.read_text())["benchmarks"]}
+    return done.stdout, rows, json.loads((tmp_path / "peer_probe.json").read_text())
+
+
+def test_benchmarks_time_torch_steps_in_processes_of_their_own(tmp_path):
+    """benchmarks/: torch's training steps (padded and packed) are timed in processes of their
+    own, pytest never imports torch, and pytest-benchmark's rounds and the closing table are the
+    seconds the peers answered, exactly; the in-process rows keep pytest-benchmark's clock."""
+    pytest.importorskip("torch")
+    pytest.importorskip("pytest_benchmark")
+    import numpy as np
+
+    out, rows, probe = _run_benchmarks(tmp_path, [
+        "benchmarks/test_bench_cells.py", "benchmarks/test_bench_lengths.py",
+        "-k", "tanh-charrnn-numpy or tanh-charrnn-torch or tanh-small-torch+lengths"])
+    assert probe["imported"] == []
+    answers = dict(probe["answers"])
+    assert sorted(answers) == ["torch", "torch+lengths"]  # one request for each row
+    peers = {"torch": ("test_training_step[tanh-charrnn-torch]", "charrnn"),
+             "torch+lengths": ("test_lengths_step[tanh-small-torch+lengths]", "small")}
+    for impl, (name, shape_name) in peers.items():
+        stats = rows[name]["stats"]
+        assert stats["data"] == answers[impl]
+        assert stats["rounds"] == bench.SHAPES[shape_name].rounds
+        assert rows[name]["options"]["timer"] == f"time.perf_counter in the {impl} process"
+    numpy = rows["test_training_step[tanh-charrnn-numpy]"]
+    assert numpy["options"]["timer"] == "perf_counter"
+    median_ms = float(_row(out, "torch")[1])  # the closing table's row of tanh-charrnn
+    assert median_ms == pytest.approx(np.median(answers["torch"]) * 1e3, abs=5e-4)
+
+
+def test_inference_benchmarks_time_onnxruntime_and_torch_in_processes_of_their_own(tmp_path):
+    """benchmarks/test_bench_predict.py: onnxruntime's and torch's rows are the seconds their
+    own processes answered, exactly, and pytest imports neither."""
+    for module in ("onnx", "onnxruntime", "torch", "pytest_benchmark"):
+        pytest.importorskip(module)
+
+    _, rows, probe = _run_benchmarks(tmp_path, [
+        "benchmarks/test_bench_predict.py", "-k", "test_inference and tanh-charrnn"])
+    assert probe["imported"] == []
+    answers = dict(probe["answers"])
+    assert sorted(answers) == ["onnxruntime", "torch"]
+    for impl in ("onnxruntime", "torch"):
+        row = rows[f"test_inference[tanh-charrnn-{impl}]"]
+        assert row["stats"]["data"] == answers[impl]
+        assert row["stats"]["rounds"] == bench.SHAPES["charrnn"].rounds
+        assert row["options"]["timer"] == f"time.perf_counter in the {impl} process"
+    assert rows["test_inference[tanh-charrnn-predict]"]["options"]["timer"] == "perf_counter"

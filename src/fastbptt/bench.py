@@ -34,12 +34,14 @@ spread evenly over 1..T (mean ≈ T/2, in shuffled order) against the padded bat
 torch's ``pack_padded_sequence`` path against its padded one.
 
 ``benchmarks/`` runs the same steps under pytest-benchmark; both take their shapes, cells
-and step builders from this module.
+and step builders from this module, and both time the peers in processes of their own, the
+inference benchmark's (onnxruntime, torch: ``make_inference``) too.
 """
 import argparse
 import contextlib
 import gc
 import importlib.util
+import io
 import json
 import os
 import select
@@ -89,12 +91,18 @@ IMPLEMENTATIONS = {"cython": "compiled", "numpy": "numpy", "torch": "torch"}
 LENGTHS_IMPLEMENTATIONS = {"cython": "compiled", "cython+lengths": "compiled, lengths",
                            "torch": "torch", "torch+lengths": "torch, packed"}
 # The peers: implementations that run in a process of their own (``PeerProcess``).
-PEERS = ("torch",)
+PEERS = ("torch", "onnxruntime")
 
 
 def is_peer(impl):
     """Whether ``impl`` (with or without "+lengths") runs in a process of its own."""
     return impl.partition("+")[0] in PEERS
+
+
+# What a peer's process can build (``PeerProcess``'s task), and for which implementations:
+# the training step of make_step, or the inference of make_inference.
+PEER_TASKS = {"step": tuple(impl for impl in LENGTHS_IMPLEMENTATIONS if is_peer(impl)),
+              "inference": ("onnxruntime", "torch")}
 
 # Seconds to wait before timing an implementation. OpenBLAS threads spin for about 2^28
 # cycles (~0.1 s here) after a call before they sleep.
@@ -198,6 +206,55 @@ def _torch_step(cell, params, x, d_out, lengths=None):
         out.backward(d_out_t)
 
     return step
+
+
+def inference_model(shape, cell="tanh", seed=0):
+    """The model of the inference benchmarks (benchmarks/test_bench_predict.py): one layer,
+    float32; the char-RNN shape with its readout (O = I = 65), the others without."""
+    output_size = shape.I if shape is SHAPES["charrnn"] else None
+    return RNN(shape.I, shape.H, cell=cell, output_size=output_size, seed=seed)
+
+
+def make_inference(impl, shape, cell, threads, seed=0):
+    """A callable running one inference of :func:`inference_model` over the x of
+    :func:`inputs` with a peer: "onnxruntime" on the graph ``export_onnx`` writes, with
+    ``intra_op_num_threads`` at ``threads`` and one inter-op thread; "torch" under
+    ``inference_mode``, nn.RNN/LSTM/GRU (and the readout) loaded with the same weights, on the
+    threads its process set (``_serve``)."""
+    model = inference_model(shape, cell, seed)
+    x, _ = inputs(shape, seed)
+    if impl == "onnxruntime":
+        import onnxruntime as ort
+
+        from .export import export_onnx
+
+        f = io.BytesIO()
+        export_onnx(model, f)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(f.getvalue(), options, providers=["CPUExecutionProvider"])
+        feeds = {"x": x}
+        return lambda: session.run(None, feeds)
+    if impl == "torch":
+        import torch
+
+        rnn = _cells.CELLS[cell].torch_module(torch, shape.I, shape.H)
+        rnn.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in model.params.items()
+                             if k.endswith("_l0")})
+        readout = None
+        if model.output_size is not None:
+            readout = torch.nn.Linear(shape.H, model.output_size)
+            readout.load_state_dict({"weight": torch.from_numpy(model.params["weight_out"].copy()),
+                                     "bias": torch.from_numpy(model.params["bias_out"].copy())})
+        xt = torch.from_numpy(x)
+
+        def run():
+            with torch.inference_mode():
+                out, _ = rnn(xt)
+                return readout(out) if readout is not None else out
+        return run
+    raise ValueError(f"unknown inference peer {impl!r}")
 
 
 def sgemm_dims(shape=SHAPES["large"]):
@@ -309,21 +366,23 @@ def measure_in_turns(steps, rounds, warmup, settle=SETTLE_SECONDS, turns=TURNS):
 
 
 class PeerProcess:
-    """One implementation's training step in a process of its own, timed on request.
+    """One implementation's training step, or inference, in a process of its own, timed on
+    request.
 
-    The process (``python -m fastbptt.bench --serve IMPL ...``) builds the step of
-    :func:`make_step` for a shape of ``SHAPES`` once, with ``OMP_NUM_THREADS`` and
-    ``torch.set_num_threads`` at ``threads``, then answers each :meth:`time_calls` with the
-    seconds of a block of calls it timed itself, so that only the peer's own work is in
-    them. A process that dies or stays silent for ``timeout`` seconds raises RuntimeError
-    with its stderr. Use it as a context manager, or call :meth:`close`.
+    The process (``python -m fastbptt.bench --serve IMPL ...``) builds, for a shape of
+    ``SHAPES``, the step of :func:`make_step` (``task`` "step") or the inference of
+    :func:`make_inference` ("inference") once, with ``OMP_NUM_THREADS``, torch's
+    ``set_num_threads`` and onnxruntime's intra-op threads at ``threads``, then answers each
+    :meth:`time_calls` with the seconds of a block of calls it timed itself, so that only the
+    peer's own work is in them. A process that dies or stays silent for ``timeout`` seconds
+    raises RuntimeError with its stderr. Use it as a context manager, or call :meth:`close`.
     """
 
-    def __init__(self, impl, shape_name, cell, threads, seed=0, timeout=600.0):
+    def __init__(self, impl, shape_name, cell, threads, seed=0, timeout=600.0, task="step"):
         self.impl = impl
         self.timeout = timeout
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-        command = [sys.executable, "-m", "fastbptt.bench", "--serve", impl,
+        command = [sys.executable, "-m", "fastbptt.bench", "--serve", impl, "--task", task,
                    "--shape", shape_name, "--cell", cell, "--threads", str(threads),
                    "--seed", str(seed)]
         self._stderr = tempfile.TemporaryFile(mode="w+")
@@ -382,20 +441,26 @@ class PeerProcess:
 
 
 def _serve(argv):
-    """The peer's side of :class:`PeerProcess`: build the step, then time blocks on request
-    (one JSON line in, one out) until the input ends."""
+    """The peer's side of :class:`PeerProcess`: build the step (or inference), then time
+    blocks on request (one JSON line in, one out) until the input ends."""
     parser = argparse.ArgumentParser(prog="python -m fastbptt.bench --serve")
     parser.add_argument("--serve", required=True,
-                        choices=[impl for impl in LENGTHS_IMPLEMENTATIONS if is_peer(impl)])
+                        choices=sorted({impl for impls in PEER_TASKS.values() for impl in impls}))
+    parser.add_argument("--task", choices=list(PEER_TASKS), default="step")
     parser.add_argument("--shape", choices=list(SHAPES), required=True)
     parser.add_argument("--cell", choices=list(_cells.CELLS), required=True)
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    import torch
+    if args.serve not in PEER_TASKS[args.task]:
+        parser.error(f"--serve: the {args.task} peers are {', '.join(PEER_TASKS[args.task])}")
+    if args.serve.startswith("torch"):
+        import torch
 
-    torch.set_num_threads(args.threads)
-    step = make_step(args.serve, SHAPES[args.shape], args.cell, args.seed)
+        torch.set_num_threads(args.threads)
+    shape = SHAPES[args.shape]
+    step = (make_step(args.serve, shape, args.cell, args.seed) if args.task == "step"
+            else make_inference(args.serve, shape, args.cell, args.threads, args.seed))
     print(json.dumps({"pid": os.getpid()}), flush=True)
     for line in sys.stdin:
         request = json.loads(line)

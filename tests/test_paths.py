@@ -15,8 +15,8 @@ import pytest
 from _support import assert_layer_matches_oracle, run_layer
 
 CELLS = ["tanh", "relu", "lstm", "gru"]
-# (small_step, transposed_step, shard_step[, pass_units, small_rows, sums_min]): which
-# thresholds force which path. A gated
+# (small_step, transposed_step, shard_step[, pass_units, small_rows]): which thresholds force
+# which path. A gated
 # cell's single sequence (B = 1) always takes a plain loop at these sizes (SMALL_GATED_STEP
 # is not tunable), except float64's forward; the float32 forward's plain loop is the dot
 # form ("dot"), the others' the axpy form ("loop"): test_paths_route_as_named.
@@ -26,9 +26,8 @@ PATHS = {
     "gemm": (0, 1 << 60, 0),           # a gemm per step (float32 own, float64 BLAS), never sharded
     "transposed": (0, 1, 0),           # float64: batch-as-m gemm and transposed add
     "sharded": (0, 1 << 60, 1 << 60),  # float32, B >= 16: the time loop in shards of rows
-    # a gemm per step, the gated cells' element-wise pass shared by rows among the team, and
-    # the bias gradients' column sums by columns
-    "shared-pass": (0, 1 << 60, 0, 0, None, 0),
+    # a gemm per step, the gated cells' element-wise pass shared by rows among the team
+    "shared-pass": (0, 1 << 60, 0, 0),
 }
 GATES = {"tanh": 1, "relu": 1, "lstm": 4, "gru": 3}
 
@@ -104,8 +103,8 @@ def test_default_thresholds_route_by_size(compiled_kernels):
 def test_tuning_returns_and_restores_the_thresholds(compiled_kernels):
     before = compiled_kernels._tuning()
     assert compiled_kernels._tuning(small_step=7, transposed_step=9, shard_step=11,
-                                    pass_units=13, small_rows=15, sums_min=17) == before
-    assert compiled_kernels._tuning(*before) == (7, 9, 11, 13, 15, 17)
+                                    pass_units=13, small_rows=15) == before
+    assert compiled_kernels._tuning(*before) == (7, 9, 11, 13, 15)
     assert compiled_kernels._tuning() == before
 
 

@@ -104,14 +104,12 @@ include "_plans.pxi"
 
 
 def _tuning(small_step=None, transposed_step=None, shard_step=None, pass_units=None,
-            small_rows=None, sums_min=None):
+            small_rows=None):
     """Set the size thresholds that choose between code paths (for tests, which run every
     path on small problems); returns the previous (small_step, transposed_step, shard_step,
-    pass_units, small_rows, sums_min)."""
+    pass_units, small_rows)."""
     global SMALL_STEP, TRANSPOSED_STEP, SHARD_STEP, PASS_SHARED_UNITS, SMALL_STEP_ROWS
-    global SUMS_PARALLEL_MIN
-    previous = (SMALL_STEP, TRANSPOSED_STEP, SHARD_STEP, PASS_SHARED_UNITS, SMALL_STEP_ROWS,
-                SUMS_PARALLEL_MIN)
+    previous = (SMALL_STEP, TRANSPOSED_STEP, SHARD_STEP, PASS_SHARED_UNITS, SMALL_STEP_ROWS)
     if small_step is not None:
         SMALL_STEP = small_step
     if transposed_step is not None:
@@ -122,8 +120,6 @@ def _tuning(small_step=None, transposed_step=None, shard_step=None, pass_units=N
         PASS_SHARED_UNITS = pass_units
     if small_rows is not None:
         SMALL_STEP_ROWS = small_rows
-    if sums_min is not None:
-        SUMS_PARALLEL_MIN = sums_min
     return previous
 
 

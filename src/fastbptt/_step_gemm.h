@@ -542,10 +542,10 @@ static void fb_block(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t p0, ptrdiff_t p1, ptr
  *   the row-major array at a);
  *   B (k x n): packed by fb_pack or fb_pack_transposed with this n and k.
  * threads > 1 shares the work among that many OpenMP threads: one range of rows per thread
- * when there are enough rows (at least two blocks of FB_MC per thread, or two register tiles
- * per thread when the panels are few too), else the panels (a time step's few batch rows
- * against many weights). Row ranges start at whole register tiles, so each element is tiled,
- * and summed, as on one thread. */
+ * when there are enough rows (at least two blocks of FB_BLOCK_ROWS per thread, or two
+ * register tiles per thread when the panels are few too), else the panels (a time step's few
+ * batch rows against many weights). Whatever tile holds an element, its sum runs over k in
+ * the same order, so the split changes no bits. */
 static void fb_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrdiff_t lda,
                     int a_transposed, const float* packed, float* c, ptrdiff_t ldc,
                     int accumulate, int threads) {

@@ -175,14 +175,23 @@ def make_step(impl, shape, cell="tanh", seed=0):
     return step
 
 
+def _torch_layer(torch, cell, params):
+    """torch's nn.RNN/LSTM/GRU for ``cell``, loaded with the layer-0 weights of a fastbptt
+    model's ``params`` (the same names; a readout's are left out)."""
+    I, H = params["weight_ih_l0"].shape[1], params["weight_hh_l0"].shape[1]
+    module = _cells.CELLS[cell].torch_module(torch, I, H)
+    module.load_state_dict({name: torch.from_numpy(value.copy())
+                            for name, value in params.items() if name.endswith("_l0")})
+    return module
+
+
 def _torch_step(cell, params, x, d_out, lengths=None):
     import torch
 
     B = x.shape[1]
-    I, H = params["weight_ih_l0"].shape[1], params["weight_hh_l0"].shape[1]
+    H = params["weight_hh_l0"].shape[1]
     spec = _cells.CELLS[cell]
-    module = spec.torch_module(torch, I, H)
-    module.load_state_dict({name: torch.from_numpy(value.copy()) for name, value in params.items()})
+    module = _torch_layer(torch, cell, params)
     # fastbptt's backward always returns dx and dh0: ask torch for them too.
     x_t = torch.from_numpy(x).requires_grad_(True)
     states = tuple(torch.zeros((1, B, H), dtype=torch.float32, requires_grad=True)
@@ -239,9 +248,7 @@ def make_inference(impl, shape, cell, threads, seed=0):
     if impl == "torch":
         import torch
 
-        rnn = _cells.CELLS[cell].torch_module(torch, shape.I, shape.H)
-        rnn.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in model.params.items()
-                             if k.endswith("_l0")})
+        rnn = _torch_layer(torch, cell, model.params)
         readout = None
         if model.output_size is not None:
             readout = torch.nn.Linear(shape.H, model.output_size)

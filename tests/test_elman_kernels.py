@@ -4,6 +4,8 @@ Both dtypes, tanh and relu, seeded random shapes including T=1, B=1, I=1 and I !
 sides of the compiled kernels' small-product threshold (B·H·H = 32768). These tests compare
 results only; which product path a shape takes is forced and checked in ``test_paths.py``.
 """
+import warnings
+
 import numpy as np
 import pytest
 
@@ -171,6 +173,30 @@ def test_kernels_do_not_modify_their_inputs(kernels, layer_arrays, dtype, relu):
     for k in p:
         np.testing.assert_array_equal(p[k], before[k], err_msg=k)
     np.testing.assert_array_equal(hs, hs_before)
+
+
+def test_kernels_return_a_nan_product_without_a_warning(kernels, dtype, relu):
+    """0 · inf in dx = δ W_ih: both backends return the NaN and raise no warning.
+
+    NumPy turns the floating-point "invalid" flag into a RuntimeWarning after a product, and
+    OpenBLAS can set that flag on finite operands whose product holds no NaN, so the oracle
+    ignores the flag (as the compiled kernels, which never warn, do); non-finite results are
+    the caller's to check (the training loop does). pytest turns fastbptt's RuntimeWarnings
+    into errors, and so does this test.
+    """
+    T, B, I, H = 3, 2, 4, 5
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    w_ih = rng.standard_normal((H, I)).astype(dtype)
+    w_ih[1, 2] = np.inf
+    w_hh = rng.standard_normal((H, H)).astype(dtype)
+    hs = np.tanh(rng.standard_normal((T + 1, B, H))).astype(dtype)
+    d_out = np.zeros((T, B, H), dtype)                  # δ = 0 at every step, so dx = 0 · W_ih
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dx = kernels.elman_backward(d_out, None, x, hs, w_ih, w_hh, relu)[0]
+    assert np.isnan(dx[..., 2]).all(), "0 · inf should be NaN in dx's third column"
+    np.testing.assert_array_equal(np.delete(dx, 2, axis=2), 0)
 
 
 # --------------------------------------------------------------------------- linear readout

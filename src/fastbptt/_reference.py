@@ -28,7 +28,17 @@ dW_ih[:, x_t] += δ_tᵀ (``_project_input``, ``_add_input_gradient``); there is
 backward functions' ``need_dx=False`` leaves dx out (None) for float inputs too.
 
 The callers (``model.py``) validate shapes, dtypes and contiguity; these functions trust them.
+
+Floating-point flags: the layer and readout functions run their products with NumPy's
+"invalid" flag ignored (``_products_unflagged``). OpenBLAS can raise that flag on finite
+operands whose product holds no NaN (numpy/numpy#24067, OpenMathLib/OpenBLAS#1924), which
+NumPy would report as a RuntimeWarning the result does not deserve. A real NaN still comes
+out in the arrays returned, as it does from the compiled kernels, which raise no warnings;
+the training loop checks the loss and the gradients for non-finite values itself.
+Overflow is still reported.
 """
+import functools
+
 import numpy as np
 
 __all__ = [
@@ -38,6 +48,15 @@ __all__ = [
     "linear_backward",
     "linear_forward",
 ]
+
+
+def _products_unflagged(kernel):
+    """Run ``kernel`` with NumPy's "invalid" floating-point flag ignored (module docstring)."""
+    @functools.wraps(kernel)
+    def run(*args, **kwargs):
+        with np.errstate(invalid="ignore"):
+            return kernel(*args, **kwargs)
+    return run
 
 
 def all_finite(a):
@@ -93,6 +112,7 @@ def _activation_derivative(s, relu):
     return 1 - s * s
 
 
+@_products_unflagged
 def elman_forward(x, h0, w_ih, w_hh, b_ih, b_hh, relu, batch_sizes=None):
     """Run an Elman layer over a sequence.
 
@@ -112,6 +132,7 @@ def elman_forward(x, h0, w_ih, w_hh, b_ih, b_hh, relu, batch_sizes=None):
     return hs
 
 
+@_products_unflagged
 def elman_backward(d_out, dh_n, x, hs, w_ih, w_hh, relu, clip_step=None, step_norms=None,
                    batch_sizes=None, need_dx=True, out=None):
     """Backpropagate through an Elman layer run by :func:`elman_forward`.
@@ -161,11 +182,13 @@ def _clip_rows(d, max_norm):
     return d * scale.astype(d.dtype)
 
 
+@_products_unflagged
 def linear_forward(x, w, b):
     """y = x wᵀ + b: x (M, K), w (N, K), b (N,) -> y (M, N)."""
     return x @ w.T + b
 
 
+@_products_unflagged
 def linear_backward(dy, x, w, out=None):
     """Gradients of y = x wᵀ + b: dy (M, N), x (M, K) -> (dx (M, K), dw (N, K), db (N,));
     out: None, or (dw, db) to write those two into and return."""
@@ -192,6 +215,7 @@ def _sigmoid(v):
     return 0.5 * (1 + np.tanh(0.5 * v))
 
 
+@_products_unflagged
 def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes=None):
     """Run an LSTM layer over a sequence (PyTorch's cell, gate order i, f, g, o)::
 
@@ -228,6 +252,7 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes=None):
     return hs, cs, gates
 
 
+@_products_unflagged
 def lstm_backward(d_out, dh_n, dc_n, x, hs, cs, gates, w_ih, w_hh, clip_step=None,
                   step_norms=None, batch_sizes=None, need_dx=True, out=None):
     """Backpropagate through an LSTM layer run by :func:`lstm_forward`.
@@ -283,6 +308,7 @@ def lstm_backward(d_out, dh_n, dc_n, x, hs, cs, gates, w_ih, w_hh, clip_step=Non
     return dx, dh_all, dc_all, dw_ih, dw_hh, db
 
 
+@_products_unflagged
 def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes=None):
     """Run a GRU layer over a sequence (PyTorch's cell, gate order r, z, n)::
 
@@ -319,6 +345,7 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes=None):
     return hs, gates
 
 
+@_products_unflagged
 def gru_backward(d_out, dh_n, x, hs, gates, w_ih, w_hh, clip_step=None, step_norms=None,
                  batch_sizes=None, need_dx=True, out=None):
     """Backpropagate through a GRU layer run by :func:`gru_forward`.

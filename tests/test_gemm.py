@@ -10,7 +10,9 @@ with AVX-512, for a B of at least 512 columns, 6 rows of 4x16 over 64-column pan
 shapes here cross every tile edge: rows and columns not a multiple of a tile, a last panel one
 to three vectors wide or narrower (its own kernels), a block's last rows split in two tiles,
 k past a packing chunk (k = 1100 over n = 300, 9000 over a narrow 33), enough rows to share
-row ranges among threads, and the empty cases.
+row ranges among threads, and the empty cases. Products with a side of at most 8 columns (k,
+or n) run in narrow forms that pack nothing (``fb_matmul_narrow``); NARROW_SHAPES cross
+their edges too.
 """
 import os
 
@@ -33,6 +35,15 @@ SHAPES = [(1, 1, 1), (1, 100, 100), (3, 5, 7), (7, 33, 65), (9, 64, 31), (32, 12
 WIDE_SHAPES = [(6, 64, 512), (7, 70, 513), (8, 33, 520), (9, 300, 545), (13, 260, 560),
                (50, 1100, 600), (64, 256, 1024), (100, 20, 1000)]
 
+# (m, k, n) with a narrow side, each with the form it takes for a as stored / transposed:
+# k <= 8 (a as stored): c's rows in axpy form, n a few vectors, a vector's tail, or less;
+# n <= 8 (a as stored): dot products, eight rows at a time and the rows left over, k's tail;
+# n <= 4 (a transposed): cᵀ in axpy form over chunks of 256 of a's rows, a last chunk of
+# k % 4 rows, m a vector or more and its tail.
+NARROW_SHAPES = [(1600, 2, 100), (37, 1, 17), (50, 8, 5), (300, 3, 530), (1600, 100, 2),
+                 (13, 9, 1), (70, 33, 8), (7, 200, 3), (100, 1600, 2), (27, 90, 4),
+                 (16, 5, 1), (517, 701, 3)]
+
 
 def _operands(rng, m, k, n, trans_a, trans_b, dtype):
     a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
@@ -43,7 +54,8 @@ def _operands(rng, m, k, n, trans_a, trans_b, dtype):
 @pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
-@pytest.mark.parametrize("shape", SHAPES + WIDE_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", SHAPES + WIDE_SHAPES + NARROW_SHAPES,
+                         ids=lambda s: "x".join(map(str, s)))
 def test_matmul_matches_numpy(level, trans_a, trans_b, shape, assert_close):
     m, k, n = shape
     rng = np.random.default_rng(m * 1000003 + k * 1009 + n + 2 * trans_a + trans_b)
@@ -62,12 +74,14 @@ def test_matmul_matches_numpy(level, trans_a, trans_b, shape, assert_close):
 
 @pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("trans_a", [False, True])
-@pytest.mark.parametrize("shape", [(700, 300, 129), (130, 1600, 100), (403, 260, 40), (64, 200, 64)],
+@pytest.mark.parametrize("shape", [(700, 300, 129), (130, 1600, 100), (403, 260, 40), (64, 200, 64),
+                                   (3200, 2, 100), (1600, 100, 3), (100, 3200, 2), (403, 1601, 4)],
                          ids=lambda s: "x".join(map(str, s)))
 def test_matmul_same_bits_on_any_thread_count(level, trans_a, shape, restore_threads):
     """A hoisted product (a dW's δᵀ read transposed, copied a block of rows at a time, or A's
     rows in place) sums each element in the same order on one thread (row blocks walked in
-    turn) as on several (row ranges per thread): the same bits on 1, 2 and 3 threads."""
+    turn) as on several (row ranges per thread): the same bits on 1, 2 and 3 threads. So do
+    the narrow forms (the last four shapes), shared by rows or by runs of cᵀ's columns."""
     import fastbptt as fb
     m, k, n = shape
     rng = np.random.default_rng(m + k + n + trans_a)
@@ -99,6 +113,22 @@ def test_wide_and_narrow_panels_give_the_same_bits(level, trans_a, trans_b, shap
 
 
 @pytest.mark.parametrize("level", LEVELS)
+def test_narrow_shapes_take_the_narrow_forms(level):
+    """NARROW_SHAPES reach the narrow forms the tests above mean to cover (k <= 8 with a as
+    stored, n <= 8 with a as stored, n <= 4 with a transposed), and one column more on the
+    narrow side takes the panels."""
+    path = BUILDS[level]._matmul_path
+    for m, k, n in NARROW_SHAPES:
+        assert path(np.float32, m, n, k, False) == "own narrow", (m, k, n)
+    for m, k, n in [(100, 1600, 2), (27, 90, 4), (16, 5, 1), (517, 701, 3)]:
+        assert path(np.float32, m, n, k, True) == "own narrow", (m, k, n)
+    assert path(np.float32, 1600, 100, 9) == "own gemm"
+    assert path(np.float32, 1600, 9, 100) == "own gemm"
+    assert path(np.float32, 100, 5, 1600, True) == "own gemm"
+    assert path(np.float32, 3, 2, 1600, True) == "own gemm"      # m under a vector, every build
+
+
+@pytest.mark.parametrize("level", LEVELS)
 def test_matmul_empty_sum(level):
     a = np.empty((4, 0), np.float32)
     b = np.empty((0, 6), np.float32)
@@ -116,7 +146,8 @@ def test_step_gemm_same_bits_on_any_thread_count(level, shape, assert_close):
     """A per-step product is split among threads by whole panels (or row blocks), each output
     element summed in the same order whatever the split: the result is the same to the bit on
     one thread or several, and the same to the bit as the hoisted products' own gemm
-    (``_matmul``, which packs the same B as it goes: one block for k up to 1024)."""
+    (``_matmul``, which packs the same B as it goes: one block for k up to 1024) where that
+    runs on the panels (a c of a few columns runs in a narrow form of its own)."""
     m, k, n = shape
     rng = np.random.default_rng(sum(shape))
     a = rng.standard_normal((m, k)).astype(np.float32)
@@ -124,7 +155,8 @@ def test_step_gemm_same_bits_on_any_thread_count(level, shape, assert_close):
     one = BUILDS[level]._step_gemm(a, w, 1)
     for threads in (2, 3):
         np.testing.assert_array_equal(BUILDS[level]._step_gemm(a, w, threads), one)
-    np.testing.assert_array_equal(BUILDS[level]._matmul(a, w, False, True), one)
+    if BUILDS[level]._matmul_path(np.float32, m, n, k) == "own gemm":   # not (5, 40, 3)
+        np.testing.assert_array_equal(BUILDS[level]._matmul(a, w, False, True), one)
     assert_close(one, (a.astype(np.float64) @ w.T.astype(np.float64)).astype(np.float32),
                  np.float32, "a @ w.T")
 
@@ -148,7 +180,7 @@ def test_matmul_float64_goes_to_blas(level, shape, assert_close):
 def test_float32_products_of_every_size_run_on_own_gemm(level, shape):
     """float32 products never go to OpenBLAS, small or large: its idle pool would spin beside
     the kernels' own team."""
-    assert BUILDS[level]._matmul_path(np.float32, *shape) == "own gemm"
+    assert BUILDS[level]._matmul_path(np.float32, *shape) in ("own gemm", "own narrow")
 
 
 def _resident_bytes():

@@ -4,8 +4,9 @@
 #
 # * Hoisted products (the input projection before a time loop; dx, dW_ih, dW_hh after the
 #   backward sweep; the linear layer): ``matmul``, by dtype. float32 on fastbptt's own gemm
-#   (``_step_gemm.h``, B packed as it goes) at every size; float64 on BLAS (``_matmul_path``
-#   reports it).
+#   (``_step_gemm.h``, B packed as it goes) at every size, or where a side is a few columns
+#   (an input of a few features) on its narrow forms, which pack nothing; float64 on BLAS
+#   (``_matmul_path`` reports it).
 # * The per-step recurrent product of a time loop: ``step_path`` picks one of four
 #   ``ProductPath``s once per kernel call (``plan_loop`` in _plans.pxi stores it in the
 #   loop's ``StepProduct``; ``_step_path`` reports it) and ``step_product`` runs it at every
@@ -57,6 +58,7 @@ cdef long SMALL_GATED_STEP = 256 * 1024
 cdef extern from "_step_gemm.h" nogil:
     void fb_dot_rows(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a, const float* w,
                      float* c, bint accumulate)
+    int fb_narrow_form(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, bint a_transposed)
     void fb_axpy_rows(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n, const float* a, const float* w,
                       float* c)
     enum: FB_VW
@@ -427,11 +429,14 @@ def _step_gemm(a, w, int threads):
     return out_arr
 
 
-def _matmul_path(dtype, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k):
-    """Where the kernels' hoisted product of this size, (m, k) @ (k, n), runs: "blas" or
-    "own gemm" (``matmul``'s choice; the own gemm falls back to BLAS only if its packing
-    buffer cannot be allocated): for the tests."""
-    return "blas" if np.dtype(dtype) == np.float64 else "own gemm"
+def _matmul_path(dtype, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, bint trans_a=False):
+    """Where the kernels' hoisted product of this size, op(a) (m, k) @ (k, n), runs: "blas",
+    "own gemm" (the panels), or "own narrow" (a side of a few columns: ``fb_matmul_narrow``)
+    (``matmul``'s choice; the own code falls back to BLAS only if its buffers cannot be
+    allocated): for the tests."""
+    if np.dtype(dtype) == np.float64:
+        return "blas"
+    return "own narrow" if fb_narrow_form(m, n, k, trans_a) else "own gemm"
 
 
 def _step_path(dtype, Py_ssize_t gates, Py_ssize_t B, Py_ssize_t H, bint backward):

@@ -605,6 +605,10 @@ static float* fb_pack_buffer(size_t size) {
     return fb_b_pack;
 }
 
+static int fb_matmul_narrow(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a,
+                            ptrdiff_t lda, int a_transposed, const float* b, ptrdiff_t ldb,
+                            int b_transposed, float* c, ptrdiff_t ldc, int accumulate);
+
 /* C (m x n, row-major, ldc) = op(A) . op(B), or += when accumulate, for products whose B is
  * used once: A as in fb_gemm; B (k x n) is b[kk * ldb + j], or with b_transposed b[j * ldb + kk]
  * (B is the transpose of the row-major array at b), packed here fb_pack_rows of its rows at a time.
@@ -619,6 +623,8 @@ static int fb_matmul(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrd
         fb_gemm(m, n, 0, a, lda, a_transposed, NULL, c, ldc, accumulate, 1);
         return 0;
     }
+    if (fb_matmul_narrow(m, n, k, a, lda, a_transposed, b, ldb, b_transposed, c, ldc, accumulate))
+        return 0;
     ptrdiff_t kb_step = fb_pack_rows(n), kb_max = k < kb_step ? k : kb_step;
     /* on one thread if chunks of FB_KB rows would each be too small to share (FB_PARALLEL_MIN):
        a longer chunk of a narrow B is not more work to share (100 x 2500 @ 2500 x 2, an
@@ -682,16 +688,17 @@ static inline fb_dotv fb_hsum8(const fb_dotv* s) {
          + __builtin_shufflevector(v0, v1, 4, 5, 6, 7, 12, 13, 14, 15);
 }
 
-static void fb_dot_rows(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a,
-                        const float* w, float* c, int accumulate) {
+static void fb_dot_rows_ld(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a,
+                           ptrdiff_t lda, const float* w, ptrdiff_t ldw, float* c,
+                           ptrdiff_t ldc, int accumulate) {
     ptrdiff_t k0 = k - k % FB_DOT;
     /* The tail of k (k % FB_DOT elements) as one more chunk: the last FB_DOT elements of the
        row, with the lanes the chunks before already covered zeroed in a's copy, so a zero
        product adds nothing. Below FB_DOT elements, scalar sums. */
     int tail = k0 < k && k >= FB_DOT;
     for (ptrdiff_t i = 0; i < m; i++) {
-        const float* ar = a + i * k;
-        float* row = c + i * n;
+        const float* ar = a + i * lda;
+        float* row = c + i * ldc;
         fb_dotv xt = (fb_dotv){0};
         if (tail) {
             xt = fb_dot_load(ar + k - FB_DOT);
@@ -699,21 +706,21 @@ static void fb_dot_rows(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a,
         }
         ptrdiff_t j = 0;
         for (; j + FB_DOT_ROWS <= n; j += FB_DOT_ROWS) {
-            const float* wj = w + j * k;
+            const float* wj = w + j * ldw;
             fb_dotv s[FB_DOT_ROWS];
             for (int r = 0; r < FB_DOT_ROWS; r++) s[r] = (fb_dotv){0};
             for (ptrdiff_t kk = 0; kk < k0; kk += FB_DOT) {
                 fb_dotv x = fb_dot_load(ar + kk);
-                for (int r = 0; r < FB_DOT_ROWS; r++) s[r] += x * fb_dot_load(wj + r * k + kk);
+                for (int r = 0; r < FB_DOT_ROWS; r++) s[r] += x * fb_dot_load(wj + r * ldw + kk);
             }
             if (tail)
                 for (int r = 0; r < FB_DOT_ROWS; r++)
-                    s[r] += xt * fb_dot_load(wj + r * k + k - FB_DOT);
+                    s[r] += xt * fb_dot_load(wj + r * ldw + k - FB_DOT);
             fb_dotv sum = fb_hsum8(s);
             if (!tail) {
                 for (ptrdiff_t kk = k0; kk < k; kk++) {
                     fb_dotv col;
-                    for (int r = 0; r < FB_DOT_ROWS; r++) col[r] = wj[r * k + kk];
+                    for (int r = 0; r < FB_DOT_ROWS; r++) col[r] = wj[r * ldw + kk];
                     sum += ar[kk] * col;
                 }
             }
@@ -721,7 +728,7 @@ static void fb_dot_rows(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a,
             memcpy(row + j, &sum, sizeof(sum));
         }
         for (; j < n; j++) {
-            const float* wj = w + j * k;
+            const float* wj = w + j * ldw;
             fb_dotv s0 = (fb_dotv){0};
             for (ptrdiff_t kk = 0; kk < k0; kk += FB_DOT) s0 += fb_dot_load(ar + kk) * fb_dot_load(wj + kk);
             if (tail) s0 += xt * fb_dot_load(wj + k - FB_DOT);
@@ -746,7 +753,7 @@ static void fb_dot_rows(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a,
 #define FB_AXPY_NV 8
 
 static inline __attribute__((always_inline)) void fb_axpy_block(
-        ptrdiff_t k, ptrdiff_t n, const float* a, const float* w, float* c,
+        ptrdiff_t k, ptrdiff_t ldw, const float* a, const float* w, float* c,
         const ptrdiff_t* start, int nv, int tail, ptrdiff_t keep_from) {
     fb_vf acc[FB_AXPY_NV];
     for (int v = 0; v < nv; v++) {
@@ -757,13 +764,13 @@ static inline __attribute__((always_inline)) void fb_axpy_block(
     ptrdiff_t kk = 0;
     for (; kk + 4 <= k; kk += 4) {
         float a0 = a[kk], a1 = a[kk + 1], a2 = a[kk + 2], a3 = a[kk + 3];
-        const float* w0 = w + kk * n;
+        const float* w0 = w + kk * ldw;
         for (int v = 0; v < nv; v++) {
             fb_vfu x0, x1, x2, x3;
             memcpy(&x0, w0 + start[v], sizeof(x0));
-            memcpy(&x1, w0 + n + start[v], sizeof(x1));
-            memcpy(&x2, w0 + 2 * n + start[v], sizeof(x2));
-            memcpy(&x3, w0 + 3 * n + start[v], sizeof(x3));
+            memcpy(&x1, w0 + ldw + start[v], sizeof(x1));
+            memcpy(&x2, w0 + 2 * ldw + start[v], sizeof(x2));
+            memcpy(&x3, w0 + 3 * ldw + start[v], sizeof(x3));
             acc[v] += a0 * x0 + a1 * x1 + a2 * x2 + a3 * x3;
         }
     }
@@ -771,7 +778,7 @@ static inline __attribute__((always_inline)) void fb_axpy_block(
         float a0 = a[kk];
         for (int v = 0; v < nv; v++) {
             fb_vfu x0;
-            memcpy(&x0, w + kk * n + start[v], sizeof(x0));
+            memcpy(&x0, w + kk * ldw + start[v], sizeof(x0));
             acc[v] += a0 * x0;
         }
     }
@@ -787,11 +794,12 @@ static inline __attribute__((always_inline)) void fb_axpy_block(
     }
 }
 
-static void fb_axpy_rows(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float* a,
-                         const float* w, float* c) {    /* n >= FB_VW */
+static void fb_axpy_rows_ld(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float* a,
+                            ptrdiff_t lda, const float* w, ptrdiff_t ldw, float* c,
+                            ptrdiff_t ldc) {    /* n >= FB_VW */
     for (ptrdiff_t i = 0; i < m; i++) {
-        const float* ar = a + i * k;
-        float* row = c + i * n;
+        const float* ar = a + i * lda;
+        float* row = c + i * ldc;
         /* vector starts: 0, FB_VW, ... over the whole vectors, then n - FB_VW for a tail;
            that overlaps the last whole one and stores only its columns from `done` (the
            first column no whole vector covers) */
@@ -803,17 +811,193 @@ static void fb_axpy_rows(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float* a,
                 start[v] = v0 + v < whole ? (v0 + v) * FB_VW : n - FB_VW;
             int tail = v0 + nv > whole ? (int)(whole - v0) : -1;
             switch (nv) {   /* a constant count per copy, so the accumulators stay in registers */
-            case 1: fb_axpy_block(k, n, ar, w, row, start, 1, tail, done); break;
-            case 2: fb_axpy_block(k, n, ar, w, row, start, 2, tail, done); break;
-            case 3: fb_axpy_block(k, n, ar, w, row, start, 3, tail, done); break;
-            case 4: fb_axpy_block(k, n, ar, w, row, start, 4, tail, done); break;
-            case 5: fb_axpy_block(k, n, ar, w, row, start, 5, tail, done); break;
-            case 6: fb_axpy_block(k, n, ar, w, row, start, 6, tail, done); break;
-            case 7: fb_axpy_block(k, n, ar, w, row, start, 7, tail, done); break;
-            default: fb_axpy_block(k, n, ar, w, row, start, 8, tail, done); break;
+            case 1: fb_axpy_block(k, ldw, ar, w, row, start, 1, tail, done); break;
+            case 2: fb_axpy_block(k, ldw, ar, w, row, start, 2, tail, done); break;
+            case 3: fb_axpy_block(k, ldw, ar, w, row, start, 3, tail, done); break;
+            case 4: fb_axpy_block(k, ldw, ar, w, row, start, 4, tail, done); break;
+            case 5: fb_axpy_block(k, ldw, ar, w, row, start, 5, tail, done); break;
+            case 6: fb_axpy_block(k, ldw, ar, w, row, start, 6, tail, done); break;
+            case 7: fb_axpy_block(k, ldw, ar, w, row, start, 7, tail, done); break;
+            default: fb_axpy_block(k, ldw, ar, w, row, start, 8, tail, done); break;
             }
         }
     }
+}
+
+static void fb_axpy_rows(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float* a,
+                         const float* w, float* c) {    /* n >= FB_VW */
+    fb_axpy_rows_ld(m, k, n, a, k, w, n, c, n);
+}
+
+static void fb_dot_rows(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a,
+                        const float* w, float* c, int accumulate) {
+    fb_dot_rows_ld(m, n, k, a, k, w, k, c, n, accumulate);
+}
+
+/* c (m, n) = a (m, k) @ wᵀ, or += when accumulate, for a narrow c (n of a few columns):
+   fb_dot_rows' dot products with the roles of the rows turned, eight rows of a at a time
+   for each row of w, so that eight chains run side by side where one row's few dot
+   products would each wait on its own chain. Every element is summed exactly as
+   fb_dot_rows sums it (FB_DOT lanes of partial sums, the tail of k one more chunk, the
+   lanes added as fb_hsum adds them), so a row's bits do not depend on its group. */
+static void fb_dot_cols(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrdiff_t lda,
+                        const float* w, ptrdiff_t ldw, float* c, ptrdiff_t ldc, int accumulate) {
+    ptrdiff_t k0 = k - k % FB_DOT, i = 0;
+    int tail = k0 < k && k >= FB_DOT;
+    if (k >= FB_DOT) {
+        for (; i + FB_DOT_ROWS <= m; i += FB_DOT_ROWS) {
+            const float* ai = a + i * lda;
+            fb_dotv xt[FB_DOT_ROWS];
+            if (tail)
+                for (int r = 0; r < FB_DOT_ROWS; r++) {
+                    xt[r] = fb_dot_load(ai + r * lda + k - FB_DOT);
+                    for (int l = 0; l < FB_DOT - (int)(k - k0); l++) xt[r][l] = 0;
+                }
+            for (ptrdiff_t j = 0; j < n; j++) {
+                const float* wj = w + j * ldw;
+                fb_dotv s[FB_DOT_ROWS];
+                for (int r = 0; r < FB_DOT_ROWS; r++) s[r] = (fb_dotv){0};
+                for (ptrdiff_t kk = 0; kk < k0; kk += FB_DOT) {
+                    fb_dotv x = fb_dot_load(wj + kk);
+                    for (int r = 0; r < FB_DOT_ROWS; r++) s[r] += fb_dot_load(ai + r * lda + kk) * x;
+                }
+                if (tail) {
+                    fb_dotv x = fb_dot_load(wj + k - FB_DOT);
+                    for (int r = 0; r < FB_DOT_ROWS; r++) s[r] += xt[r] * x;
+                }
+                fb_dotv sum = fb_hsum8(s);
+                for (int r = 0; r < FB_DOT_ROWS; r++) {
+                    float* cr = c + (i + r) * ldc + j;
+                    *cr = accumulate ? sum[r] + *cr : sum[r];
+                }
+            }
+        }
+    }
+    if (i < m) fb_dot_rows_ld(m - i, n, k, a + i * lda, lda, w, ldw, c + i * ldc, ldc, accumulate);
+}
+
+/* c (m, n) = a (m, k) @ w (k, n), or += when accumulate, for a short k (a few input
+   features): each row of c a vector at a time, its k multiply-adds in order from c's old
+   value or zero, w's k rows read from L1. (fb_axpy_rows' blocks of vectors held over a long
+   k cost more to set up per row than k = 2 multiply-adds take.) The last n % FB_VW columns
+   are summed in scalars in the same order, so each element's bits depend on k alone. */
+static void fb_axpy_short(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float* a, ptrdiff_t lda,
+                          const float* w, ptrdiff_t ldw, float* c, ptrdiff_t ldc, int accumulate) {
+    ptrdiff_t whole = n - n % FB_VW;
+    for (ptrdiff_t i = 0; i < m; i++) {
+        const float* ar = a + i * lda;
+        float* cr = c + i * ldc;
+        for (ptrdiff_t j = 0; j < whole; j += FB_VW) {
+            fb_vfu x;
+            fb_vf acc = (fb_vf){0};
+            if (accumulate) { memcpy(&x, cr + j, sizeof(x)); acc = x; }
+            for (ptrdiff_t p = 0; p < k; p++) {
+                memcpy(&x, w + p * ldw + j, sizeof(x));
+                acc += ar[p] * x;
+            }
+            x = acc;
+            memcpy(cr + j, &x, sizeof(x));
+        }
+        for (ptrdiff_t j = whole; j < n; j++) {
+            float acc = accumulate ? cr[j] : 0.0f;
+            for (ptrdiff_t p = 0; p < k; p++) acc += ar[p] * w[p * ldw + j];
+            cr[j] = acc;
+        }
+    }
+}
+
+/* Hoisted products with a side of at most FB_NARROW, as a few input features make them
+ * (the adding problem's I = 2: x_t W_ihᵀ over T·B rows has k = 2; dx = δ W_ih and
+ * dW_ih = δᵀ x have n = 2). On the panels a B of 2 columns fills 2 of every 32 lanes, and a
+ * k of 2 packs B and meets the team for 2 multiply-adds a row: 1600 x 100 @ 100 x 2 took
+ * 33 µs where OpenBLAS takes 12. These forms touch each operand once, in place:
+ *   k narrow, a as stored:  c's rows in axpy form (fb_axpy_short), B's k rows row-major;
+ *   n narrow, a as stored:  dot products along a's rows and Bᵀ's (fb_dot_cols);
+ *   n narrow, a transposed: cᵀ in axpy form over a's rows (δᵀ x: each row of cᵀ a sum of
+ *                           scaled rows of δ), then cᵀ added into c.
+ * Each element is summed in an order that depends on nothing but k, so the rows (or cᵀ's
+ * columns) are shared among the team in any split with the same bits. B is copied first when
+ * its layout does not suit the form (n x k or k x n floats). Returns 1 when it ran the
+ * product, 0 when the shape is not one of these (or the copies cannot be allocated): the
+ * caller's gemm runs it. Uses the calling thread's packing buffer (fb_pack_buffer). */
+#define FB_NARROW 8
+/* ... and with a transposed A (δᵀ x), n of at most FB_NARROW_T: each row of cᵀ reads all of
+   δ again, which from 8 columns on costs the panel gemm's time or more (400 x 1600 @ 1600 x n,
+   new / old time: n = 2 0.25, 4 0.50, 8 0.93-1.10). */
+#define FB_NARROW_T 4
+
+/* Which of fb_matmul_narrow's forms a product takes: 1 k narrow, 2 n narrow with a as
+   stored, 3 n narrow with a transposed; 0 none (the panel gemm). */
+static int fb_narrow_form(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, int a_transposed) {
+    if (k <= FB_NARROW && !a_transposed) return 1;
+    if (n <= FB_NARROW && !a_transposed) return 2;
+    if (n <= FB_NARROW_T && a_transposed && m >= FB_VW) return 3;
+    return 0;
+}
+
+static int fb_matmul_narrow(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a,
+                            ptrdiff_t lda, int a_transposed, const float* b, ptrdiff_t ldb,
+                            int b_transposed, float* c, ptrdiff_t ldc, int accumulate) {
+    int form = fb_narrow_form(m, n, k, a_transposed);
+    if (form == 0) return 0;
+    /* B as the form reads it: row-major k x n (form 1), or Bᵀ row-major n x k (2, 3) */
+    int want_rows = form == 1;
+    const float* bb = b;
+    ptrdiff_t ldbb = ldb;
+    size_t need = (size_t)n * k + (form == 3 ? (size_t)n * m : 0);
+    float* work = NULL;
+    if (b_transposed == want_rows || form == 3) {
+        work = fb_pack_buffer(need);
+        if (work == NULL) return 0;
+    }
+    if (b_transposed == want_rows) {   /* copy op(B) into the layout wanted */
+        ptrdiff_t rows = want_rows ? k : n, cols = want_rows ? n : k;
+        for (ptrdiff_t r = 0; r < rows; r++)
+            for (ptrdiff_t q = 0; q < cols; q++) work[r * cols + q] = b[q * ldb + r];
+        bb = work;
+        ldbb = cols;
+    }
+    int threads = (double)m * n * k < FB_PARALLEL_MIN ? 1 : fb_max_threads();
+    if (form == 1 || form == 2) {
+#ifdef _OPENMP
+        #pragma omp parallel for schedule(static) num_threads(threads)
+#endif
+        for (int t = 0; t < threads; t++) {
+            ptrdiff_t i0 = m * t / threads, i1 = m * (t + 1) / threads;
+            if (form == 1)
+                fb_axpy_short(i1 - i0, k, n, a + i0 * lda, lda, bb, ldbb, c + i0 * ldc, ldc,
+                              accumulate);
+            else
+                fb_dot_cols(i1 - i0, n, k, a + i0 * lda, lda, bb, ldbb, c + i0 * ldc, ldc,
+                            accumulate);
+        }
+        return 1;
+    }
+    /* form 3: cᵀ (n x m) = Bᵀ (n x k) . A (k x m), A = a as stored, its columns shared out in
+       runs of whole vectors (each run at least FB_VW wide, as fb_axpy_rows_ld needs), its
+       rows walked FB_KC at a time so that each chunk is read from L2 by all n rows of cᵀ
+       (400 x 1600 @ 1600 x 8 read δ's 2.5 MB eight times whole). fb_axpy_rows_ld adds k's
+       rows four at a time into c's old value, so chunks of a multiple of four rows sum
+       every element exactly as one pass would. */
+    float* ct = work + (size_t)n * k;
+    memset(ct, 0, (size_t)n * m * sizeof(float));
+    ptrdiff_t vectors = m / FB_VW;
+    if (threads > vectors) threads = (int)vectors;
+#ifdef _OPENMP
+    #pragma omp parallel for schedule(static) num_threads(threads)
+#endif
+    for (int t = 0; t < threads; t++) {
+        ptrdiff_t j0 = vectors * t / threads * FB_VW;
+        ptrdiff_t j1 = t + 1 == threads ? m : vectors * (t + 1) / threads * FB_VW;
+        for (ptrdiff_t k0 = 0; k0 < k; k0 += FB_KC) {
+            ptrdiff_t kc = k - k0 < FB_KC ? k - k0 : FB_KC;
+            fb_axpy_rows_ld(n, kc, j1 - j0, bb + k0, ldbb, a + k0 * lda + j0, lda, ct + j0, m);
+        }
+    }
+    for (ptrdiff_t i = 0; i < m; i++)
+        for (ptrdiff_t j = 0; j < n; j++)
+            c[i * ldc + j] = accumulate ? c[i * ldc + j] + ct[j * m + i] : ct[j * m + i];
+    return 1;
 }
 
 /* The machine's multiply-add limit, as this build's vectors reach it: each of `threads`

@@ -11,7 +11,7 @@ shapes here cross every tile edge: rows and columns not a multiple of a tile, a 
 to three vectors wide or narrower (its own kernels), a block's last rows split in two tiles,
 k past a packing chunk (k = 1100 over n = 300, 9000 over a narrow 33), enough rows to share
 row ranges among threads, and the empty cases. Products with a side of at most 8 columns (k,
-or n) run in narrow forms that pack nothing (``fb_matmul_narrow``); NARROW_SHAPES cross
+n, or m) run in narrow forms that pack nothing (``fb_matmul_narrow``); NARROW_SHAPES cross
 their edges too.
 """
 import os
@@ -39,10 +39,11 @@ WIDE_SHAPES = [(6, 64, 512), (7, 70, 513), (8, 33, 520), (9, 300, 545), (13, 260
 # k <= 8 (a as stored): c's rows in axpy form, n a few vectors, a vector's tail, or less;
 # n <= 8 (a as stored): dot products, eight rows at a time and the rows left over, k's tail;
 # n <= 4 (a transposed): cᵀ in axpy form over chunks of 256 of a's rows, a last chunk of
-# k % 4 rows, m a vector or more and its tail.
+# k % 4 rows, m a vector or more and its tail;
+# m <= 2 (b as stored, n a vector or more): c's rows in axpy form over b's rows, the same.
 NARROW_SHAPES = [(1600, 2, 100), (37, 1, 17), (50, 8, 5), (300, 3, 530), (1600, 100, 2),
                  (13, 9, 1), (70, 33, 8), (7, 200, 3), (100, 1600, 2), (27, 90, 4),
-                 (16, 5, 1), (517, 701, 3)]
+                 (16, 5, 1), (517, 701, 3), (1, 1600, 100), (2, 300, 17), (2, 701, 530)]
 
 
 def _operands(rng, m, k, n, trans_a, trans_b, dtype):
@@ -75,13 +76,14 @@ def test_matmul_matches_numpy(level, trans_a, trans_b, shape, assert_close):
 @pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("shape", [(700, 300, 129), (130, 1600, 100), (403, 260, 40), (64, 200, 64),
-                                   (3200, 2, 100), (1600, 100, 3), (100, 3200, 2), (403, 1601, 4)],
+                                   (3200, 2, 100), (1600, 100, 3), (100, 3200, 2), (403, 1601, 4),
+                                   (2, 3201, 200)],
                          ids=lambda s: "x".join(map(str, s)))
 def test_matmul_same_bits_on_any_thread_count(level, trans_a, shape, restore_threads):
     """A hoisted product (a dW's δᵀ read transposed, copied a block of rows at a time, or A's
     rows in place) sums each element in the same order on one thread (row blocks walked in
     turn) as on several (row ranges per thread): the same bits on 1, 2 and 3 threads. So do
-    the narrow forms (the last four shapes), shared by rows or by runs of cᵀ's columns."""
+    the narrow forms (the last five shapes), shared by rows or by runs of columns."""
     import fastbptt as fb
     m, k, n = shape
     rng = np.random.default_rng(m + k + n + trans_a)
@@ -115,13 +117,16 @@ def test_wide_and_narrow_panels_give_the_same_bits(level, trans_a, trans_b, shap
 @pytest.mark.parametrize("level", LEVELS)
 def test_narrow_shapes_take_the_narrow_forms(level):
     """NARROW_SHAPES reach the narrow forms the tests above mean to cover (k <= 8 with a as
-    stored, n <= 8 with a as stored, n <= 4 with a transposed), and one column more on the
-    narrow side takes the panels."""
+    stored, n <= 8 with a as stored, n <= 4 with a transposed, m <= 2 with b as stored), and
+    one column more on the narrow side takes the panels."""
     path = BUILDS[level]._matmul_path
     for m, k, n in NARROW_SHAPES:
         assert path(np.float32, m, n, k, False) == "own narrow", (m, k, n)
-    for m, k, n in [(100, 1600, 2), (27, 90, 4), (16, 5, 1), (517, 701, 3)]:
+    for m, k, n in [(100, 1600, 2), (27, 90, 4), (16, 5, 1), (517, 701, 3), (1, 1600, 100),
+                    (2, 300, 17), (2, 701, 530)]:
         assert path(np.float32, m, n, k, True) == "own narrow", (m, k, n)
+    assert path(np.float32, 3, 100, 1600, True) == "own gemm"
+    assert path(np.float32, 1, 100, 1600, True, True) == "own gemm"    # b transposed
     assert path(np.float32, 1600, 100, 9) == "own gemm"
     assert path(np.float32, 1600, 9, 100) == "own gemm"
     assert path(np.float32, 100, 5, 1600, True) == "own gemm"

@@ -58,7 +58,8 @@ cdef long SMALL_GATED_STEP = 256 * 1024
 cdef extern from "_step_gemm.h" nogil:
     void fb_dot_rows(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a, const float* w,
                      float* c, bint accumulate)
-    int fb_narrow_form(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, bint a_transposed)
+    int fb_narrow_form(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, bint a_transposed,
+                       bint b_transposed)
     void fb_axpy_rows(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n, const float* a, const float* w,
                       float* c)
     enum: FB_VW
@@ -429,14 +430,15 @@ def _step_gemm(a, w, int threads):
     return out_arr
 
 
-def _matmul_path(dtype, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, bint trans_a=False):
+def _matmul_path(dtype, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, bint trans_a=False,
+                 bint trans_b=False):
     """Where the kernels' hoisted product of this size, op(a) (m, k) @ (k, n), runs: "blas",
     "own gemm" (the panels), or "own narrow" (a side of a few columns: ``fb_matmul_narrow``)
     (``matmul``'s choice; the own code falls back to BLAS only if its buffers cannot be
     allocated): for the tests."""
     if np.dtype(dtype) == np.float64:
         return "blas"
-    return "own narrow" if fb_narrow_form(m, n, k, trans_a) else "own gemm"
+    return "own narrow" if fb_narrow_form(m, n, k, trans_a, trans_b) else "own gemm"
 
 
 def _step_path(dtype, Py_ssize_t gates, Py_ssize_t B, Py_ssize_t H, bint backward):

@@ -915,7 +915,9 @@ static void fb_axpy_short(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float* a,
  *   k narrow, a as stored:  c's rows in axpy form (fb_axpy_short), B's k rows row-major;
  *   n narrow, a as stored:  dot products along a's rows and Bᵀ's (fb_dot_cols);
  *   n narrow, a transposed: cᵀ in axpy form over a's rows (δᵀ x: each row of cᵀ a sum of
- *                           scaled rows of δ), then cᵀ added into c.
+ *                           scaled rows of δ), then cᵀ added into c;
+ *   m narrow, B as stored:  c's rows in axpy form over B's rows (a readout's dW = dyᵀ s over
+ *                           one output or two), A's rows copied if A is transposed.
  * Each element is summed in an order that depends on nothing but k, so the rows (or cᵀ's
  * columns) are shared among the team in any split with the same bits. B is copied first when
  * its layout does not suit the form (n x k or k x n floats). Returns 1 when it ran the
@@ -926,21 +928,71 @@ static void fb_axpy_short(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float* a,
    δ again, which from 8 columns on costs the panel gemm's time or more (400 x 1600 @ 1600 x n,
    new / old time: n = 2 0.25, 4 0.50, 8 0.93-1.10). */
 #define FB_NARROW_T 4
+/* ... and a c of at most FB_NARROW_M rows (B as stored), each row of c a pass over all of B
+   (m x 1600 @ 1600 x 100 with A transposed, new / old time: m = 1 0.27-0.28, 2 0.37, 4 1.13;
+   1 x 3200 @ 3200 x 128 0.27). */
+#define FB_NARROW_M 2
+
+/* c (m, n) += a (m, k) @ w (k, n) in axpy form (fb_axpy_rows_ld) for a c of few rows: its
+   columns shared among `threads` in runs of whole vectors (each run at least FB_VW wide, as
+   fb_axpy_rows_ld needs), w's rows walked FB_KC at a time so that each chunk is read from L2
+   by all m rows of c (400 x 1600 @ 1600 x 8 read δ's 2.5 MB eight times whole).
+   fb_axpy_rows_ld adds k's rows four at a time into c's old value, so chunks of a multiple
+   of four rows, and any runs of columns, sum every element exactly as one pass would. */
+static void fb_axpy_runs(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float* a, ptrdiff_t lda,
+                         const float* w, ptrdiff_t ldw, float* c, ptrdiff_t ldc, int threads) {
+    ptrdiff_t vectors = n / FB_VW;
+    if (threads > vectors) threads = (int)vectors;
+#ifdef _OPENMP
+    #pragma omp parallel for schedule(static) num_threads(threads)
+#endif
+    for (int t = 0; t < threads; t++) {
+        ptrdiff_t j0 = vectors * t / threads * FB_VW;
+        ptrdiff_t j1 = t + 1 == threads ? n : vectors * (t + 1) / threads * FB_VW;
+        for (ptrdiff_t k0 = 0; k0 < k; k0 += FB_KC) {
+            ptrdiff_t kc = k - k0 < FB_KC ? k - k0 : FB_KC;
+            fb_axpy_rows_ld(m, kc, j1 - j0, a + k0, lda, w + k0 * ldw + j0, ldw, c + j0, ldc);
+        }
+    }
+}
 
 /* Which of fb_matmul_narrow's forms a product takes: 1 k narrow, 2 n narrow with a as
-   stored, 3 n narrow with a transposed; 0 none (the panel gemm). */
-static int fb_narrow_form(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, int a_transposed) {
+   stored, 3 n narrow with a transposed, 4 m narrow with B as stored; 0 none (the panel
+   gemm). */
+static int fb_narrow_form(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, int a_transposed,
+                          int b_transposed) {
     if (k <= FB_NARROW && !a_transposed) return 1;
     if (n <= FB_NARROW && !a_transposed) return 2;
     if (n <= FB_NARROW_T && a_transposed && m >= FB_VW) return 3;
+    if (m <= FB_NARROW_M && !b_transposed && n >= FB_VW) return 4;
     return 0;
 }
 
 static int fb_matmul_narrow(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a,
                             ptrdiff_t lda, int a_transposed, const float* b, ptrdiff_t ldb,
                             int b_transposed, float* c, ptrdiff_t ldc, int accumulate) {
-    int form = fb_narrow_form(m, n, k, a_transposed);
+    int form = fb_narrow_form(m, n, k, a_transposed, b_transposed);
     if (form == 0) return 0;
+    int threads = (double)m * n * k < FB_PARALLEL_MIN ? 1 : fb_max_threads();
+    if (form == 4) {
+        /* c's few rows in axpy form over all of B's rows, B as stored (row-major k x n);
+           A's rows copied when A is transposed (m x k floats); its columns shared out in
+           runs of whole vectors, as form 3's */
+        const float* ar = a;
+        ptrdiff_t ldar = lda;
+        if (a_transposed) {
+            float* rows = fb_pack_buffer((size_t)m * k);
+            if (rows == NULL) return 0;
+            for (ptrdiff_t p = 0; p < k; p++)
+                for (ptrdiff_t i = 0; i < m; i++) rows[i * k + p] = a[p * lda + i];
+            ar = rows;
+            ldar = k;
+        }
+        if (!accumulate)
+            for (ptrdiff_t i = 0; i < m; i++) memset(c + i * ldc, 0, (size_t)n * sizeof(float));
+        fb_axpy_runs(m, k, n, ar, ldar, b, ldb, c, ldc, threads);
+        return 1;
+    }
     /* B as the form reads it: row-major k x n (form 1), or Bᵀ row-major n x k (2, 3) */
     int want_rows = form == 1;
     const float* bb = b;
@@ -958,7 +1010,6 @@ static int fb_matmul_narrow(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* 
         bb = work;
         ldbb = cols;
     }
-    int threads = (double)m * n * k < FB_PARALLEL_MIN ? 1 : fb_max_threads();
     if (form == 1 || form == 2) {
 #ifdef _OPENMP
         #pragma omp parallel for schedule(static) num_threads(threads)
@@ -974,27 +1025,10 @@ static int fb_matmul_narrow(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* 
         }
         return 1;
     }
-    /* form 3: cᵀ (n x m) = Bᵀ (n x k) . A (k x m), A = a as stored, its columns shared out in
-       runs of whole vectors (each run at least FB_VW wide, as fb_axpy_rows_ld needs), its
-       rows walked FB_KC at a time so that each chunk is read from L2 by all n rows of cᵀ
-       (400 x 1600 @ 1600 x 8 read δ's 2.5 MB eight times whole). fb_axpy_rows_ld adds k's
-       rows four at a time into c's old value, so chunks of a multiple of four rows sum
-       every element exactly as one pass would. */
+    /* form 3: cᵀ (n x m) = Bᵀ (n x k) . A (k x m), A = a as stored */
     float* ct = work + (size_t)n * k;
     memset(ct, 0, (size_t)n * m * sizeof(float));
-    ptrdiff_t vectors = m / FB_VW;
-    if (threads > vectors) threads = (int)vectors;
-#ifdef _OPENMP
-    #pragma omp parallel for schedule(static) num_threads(threads)
-#endif
-    for (int t = 0; t < threads; t++) {
-        ptrdiff_t j0 = vectors * t / threads * FB_VW;
-        ptrdiff_t j1 = t + 1 == threads ? m : vectors * (t + 1) / threads * FB_VW;
-        for (ptrdiff_t k0 = 0; k0 < k; k0 += FB_KC) {
-            ptrdiff_t kc = k - k0 < FB_KC ? k - k0 : FB_KC;
-            fb_axpy_rows_ld(n, kc, j1 - j0, bb + k0, ldbb, a + k0 * lda + j0, lda, ct + j0, m);
-        }
-    }
+    fb_axpy_runs(n, k, m, bb, ldbb, a, lda, ct, m, threads);
     for (ptrdiff_t i = 0; i < m; i++)
         for (ptrdiff_t j = 0; j < n; j++)
             c[i * ldc + j] = accumulate ? c[i * ldc + j] + ct[j * m + i] : ct[j * m + i];

@@ -211,7 +211,8 @@ def test_three_layers_with_readout_equal_the_equations(backend, dtype, assert_cl
 
 @pytest.mark.parametrize("cell", ["tanh", "relu"])
 @pytest.mark.parametrize("num_layers,output_size,bidirectional",
-                         [(1, None, False), (2, 3, False), (3, None, False), (2, None, True), (2, 3, True)])
+                         [(1, None, False), (2, 3, False), (3, None, False), (2, None, True), (2, 3, True),
+                          (1, 1, False)])   # one output: the readout's products in narrow forms
 def test_compiled_model_equals_numpy_model(compiled_backend, dtype, assert_close, rng, cell, num_layers,
                                            output_size, bidirectional):
     kw = dict(cell=cell, num_layers=num_layers, output_size=output_size, bidirectional=bidirectional,

@@ -10,9 +10,9 @@ with AVX-512, for a B of at least 512 columns, 6 rows of 4x16 over 64-column pan
 shapes here cross every tile edge: rows and columns not a multiple of a tile, a last panel one
 to three vectors wide or narrower (its own kernels), a block's last rows split in two tiles,
 k past a packing chunk (k = 1100 over n = 300, 9000 over a narrow 33), enough rows to share
-row ranges among threads, and the empty cases. Products with a side of at most 8 columns (k,
-n, or m) run in narrow forms that pack nothing (``fb_matmul_narrow``); NARROW_SHAPES cross
-their edges too.
+row ranges among threads, and the empty cases. Products with a narrow side (k of up to 4,
+n of up to 8, m of up to 2) run in narrow forms that pack nothing (``fb_matmul_narrow``);
+NARROW_SHAPES cross their edges too.
 """
 import os
 
@@ -35,14 +35,15 @@ SHAPES = [(1, 1, 1), (1, 100, 100), (3, 5, 7), (7, 33, 65), (9, 64, 31), (32, 12
 WIDE_SHAPES = [(6, 64, 512), (7, 70, 513), (8, 33, 520), (9, 300, 545), (13, 260, 560),
                (50, 1100, 600), (64, 256, 1024), (100, 20, 1000)]
 
-# (m, k, n) with a narrow side, each with the form it takes for a as stored / transposed:
-# k <= 8 (a as stored): c's rows in axpy form, n a few vectors, a vector's tail, or less;
+# (m, k, n) with a narrow side, each with the form it takes for a as stored / transposed
+# (in the AVX-512 build; the others' limits are narrower, test_narrow_shapes_take_the_narrow_forms):
+# k <= 4 (a as stored): c's rows in axpy form, n a few vectors, a vector's tail, or less;
 # n <= 8 (a as stored): dot products, eight rows at a time and the rows left over, k's tail;
 # n <= 4 (a transposed): cᵀ in axpy form over chunks of 256 of a's rows, a last chunk of
 # k % 4 rows, m a vector or more and its tail;
 # m <= 2 (b as stored, n a vector or more): c's rows in axpy form over b's rows, the same.
-NARROW_SHAPES = [(1600, 2, 100), (37, 1, 17), (50, 8, 5), (300, 3, 530), (1600, 100, 2),
-                 (13, 9, 1), (70, 33, 8), (7, 200, 3), (100, 1600, 2), (27, 90, 4),
+NARROW_SHAPES = [(1600, 2, 100), (37, 1, 17), (50, 4, 5), (300, 3, 530), (1600, 100, 2),
+                 (13, 9, 1), (70, 33, 8), (7, 200, 3), (100, 1600, 2), (27, 90, 4), (60, 5, 3),
                  (16, 5, 1), (517, 701, 3), (1, 1600, 100), (2, 300, 17), (2, 701, 530)]
 
 
@@ -116,19 +117,28 @@ def test_wide_and_narrow_panels_give_the_same_bits(level, trans_a, trans_b, shap
 
 @pytest.mark.parametrize("level", LEVELS)
 def test_narrow_shapes_take_the_narrow_forms(level):
-    """NARROW_SHAPES reach the narrow forms the tests above mean to cover (k <= 8 with a as
-    stored, n <= 8 with a as stored, n <= 4 with a transposed, m <= 2 with b as stored), and
-    one column more on the narrow side takes the panels."""
-    path = BUILDS[level]._matmul_path
+    """NARROW_SHAPES reach the narrow forms the tests above mean to cover, as far as the build
+    has them (NARROW_LIMITS: k <= 4 with a as stored; n <= 8 with a as stored in the AVX-512
+    build, 4 in the AVX2, none in the baseline, where the dot products measured slower;
+    n <= 4 with a transposed; m <= 2 with b as stored), and one column more on the narrow
+    side takes the panels."""
+    path, limits = BUILDS[level]._matmul_path, BUILDS[level].NARROW_LIMITS
+    assert limits == {"k": 4, "n": {"baseline": 0, "avx2": 4}.get(level, 8), "n_transposed": 4, "m": 2}
+    reached = set()
     for m, k, n in NARROW_SHAPES:
-        assert path(np.float32, m, n, k, False) == "own narrow", (m, k, n)
+        # a as stored: k narrow, n narrow, or m narrow over n of more than a vector
+        form = next((f for f, hit in (("k", k <= limits["k"]), ("n", n <= limits["n"]),
+                                       ("m", m <= limits["m"] and n > 16)) if hit), None)
+        assert (path(np.float32, m, n, k, False) == "own narrow") == (form is not None), (m, k, n)
+        reached.add(form)
+    assert reached >= ({"k", "m"} if level == "baseline" else {"k", "n", "m"})
     for m, k, n in [(100, 1600, 2), (27, 90, 4), (16, 5, 1), (517, 701, 3), (1, 1600, 100),
                     (2, 300, 17), (2, 701, 530)]:
         assert path(np.float32, m, n, k, True) == "own narrow", (m, k, n)
     assert path(np.float32, 3, 100, 1600, True) == "own gemm"
     assert path(np.float32, 1, 100, 1600, True, True) == "own gemm"    # b transposed
-    assert path(np.float32, 1600, 100, 9) == "own gemm"
-    assert path(np.float32, 1600, 9, 100) == "own gemm"
+    assert path(np.float32, 1600, 100, limits["k"] + 1) == "own gemm"
+    assert path(np.float32, 1600, limits["n"] + 1, 100) == "own gemm"
     assert path(np.float32, 100, 5, 1600, True) == "own gemm"
     assert path(np.float32, 3, 2, 1600, True) == "own gemm"      # m under a vector, every build
 

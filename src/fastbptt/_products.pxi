@@ -60,6 +60,7 @@ cdef extern from "_step_gemm.h" nogil:
                      float* c, bint accumulate)
     int fb_narrow_form(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, bint a_transposed,
                        bint b_transposed)
+    enum: FB_NARROW_K, FB_NARROW_N, FB_NARROW_T, FB_NARROW_M
     void fb_axpy_rows(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n, const float* a, const float* w,
                       float* c)
     enum: FB_VW
@@ -428,6 +429,12 @@ def _step_gemm(a, w, int threads):
     with nogil:
         fb_gemm(m, n, k, &av[0, 0], k, False, &packed[0], &out[0, 0], n, False, threads)
     return out_arr
+
+
+# The widest narrow side each of ``fb_matmul_narrow``'s forms takes in this build: k and n
+# with A as stored, n with A transposed, m with B as stored (0: the form is off): for the tests.
+NARROW_LIMITS = {"k": FB_NARROW_K, "n": FB_NARROW_N, "n_transposed": FB_NARROW_T,
+                 "m": FB_NARROW_M}
 
 
 def _matmul_path(dtype, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, bint trans_a=False,

@@ -755,37 +755,30 @@ static void fb_dot_rows_ld(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a
 static inline __attribute__((always_inline)) void fb_axpy_block(
         ptrdiff_t k, ptrdiff_t ldw, const float* a, const float* w, float* c,
         const ptrdiff_t* start, int nv, int tail, ptrdiff_t keep_from) {
+    /* vectors loaded and stored through fb_vfu pointers, as the tile kernels do: copied
+       through memcpy into locals, the AVX2 build kept the accumulators on the stack, each
+       multiply-add a 32-byte store reloaded as two 16-byte halves (8-12x slower) */
     fb_vf acc[FB_AXPY_NV];
-    for (int v = 0; v < nv; v++) {
-        fb_vfu x;
-        memcpy(&x, c + start[v], sizeof(x));
-        acc[v] = x;
-    }
+    for (int v = 0; v < nv; v++) acc[v] = *(const fb_vfu*)(c + start[v]);
     ptrdiff_t kk = 0;
     for (; kk + 4 <= k; kk += 4) {
         float a0 = a[kk], a1 = a[kk + 1], a2 = a[kk + 2], a3 = a[kk + 3];
         const float* w0 = w + kk * ldw;
         for (int v = 0; v < nv; v++) {
-            fb_vfu x0, x1, x2, x3;
-            memcpy(&x0, w0 + start[v], sizeof(x0));
-            memcpy(&x1, w0 + ldw + start[v], sizeof(x1));
-            memcpy(&x2, w0 + 2 * ldw + start[v], sizeof(x2));
-            memcpy(&x3, w0 + 3 * ldw + start[v], sizeof(x3));
+            fb_vf x0 = *(const fb_vfu*)(w0 + start[v]);
+            fb_vf x1 = *(const fb_vfu*)(w0 + ldw + start[v]);
+            fb_vf x2 = *(const fb_vfu*)(w0 + 2 * ldw + start[v]);
+            fb_vf x3 = *(const fb_vfu*)(w0 + 3 * ldw + start[v]);
             acc[v] += a0 * x0 + a1 * x1 + a2 * x2 + a3 * x3;
         }
     }
     for (; kk < k; kk++) {
         float a0 = a[kk];
-        for (int v = 0; v < nv; v++) {
-            fb_vfu x0;
-            memcpy(&x0, w + kk * ldw + start[v], sizeof(x0));
-            acc[v] += a0 * x0;
-        }
+        for (int v = 0; v < nv; v++) acc[v] += a0 * (fb_vf)*(const fb_vfu*)(w + kk * ldw + start[v]);
     }
     for (int v = 0; v < nv; v++) {
         if (v != tail) {
-            fb_vfu x = acc[v];
-            memcpy(c + start[v], &x, sizeof(x));
+            *(fb_vfu*)(c + start[v]) = acc[v];
         } else {    /* the overlapping last vector: only its columns from keep_from on */
             float lanes[FB_VW];
             memcpy(lanes, &acc[v], sizeof(lanes));
@@ -887,16 +880,10 @@ static void fb_axpy_short(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float* a,
     for (ptrdiff_t i = 0; i < m; i++) {
         const float* ar = a + i * lda;
         float* cr = c + i * ldc;
-        for (ptrdiff_t j = 0; j < whole; j += FB_VW) {
-            fb_vfu x;
-            fb_vf acc = (fb_vf){0};
-            if (accumulate) { memcpy(&x, cr + j, sizeof(x)); acc = x; }
-            for (ptrdiff_t p = 0; p < k; p++) {
-                memcpy(&x, w + p * ldw + j, sizeof(x));
-                acc += ar[p] * x;
-            }
-            x = acc;
-            memcpy(cr + j, &x, sizeof(x));
+        for (ptrdiff_t j = 0; j < whole; j += FB_VW) {   /* loads and stores as fb_axpy_block's */
+            fb_vf acc = accumulate ? (fb_vf)*(const fb_vfu*)(cr + j) : (fb_vf){0};
+            for (ptrdiff_t p = 0; p < k; p++) acc += ar[p] * (fb_vf)*(const fb_vfu*)(w + p * ldw + j);
+            *(fb_vfu*)(cr + j) = acc;
         }
         for (ptrdiff_t j = whole; j < n; j++) {
             float acc = accumulate ? cr[j] : 0.0f;
@@ -906,7 +893,8 @@ static void fb_axpy_short(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float* a,
     }
 }
 
-/* Hoisted products with a side of at most FB_NARROW, as a few input features make them
+/* Hoisted products with a narrow side (FB_NARROW_K, _N, _T, _M below), as a few input
+ * features make them
  * (the adding problem's I = 2: x_t W_ihᵀ over T·B rows has k = 2; dx = δ W_ih and
  * dW_ih = δᵀ x have n = 2). On the panels a B of 2 columns fills 2 of every 32 lanes, and a
  * k of 2 packs B and meets the team for 2 multiply-adds a row: 1600 x 100 @ 100 x 2 took
@@ -923,7 +911,21 @@ static void fb_axpy_short(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float* a,
  * its layout does not suit the form (n x k or k x n floats). Returns 1 when it ran the
  * product, 0 when the shape is not one of these (or the copies cannot be allocated): the
  * caller's gemm runs it. Uses the calling thread's packing buffer (fb_pack_buffer). */
-#define FB_NARROW 8
+/* k, A as stored: c's rows in axpy form write c as the panels do, and both are bound by
+   those writes from k = 8 (1600 x 8 @ 8 x 400, new / old time, 0.98-1.65 in the AVX2 build,
+   1.01 in the AVX-512), where k <= 4 gains (0.74-0.90; k = 2 0.88). */
+#define FB_NARROW_K 4
+/* n, A as stored: eight rows of dot products at a time. From n = 8 they lose in the AVX2
+   build (1600 x 400 @ 400 x 8: 1.05-1.21; n = 4 0.47) and gain in the AVX-512 (0.73-0.76).
+   The baseline build (SSE2) holds eight rows' partial sums in 16 registers, all it has, and
+   spills (n = 8 2.54, 4 1.79, 2 1.09): off there. */
+#if FB_VW >= 16
+#define FB_NARROW_N 8
+#elif FB_VW >= 8
+#define FB_NARROW_N 4
+#else
+#define FB_NARROW_N 0
+#endif
 /* ... and with a transposed A (δᵀ x), n of at most FB_NARROW_T: each row of cᵀ reads all of
    δ again, which from 8 columns on costs the panel gemm's time or more (400 x 1600 @ 1600 x n,
    new / old time: n = 2 0.25, 4 0.50, 8 0.93-1.10). */
@@ -961,8 +963,8 @@ static void fb_axpy_runs(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float* a, 
    gemm). */
 static int fb_narrow_form(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, int a_transposed,
                           int b_transposed) {
-    if (k <= FB_NARROW && !a_transposed) return 1;
-    if (n <= FB_NARROW && !a_transposed) return 2;
+    if (k <= FB_NARROW_K && !a_transposed) return 1;
+    if (n <= FB_NARROW_N && !a_transposed) return 2;
     if (n <= FB_NARROW_T && a_transposed && m >= FB_VW) return 3;
     if (m <= FB_NARROW_M && !b_transposed && n >= FB_VW) return 4;
     return 0;

@@ -894,23 +894,23 @@ static void fb_axpy_short(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float* a,
 }
 
 /* Hoisted products with a narrow side (FB_NARROW_K, _N, _T, _M below), as a few input
- * features make them
- * (the adding problem's I = 2: x_t W_ihᵀ over T·B rows has k = 2; dx = δ W_ih and
- * dW_ih = δᵀ x have n = 2). On the panels a B of 2 columns fills 2 of every 32 lanes, and a
- * k of 2 packs B and meets the team for 2 multiply-adds a row: 1600 x 100 @ 100 x 2 took
- * 33-38 µs where OpenBLAS takes 12, and takes 10-17 in its narrow form. These forms read
- * A in place and pack nothing:
+ * features or outputs make them (the adding problem's I = 2: x_t W_ihᵀ over T·B rows has
+ * k = 2; dx = δ W_ih and dW_ih = δᵀ x have n = 2; its readout's dW has m = 1). On the
+ * panels a B of 2 columns fills 2 of every 32 lanes, and a k of 2 packs B and meets the team
+ * for 2 multiply-adds a row: 1600 x 100 @ 100 x 2 took 33-38 µs where OpenBLAS takes 12,
+ * and takes 10-17 in its narrow form. These forms pack nothing:
  *   k narrow, a as stored:  c's rows in axpy form (fb_axpy_short), B's k rows row-major;
  *   n narrow, a as stored:  dot products along a's rows and Bᵀ's (fb_dot_cols);
  *   n narrow, a transposed: cᵀ in axpy form over a's rows (δᵀ x: each row of cᵀ a sum of
  *                           scaled rows of δ), then cᵀ added into c;
  *   m narrow, B as stored:  c's rows in axpy form over B's rows (a readout's dW = dyᵀ s over
  *                           one output or two), A's rows copied if A is transposed.
- * Each element is summed in an order that depends on nothing but k, so the rows (or cᵀ's
+ * Each element is summed in an order that depends on nothing but k, so the rows (or the
  * columns) are shared among the team in any split with the same bits. B is copied first when
- * its layout does not suit the form (n x k or k x n floats). Returns 1 when it ran the
- * product, 0 when the shape is not one of these (or the copies cannot be allocated): the
- * caller's gemm runs it. Uses the calling thread's packing buffer (fb_pack_buffer). */
+ * its layout does not suit the form (n x k or k x n floats; the m narrow form copies a
+ * transposed A's m x k instead). Returns 1 when it ran the product, 0 when the shape is not
+ * one of these (or the copies cannot be allocated): the caller's gemm runs it. Uses the
+ * calling thread's packing buffer (fb_pack_buffer). */
 /* k, A as stored: c's rows in axpy form write c as the panels do, and both are bound by
    those writes from k = 8 (1600 x 8 @ 8 x 400, new / old time, 0.98-1.65 in the AVX2 build,
    1.01 in the AVX-512), where k <= 4 gains (0.74-0.90; k = 2 0.88). */

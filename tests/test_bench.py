@@ -266,6 +266,24 @@ def test_benchmarks_time_torch_steps_in_processes_of_their_own(tmp_path):
     assert median_ms == pytest.approx(np.median(answers["torch"]) * 1e3, abs=5e-4)
 
 
+def test_builds_benchmark_times_every_compiled_build(tmp_path):
+    """benchmarks/test_bench_builds.py: one row for each compiled build this CPU runs, side by
+    side in one group per cell and shape, each labelled with its build."""
+    pytest.importorskip("pytest_benchmark")
+    from fastbptt import _backend
+
+    builds = _backend.compiled_builds()
+    if not builds:
+        pytest.skip("the compiled kernels are not in use")
+    _, rows, _ = _run_benchmarks(tmp_path, ["benchmarks/test_bench_builds.py", "-k", "charrnn and tanh"])
+    names = {f"test_layer_step_of_each_build[charrnn-tanh-{level}]": level for level in builds}
+    assert sorted(rows) == sorted(names)
+    for name, level in names.items():
+        assert rows[name]["group"] == "builds-tanh-charrnn"
+        assert rows[name]["extra_info"] == {"T": 25, "B": 1, "I": 65, "H": 100, "build": level}
+        assert rows[name]["stats"]["rounds"] >= 1 and rows[name]["stats"]["median"] > 0
+
+
 def test_inference_benchmarks_time_onnxruntime_and_torch_in_processes_of_their_own(tmp_path):
     """benchmarks/test_bench_predict.py: onnxruntime's and torch's rows are the seconds their
     own processes answered, exactly, and pytest imports neither."""

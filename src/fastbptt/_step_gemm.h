@@ -10,7 +10,8 @@
  * fb_panel_vectors) and each step runs a register-tiled micro-kernel
  * straight from A's rows (fb_gemm). The hoisted products (input projection, dx, dW) pack
  * their B as they go, a chunk of its rows at a time (fb_matmul, fb_pack_rows); dW's A is δᵀ,
- * read in place.
+ * read in place. Those with a side of a few columns (a few inputs, one output) pack nothing
+ * and run in axpy or dot-product form instead (fb_matmul_narrow).
  * One OpenMP team serves them all: blocks of rows are shared among its threads when there
  * are enough of them, else the panels (a time step's few batch rows).
  *
@@ -611,7 +612,8 @@ static int fb_matmul_narrow(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* 
 
 /* C (m x n, row-major, ldc) = op(A) . op(B), or += when accumulate, for products whose B is
  * used once: A as in fb_gemm; B (k x n) is b[kk * ldb + j], or with b_transposed b[j * ldb + kk]
- * (B is the transpose of the row-major array at b), packed here fb_pack_rows of its rows at a time.
+ * (B is the transpose of the row-major array at b), packed here fb_pack_rows of its rows at a time,
+ * or with a narrow side not packed at all (fb_matmul_narrow, which it tries first).
  * Uses all of OpenMP's threads. Returns -1, having done nothing, if the packing buffer cannot
  * be allocated. */
 static int fb_matmul(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrdiff_t lda,
@@ -628,7 +630,9 @@ static int fb_matmul(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrd
     ptrdiff_t kb_step = fb_pack_rows(n), kb_max = k < kb_step ? k : kb_step;
     /* on one thread if chunks of FB_KB rows would each be too small to share (FB_PARALLEL_MIN):
        a longer chunk of a narrow B is not more work to share (100 x 2500 @ 2500 x 2, an
-       adding-problem dW_ih, 1.24x slower on two threads) */
+       adding-problem dW_ih, ran 1.24x slower on two threads here; it takes
+       fb_matmul_narrow's transposed form now; a narrow B no such form takes still comes
+       here) */
     if ((double)m * n * (k < FB_KB ? k : FB_KB) < FB_PARALLEL_MIN) threads = 1;
     float* work = fb_pack_buffer(fb_packed_size(n, kb_max));
     if (work == NULL) return -1;

@@ -6,7 +6,8 @@
 # step's hidden-side products (gh) are kept apart from the input side's, and the backward's
 # gate gradients differ on the two sides in their n block: δi (input side) and δh (hidden
 # side, the same r, z blocks and δh_n = δi_n ⊙ r) are each kept whole, (T, B, 3H), so that
-# δh feeds the step's product and dW_hh is one gemm over it, as dW_ih is over δi.
+# δh feeds the step's product and dW_hh is one gemm over it, as dW_ih is over δi. Both are
+# written in the cell's one pass (unless the rows' clip comes between them).
 
 cdef inline void gru_cell(floating* gates, const floating* gh, const floating* bias,
                           const floating* b_ih, const floating* b_hh, const floating* h_prev,
@@ -51,16 +52,18 @@ cdef inline void gru_cell(floating* gates, const floating* gh, const floating* b
 
 
 cdef inline void gru_cell_backward(const floating* d_out, floating* carry, const floating* gates,
-                                   const floating* h_prev, floating* delta_i,
+                                   const floating* h_prev, floating* delta_i, floating* delta_h,
                                    Py_ssize_t B, Py_ssize_t H) noexcept nogil:
     """One GRU step of the backward sweep, in one pass; d_out, carry, h_prev (B, H).
 
-    Reads ∂E/∂h_t = d_out + carry; writes the input-side gate gradient δi_t (B, 3H) and
+    Reads ∂E/∂h_t = d_out + carry; writes the input-side gate gradient δi_t (B, 3H), and the
+    hidden side's δh_t (B, 3H) unless delta_h is NULL (``gru_hidden_delta`` then follows);
     replaces carry with the direct part z ⊙ ∂E/∂h_t of ∂E/∂h_{t-1}.
     """
     cdef floating d_r[LANES]
     cdef floating d_z[LANES]
     cdef floating d_n[LANES]
+    cdef floating d_hn[LANES]
     cdef floating dh_prev[LANES]
     cdef Py_ssize_t b, j, j0, n, size
     cdef const floating* gt
@@ -90,18 +93,26 @@ cdef inline void gru_cell_backward(const floating* d_out, floating* carry, const
                 # r = σ(.)
                 d_r[j] = dn_pre * hn * r * (<floating> 1 - r)
                 dh_prev[j] = dh * z
+                # gh_n enters as r ⊙ hn: δh_n = δi_n ⊙ r
+                d_hn[j] = dn_pre * r
             size = n * sizeof(floating)
             d = delta_i + b * 3 * H + j0
             memcpy(d, d_r, size)
             memcpy(d + H, d_z, size)
             memcpy(d + 2 * H, d_n, size)
             memcpy(carry + b * H + j0, dh_prev, size)
+            if delta_h != NULL:
+                d = delta_h + b * 3 * H + j0
+                memcpy(d, d_r, size)
+                memcpy(d + H, d_z, size)
+                memcpy(d + 2 * H, d_hn, size)
             j0 += n
 
 
 cdef inline void gru_hidden_delta(const floating* delta_i, const floating* gates,
                                   floating* delta_h, Py_ssize_t B, Py_ssize_t H) noexcept nogil:
-    """δh_t (B, 3H) from δi_t: the same r, z blocks, and δi_n ⊙ r (gh_n enters as r ⊙ hn)."""
+    """δh_t (B, 3H) from δi_t: the same r, z blocks, and δi_n ⊙ r (gh_n enters as r ⊙ hn);
+    after the rows' clip, which δh_t must see."""
     cdef Py_ssize_t b, j
     cdef const floating* dn
     cdef const floating* gr
@@ -131,28 +142,36 @@ cdef inline void gru_cell_team(floating* gates, const floating* gh, const floati
                  e - a, H)
 
 
+cdef inline void gru_backward_pass(const floating* d_out, floating* carry, const floating* gates,
+                                   const floating* h_prev, floating* delta_i, floating* delta_h,
+                                   Py_ssize_t B, Py_ssize_t H, bint clip,
+                                   double max_norm) noexcept nogil:
+    """δi_t and δh_t of B rows: in the cell's one pass, or with the rows' clip of δi_t between
+    them."""
+    if not clip:
+        gru_cell_backward(d_out, carry, gates, h_prev, delta_i, delta_h, B, H)
+        return
+    gru_cell_backward(d_out, carry, gates, h_prev, delta_i, NULL, B, H)
+    clip_rows(delta_i, B, 3 * H, max_norm)
+    gru_hidden_delta(delta_i, gates, delta_h, B, H)
+
+
 cdef inline void gru_backward_team(const floating* d_out, floating* carry, const floating* gates,
                                    const floating* h_prev, floating* delta_i, floating* delta_h,
                                    Py_ssize_t B, Py_ssize_t H, bint clip, double max_norm,
                                    int parts) noexcept nogil:
-    """``gru_cell_backward``, the rows' clip and ``gru_hidden_delta`` over B rows, shared by
-    rows among ``parts`` threads (``pass_team``)."""
+    """``gru_backward_pass`` over B rows, shared by rows among ``parts`` threads
+    (``pass_team``)."""
     cdef int part
     cdef Py_ssize_t a, e, G = 3 * H
     if parts == 1:
-        gru_cell_backward(d_out, carry, gates, h_prev, delta_i, B, H)
-        if clip:
-            clip_rows(delta_i, B, G, max_norm)
-        gru_hidden_delta(delta_i, gates, delta_h, B, H)
+        gru_backward_pass(d_out, carry, gates, h_prev, delta_i, delta_h, B, H, clip, max_norm)
         return
     for part in prange(parts, num_threads=parts, schedule="static", chunksize=1):
         a = part_start(part, parts, B)
         e = part_start(part + 1, parts, B)
-        gru_cell_backward(d_out + a * H, carry + a * H, gates + a * 4 * H, h_prev + a * H,
-                          delta_i + a * G, e - a, H)
-        if clip:
-            clip_rows(delta_i + a * G, e - a, G, max_norm)
-        gru_hidden_delta(delta_i + a * G, gates + a * 4 * H, delta_h + a * G, e - a, H)
+        gru_backward_pass(d_out + a * H, carry + a * H, gates + a * 4 * H, h_prev + a * H,
+                          delta_i + a * G, delta_h + a * G, e - a, H, clip, max_norm)
 
 
 cdef void gru_forward_rows(const Loop* L, Py_ssize_t r0, Py_ssize_t r1, int threads,

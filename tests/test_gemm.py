@@ -12,7 +12,8 @@ to three vectors wide or narrower (its own kernels), a block's last rows split i
 k past a packing chunk (k = 1100 over n = 300, 9000 over a narrow 33), enough rows to share
 row ranges among threads, and the empty cases. Products with a narrow side (k of up to 4,
 n of up to 8, m of up to 2) run in narrow forms that pack nothing (``fb_matmul_narrow``);
-NARROW_SHAPES cross their edges too.
+NARROW_SHAPES cross their edges too. An Elman or LSTM layer's dW_ih and dW_hh, one δᵀ times
+two B's, run as a pair where it pays (``fb_matmul_pair``); PAIR_SHAPES cross its edges.
 """
 import os
 
@@ -113,6 +114,51 @@ def test_wide_and_narrow_panels_give_the_same_bits(level, trans_a, trans_b, shap
     whole = BUILDS[level]._matmul(a, b, trans_a, trans_b)
     part = np.ascontiguousarray(b[:n] if trans_b else b[:, :n])
     np.testing.assert_array_equal(BUILDS[level]._matmul(a, part, trans_a, trans_b), whole[:, :n])
+
+
+# (m, k, n1, n2) of a weight-gradient pair, a transposed A (δᵀ, k x m) times B1 (k x n1) and
+# B2 (k x n2), as an LSTM's dW_ih and dW_hh: taken by fb_matmul_pair on one thread in every
+# build (n1 + n2 <= 512, four blocks of rows or more): an LSTM at H = 128 (k past a packing
+# chunk of 2048 rows and its blocks of 256), rows and both B's columns off every tile edge,
+# n1 just past the narrow forms (4 transposed, 8 as stored), n1 + n2 at the limit; then
+# shapes it declines, and the two products run apart: a narrow B1, too few rows, too many
+# columns. The rows as stored (trans_a False) are covered too, though no layer has them.
+PAIR_SHAPES = [(512, 3200, 32, 128), (520, 1001, 33, 100), (777, 2100, 9, 200),
+               (800, 300, 64, 448)]
+NARROW_PAIR = (512, 3200, 2, 128)     # declined where its B1 takes a narrow form
+DECLINED_PAIR_SHAPES = [NARROW_PAIR, (100, 700, 32, 128), (520, 300, 256, 257)]
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("trans_a", [True, False])
+@pytest.mark.parametrize("shape", PAIR_SHAPES + DECLINED_PAIR_SHAPES,
+                         ids=lambda s: "x".join(map(str, s)))
+def test_matmul_pair_gives_the_bits_of_the_two_products_apart(level, trans_a, shape,
+                                                              assert_close, restore_threads):
+    """fb_matmul_pair, where it takes the pair (each block of A multiplied by both B's while
+    in cache), gives the two products' bits as fb_matmul gives them apart, on 1, 2 and 3
+    threads, and NumPy's products to the float32 tolerance; PAIR_SHAPES are taken on one
+    thread, DECLINED_PAIR_SHAPES not (NARROW_PAIR where its B1 is not narrow in the build)."""
+    import fastbptt as fb
+    m, k, n1, n2 = shape
+    rng = np.random.default_rng(m + k + n1 + n2 + trans_a)
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
+    b1 = rng.standard_normal((k, n1)).astype(np.float32)
+    b2 = rng.standard_normal((k, n2)).astype(np.float32)
+    op_a = (a.T if trans_a else a).astype(np.float64)
+    kernels = BUILDS[level]
+    for threads in (1, 2, 3):
+        fb.set_num_threads(threads)
+        c1, c2, taken = kernels._matmul_pair(a, b1, b2, trans_a)
+        if threads == 1:
+            narrow = any(kernels._matmul_path(np.float32, m, n, k, trans_a, False) == "own narrow"
+                         for n in (n1, n2))
+            assert taken == (shape in PAIR_SHAPES or (shape == NARROW_PAIR and not narrow)), \
+                f"taken: {taken}"
+        np.testing.assert_array_equal(c1, kernels._matmul(a, b1, trans_a, False))
+        np.testing.assert_array_equal(c2, kernels._matmul(a, b2, trans_a, False))
+        assert_close(c1, (op_a @ b1).astype(np.float32), np.float32, "op(a) @ b1")
+        assert_close(c2, (op_a @ b2).astype(np.float32), np.float32, "op(a) @ b2")
 
 
 @pytest.mark.parametrize("level", LEVELS)

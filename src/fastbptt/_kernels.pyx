@@ -69,6 +69,10 @@ cdef extern from "_step_gemm.h" nogil:
     int fb_matmul(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a, Py_ssize_t lda,
                   bint a_transposed, const float* b, Py_ssize_t ldb, bint b_transposed,
                   float* c, Py_ssize_t ldc, bint accumulate)
+    int fb_matmul_pair(Py_ssize_t m, Py_ssize_t k, const float* a, Py_ssize_t lda,
+                       bint a_transposed, const float* b1, Py_ssize_t ldb1, Py_ssize_t n1,
+                       float* c1, Py_ssize_t ldc1, const float* b2, Py_ssize_t ldb2,
+                       Py_ssize_t n2, float* c2, Py_ssize_t ldc2)
     const int FB_PEAK_ACC
     const int FB_VW
     double fb_fma_peak(long rounds, int threads)

@@ -259,11 +259,16 @@ cdef inline void weight_gradients(const floating* delta, const floating* delta_h
     delta (TB, G): ∂E/∂(input-side pre-activations); delta_h (TB, G): the hidden side's,
     delta itself but for the GRU (whose r multiplies the hidden side of its n gate); x (TB,
     I), or NULL to leave dW_ih to the caller (ids scatter it); h_prev (TB, H) the states
-    s_{t-1}, i.e. hs[:-1]; dx NULL: no dx.
+    s_{t-1}, i.e. hs[:-1]; dx NULL: no dx. float32 dW_ih and dW_hh over one delta share its
+    reads (``fb_matmul_pair``) where they can.
     """
     if dx != NULL:
         # dx = delta @ w_ih                     (TB, G) @ (G, I)
         matmul(False, False, TB, I, G, delta, G, w_ih, I, False, dx, I)
+    if floating is float:
+        if x != NULL and delta_h == delta and fb_matmul_pair(
+                G, TB, delta, G, True, x, I, I, dw_ih, I, h_prev, H, H, dw_hh, H) == 0:
+            return
     if x != NULL:
         # dw_ih = delta.T @ x                   (G, TB) @ (TB, I)
         matmul(True, False, G, I, TB, delta, G, x, I, False, dw_ih, I)
@@ -391,6 +396,33 @@ def _matmul(a, b, bint trans_a=False, bint trans_b=False, c=None):
     if a.dtype == np.float32:
         return _matmul_typed[float](a, b, trans_a, trans_b, c)
     return _matmul_typed[double](a, b, trans_a, trans_b, c)
+
+
+def _matmul_pair(const float[:, ::1] a, const float[:, ::1] b1, const float[:, ::1] b2,
+                 bint trans_a=True):
+    """(op(a) @ b1, op(a) @ b2), op transposing when trans_a as a layer's weight gradients
+    take them (``weight_gradients``): through ``fb_matmul_pair``, or as two products where it
+    declines; and whether it took them. float32: for the tests."""
+    cdef Py_ssize_t k = a.shape[0] if trans_a else a.shape[1]
+    cdef Py_ssize_t m = a.shape[1] if trans_a else a.shape[0], n1 = b1.shape[1], n2 = b2.shape[1]
+    if b1.shape[0] != k or b2.shape[0] != k:
+        raise ValueError(f"inner dimensions differ: {k}, {b1.shape[0]} and {b2.shape[0]}")
+    if m == 0 or n1 == 0 or n2 == 0 or k == 0:
+        raise ValueError("every side must be positive")
+    c1_arr = pooled_empty((m, n1), dtype=np.float32)
+    c2_arr = pooled_empty((m, n2), dtype=np.float32)
+    cdef float[:, ::1] c1 = c1_arr
+    cdef float[:, ::1] c2 = c2_arr
+    cdef int taken
+    with nogil:
+        taken = fb_matmul_pair(m, k, &a[0, 0], a.shape[1], trans_a, &b1[0, 0], n1, n1,
+                               &c1[0, 0], n1, &b2[0, 0], n2, n2, &c2[0, 0], n2)
+        if taken != 0:
+            matmul(trans_a, False, m, n1, k, &a[0, 0], a.shape[1], &b1[0, 0], n1, False,
+                   &c1[0, 0], n1)
+            matmul(trans_a, False, m, n2, k, &a[0, 0], a.shape[1], &b2[0, 0], n2, False,
+                   &c2[0, 0], n2)
+    return c1_arr, c2_arr, taken == 0
 
 
 cdef object _matmul_typed(const floating[:, ::1] a, const floating[:, ::1] b, bint trans_a,

@@ -482,59 +482,72 @@ static void fb_pack_a(const float* a, ptrdiff_t lda, ptrdiff_t rows, ptrdiff_t k
     }
 }
 
+/* One block of k rows (k0:k0 + kc) of C[i0:i1, panels p0:p1] (+)= A[i0:i1] . B[:, panels
+ * p0:p1]: its sums added to C unless acc is 0 (then they replace it). a_block: A[i0:i1]'s
+ * block copied by fb_pack_a for tiles of this n, or NULL (A read in place). The panels and
+ * tiles are those of a B of n columns (fb_panel_vectors, fb_tile_height), of k rows in all. */
+static void fb_block_panels(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t p0, ptrdiff_t p1, ptrdiff_t n,
+                            ptrdiff_t k, ptrdiff_t k0, ptrdiff_t kc, const float* a,
+                            ptrdiff_t lda, int a_transposed, const float* a_block,
+                            const float* packed, float* c, ptrdiff_t ldc, int acc) {
+    int wide = fb_wide(n), mr = fb_tile_height(n);
+    ptrdiff_t nr = fb_panel_vectors(n) * FB_VW;
+    for (ptrdiff_t p = p0; p < p1; p++) {
+        ptrdiff_t cols = n - p * nr < nr ? n - p * nr : nr;
+        const float* b = packed + (size_t)p * k * nr + k0 * nr;
+        float* cp = c + p * nr;
+        int narrow = cols <= FB_VW, r;
+        for (ptrdiff_t i = i0; i < i1; i += r) {
+            r = fb_next_tile(i1 - i, mr, wide);
+            /* the tile's A: a row per kk (transposed, copied or in place) or its rows */
+            const float* at;
+            ptrdiff_t ld;
+            if (!a_transposed) {
+                at = a + i * lda + k0;
+                ld = lda;
+            } else if (a_block != NULL) {
+                at = a_block + (i - i0) * kc;
+                ld = r;
+            } else {
+                at = a + k0 * lda + i;
+                ld = lda;
+            }
+#ifdef FB_WIDE_NV
+            if (wide) {
+                if (r == FB_WIDE_MR && cols == nr) {
+                    if (a_transposed)
+                        fb_wtile4t_6(kc, at, ld, b, cp + i * ldc, ldc, cols, acc);
+                    else
+                        fb_wtile4_6(kc, at, ld, b, cp + i * ldc, ldc, cols, acc);
+                } else {
+                    fb_wide_tile_rows(r, a_transposed, kc, at, ld, b, cp + i * ldc, ldc, cols,
+                                      acc);
+                }
+                continue;
+            }
+#endif
+            if (r == FB_MR)
+                FB_FULL(a_transposed, narrow, kc, at, ld, b, cp + i * ldc, ldc, cols, acc);
+            else
+                fb_tile_rows(r, a_transposed, kc, at, ld, b, cp + i * ldc, ldc, cols, acc);
+        }
+    }
+}
+
 /* C[i0:i1, panels p0:p1] (+)= A[i0:i1] . B[:, panels p0:p1]; i1 - i0 <= FB_MC. The panels and
  * tiles are those of a B of n columns (fb_panel_vectors, fb_tile_height). */
 static void fb_block(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t p0, ptrdiff_t p1, ptrdiff_t n,
                      ptrdiff_t k, const float* a, ptrdiff_t lda, int a_transposed,
                      const float* packed, float* c, ptrdiff_t ldc, int accumulate) {
-    int wide = fb_wide(n), mr = fb_tile_height(n);
-    ptrdiff_t nr = fb_panel_vectors(n) * FB_VW;
     /* a transposed A read by more than one panel is copied a block at a time (fb_pack_a) */
     float* a_block = a_transposed && p1 - p0 > 1 && i1 - i0 <= FB_MC ? fb_a_buffer() : NULL;
     for (ptrdiff_t k0 = 0; k0 < k; k0 += FB_KC) {
         ptrdiff_t kc = k - k0 < FB_KC ? k - k0 : FB_KC;
-        int acc = accumulate || k0 > 0;
-        if (a_block != NULL) fb_pack_a(a + k0 * lda + i0, lda, i1 - i0, kc, a_block, mr, wide);
-        for (ptrdiff_t p = p0; p < p1; p++) {
-            ptrdiff_t cols = n - p * nr < nr ? n - p * nr : nr;
-            const float* b = packed + (size_t)p * k * nr + k0 * nr;
-            float* cp = c + p * nr;
-            int narrow = cols <= FB_VW, r;
-            for (ptrdiff_t i = i0; i < i1; i += r) {
-                r = fb_next_tile(i1 - i, mr, wide);
-                /* the tile's A: a row per kk (transposed, copied or in place) or its rows */
-                const float* at;
-                ptrdiff_t ld;
-                if (!a_transposed) {
-                    at = a + i * lda + k0;
-                    ld = lda;
-                } else if (a_block != NULL) {
-                    at = a_block + (i - i0) * kc;
-                    ld = r;
-                } else {
-                    at = a + k0 * lda + i;
-                    ld = lda;
-                }
-#ifdef FB_WIDE_NV
-                if (wide) {
-                    if (r == FB_WIDE_MR && cols == nr) {
-                        if (a_transposed)
-                            fb_wtile4t_6(kc, at, ld, b, cp + i * ldc, ldc, cols, acc);
-                        else
-                            fb_wtile4_6(kc, at, ld, b, cp + i * ldc, ldc, cols, acc);
-                    } else {
-                        fb_wide_tile_rows(r, a_transposed, kc, at, ld, b, cp + i * ldc, ldc,
-                                          cols, acc);
-                    }
-                    continue;
-                }
-#endif
-                if (r == FB_MR)
-                    FB_FULL(a_transposed, narrow, kc, at, ld, b, cp + i * ldc, ldc, cols, acc);
-                else
-                    fb_tile_rows(r, a_transposed, kc, at, ld, b, cp + i * ldc, ldc, cols, acc);
-            }
-        }
+        if (a_block != NULL)
+            fb_pack_a(a + k0 * lda + i0, lda, i1 - i0, kc, a_block, fb_tile_height(n),
+                      fb_wide(n));
+        fb_block_panels(i0, i1, p0, p1, n, k, k0, kc, a, lda, a_transposed, a_block, packed, c,
+                        ldc, accumulate || k0 > 0);
     }
 }
 
@@ -1039,6 +1052,84 @@ static int fb_matmul_narrow(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* 
         for (ptrdiff_t j = 0; j < n; j++)
             c[i * ldc + j] = accumulate ? c[i * ldc + j] + ct[j * m + i] : ct[j * m + i];
     return 1;
+}
+
+/* Rows i0:i1 (at most FB_MC) of C1 (+)= op(A) . B1 and C2 (+)= op(A) . B2 (fb_matmul_pair), B1
+ * and B2 of narrow panels: A's block of each FB_KC of its k rows (a transposed A copied, once)
+ * is multiplied by B1's panels and then by B2's while it is in cache. */
+static void fb_block_pair(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t k, const float* a,
+                          ptrdiff_t lda, int a_transposed, const float* packed1, ptrdiff_t n1,
+                          float* c1, ptrdiff_t ldc1, const float* packed2, ptrdiff_t n2,
+                          float* c2, ptrdiff_t ldc2, int accumulate) {
+    float* a_block = a_transposed ? fb_a_buffer() : NULL;
+    for (ptrdiff_t k0 = 0; k0 < k; k0 += FB_KC) {
+        ptrdiff_t kc = k - k0 < FB_KC ? k - k0 : FB_KC;
+        int acc = accumulate || k0 > 0;
+        if (a_block != NULL) fb_pack_a(a + k0 * lda + i0, lda, i1 - i0, kc, a_block, FB_MR, 0);
+        fb_block_panels(i0, i1, 0, (n1 + FB_NR - 1) / FB_NR, n1, k, k0, kc, a, lda,
+                        a_transposed, a_block, packed1, c1, ldc1, acc);
+        fb_block_panels(i0, i1, 0, (n2 + FB_NR - 1) / FB_NR, n2, k, k0, kc, a, lda,
+                        a_transposed, a_block, packed2, c2, ldc2, acc);
+    }
+}
+
+/* C1 (m x n1, ldc1) = op(A) . B1 and C2 (m x n2, ldc2) = op(A) . B2, one A (as in fb_gemm) and
+ * B1, B2 (k x n1, k x n2) row-major: an Elman or LSTM layer's weight gradients dW_ih = δᵀ x and
+ * dW_hh = δᵀ s_{t-1}, whose A is the same δᵀ. Two fb_matmul calls read A twice from memory
+ * (δ is T·B x G floats: 6.5 MB for the LSTM at (100, 32, 32, 128), copied a block at a time
+ * by fb_pack_a for each); here each block of A's rows meets both B's while it is in cache.
+ * Each element is summed as fb_matmul sums it (the tiles' FB_KC blocks, B packed in chunks
+ * that end on them): the same bits as the two products apart, on any thread count.
+ * It pays where A is the large operand, read from memory, and the two B's blocks of FB_KC
+ * rows stay in L2 together while each thread's blocks of A's rows (four or more) take their
+ * turns: measured in C, 2 threads, pair over apart, δᵀ (3200 x G) by n1 + n2 columns: G 512,
+ * 32 + 128 (an LSTM at H = 128) 0.92; G 1024, 32 + 256 0.89; 64 + 128 0.86; G 512, 256 + 512
+ * 0.98; but G 128 (a thread's single block), 32 + 128 1.04; G 256, 32 + 64 1.02; and
+ * 1024 + 1024 over 1600 rows 1.05-1.08 (two 1 MB blocks of B evict each other). So it takes
+ * n1 + n2 <= FB_PAIR_COLS and at least FB_PAIR_BLOCKS blocks of rows a thread; both B's are
+ * narrow then (FB_WIDE_MIN), their tiles one height, so one copy of A's block serves both.
+ * Returns 1, having done nothing, where it does not take the pair (the caller then runs the
+ * two products apart): those sizes, or a product fb_matmul would run in a narrow form; -1 if
+ * the packing buffer cannot be allocated. */
+#define FB_PAIR_COLS 512
+#define FB_PAIR_BLOCKS 4
+#if defined(FB_WIDE_MIN) && FB_PAIR_COLS > FB_WIDE_MIN
+#error "fb_block_pair takes both B's in narrow panels"
+#endif
+static int fb_matmul_pair(ptrdiff_t m, ptrdiff_t k, const float* a, ptrdiff_t lda,
+                          int a_transposed, const float* b1, ptrdiff_t ldb1, ptrdiff_t n1,
+                          float* c1, ptrdiff_t ldc1, const float* b2, ptrdiff_t ldb2,
+                          ptrdiff_t n2, float* c2, ptrdiff_t ldc2) {
+    if (m <= 0 || k <= 0 || n1 <= 0 || n2 <= 0 || fb_narrow_form(m, n1, k, a_transposed, 0)
+            || fb_narrow_form(m, n2, k, a_transposed, 0))
+        return 1;
+    int threads = fb_max_threads(), mr = FB_MR;
+    ptrdiff_t mc = FB_BLOCK_ROWS(FB_MR);
+    if ((double)m * (n1 + n2) * (k < FB_KB ? k : FB_KB) < FB_PARALLEL_MIN) threads = 1;
+    if (n1 + n2 > FB_PAIR_COLS || m < FB_PAIR_BLOCKS * mc * threads) return 1;
+    ptrdiff_t kb_step = fb_pack_rows(n1) < fb_pack_rows(n2) ? fb_pack_rows(n1) : fb_pack_rows(n2);
+    ptrdiff_t kb_max = k < kb_step ? k : kb_step;
+    size_t size1 = fb_packed_size(n1, kb_max);
+    float* work = fb_pack_buffer(size1 + fb_packed_size(n2, kb_max));
+    if (work == NULL) return -1;
+    /* the same number of register tiles per thread, to within one, as fb_gemm shares rows */
+    ptrdiff_t tiles = (m + mr - 1) / mr, per = (tiles + threads - 1) / threads;
+    for (ptrdiff_t k0 = 0; k0 < k; k0 += kb_step) {
+        ptrdiff_t kb = k - k0 < kb_step ? k - k0 : kb_step;
+        const float* ak = a_transposed ? a + k0 * lda : a + k0;
+        fb_pack(b1 + k0 * ldb1, n1, kb, ldb1, work, threads);
+        fb_pack(b2 + k0 * ldb2, n2, kb, ldb2, work + size1, threads);
+#ifdef _OPENMP
+        #pragma omp parallel for schedule(static) num_threads(threads) if(threads > 1)
+#endif
+        for (int t = 0; t < threads; t++) {
+            ptrdiff_t i0 = t * per * mr, i1 = i0 + per * mr < m ? i0 + per * mr : m;
+            for (ptrdiff_t i = i0; i < i1; i += mc)
+                fb_block_pair(i, i + mc < i1 ? i + mc : i1, kb, ak, lda, a_transposed, work, n1,
+                              c1, ldc1, work + size1, n2, c2, ldc2, k0 > 0);
+        }
+    }
+    return 0;
 }
 
 /* The machine's multiply-add limit, as this build's vectors reach it: each of `threads`

@@ -22,8 +22,9 @@ into every loop of each build:
 Where the speed comes from:
 
 * The input projection of all T steps is one gemm before the time loop, and dW_ih, dW_hh,
-  dx are one gemm each after the backward sweep over the stored δ's; the loop itself only
-  does s_{t-1} W_hhᵀ (forward) and δ_t W_hh (backward) per step.
+  dx are one gemm each after the backward sweep over the stored δ's (dW_ih and dW_hh, over
+  one δ, a pair reading it once where that pays); the loop itself only does s_{t-1} W_hhᵀ
+  (forward) and δ_t W_hh (backward) per step.
 * The element-wise work of a step is one fused pass (bias + activation, or
   δ = (dy + carry) ⊙ f'(s)) that the C compiler vectorizes; float32 tanh is a clamped
   rational approximation because a libm call in that loop costs more than the gemm.

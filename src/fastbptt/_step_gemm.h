@@ -10,8 +10,10 @@
  * fb_panel_vectors) and each step runs a register-tiled micro-kernel
  * straight from A's rows (fb_gemm). The hoisted products (input projection, dx, dW) pack
  * their B as they go, a chunk of its rows at a time (fb_matmul, fb_pack_rows); dW's A is δᵀ,
- * read in place. Those with a side of a few columns (a few inputs, one output) pack nothing
- * and run in axpy or dot-product form instead (fb_matmul_narrow).
+ * copied a block at a time (fb_pack_a), and dW_ih and dW_hh, one δᵀ times two B's, share
+ * each block where that pays (fb_matmul_pair). Those with a side of a few columns (a few
+ * inputs, one output) pack nothing and run in axpy or dot-product form instead
+ * (fb_matmul_narrow).
  * One OpenMP team serves them all: blocks of rows are shared among its threads when there
  * are enough of them, else the panels (a time step's few batch rows).
  *

@@ -553,6 +553,16 @@ static void fb_block(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t p0, ptrdiff_t p1, ptr
     }
 }
 
+/* Thread t's range of rows [*i0, *i1) of m when `threads` share rows: the same number of
+ * register tiles of mr rows per thread, to within one (400 rows are 25 tiles each, where
+ * blocks of 64 rows dealt out gave one thread 4 blocks and the other 3). */
+static inline void fb_thread_rows(int t, int threads, ptrdiff_t m, int mr, ptrdiff_t* i0,
+                                  ptrdiff_t* i1) {
+    ptrdiff_t tiles = (m + mr - 1) / mr, per = (tiles + threads - 1) / threads;
+    *i0 = t * per * mr;
+    *i1 = *i0 + per * mr < m ? *i0 + per * mr : m;
+}
+
 /* C (m x n, row-major, ldc) = A . B, or += when accumulate.
  *   A (m x k): a[i * lda + kk], or with a_transposed a[kk * lda + i] (A is the transpose of
  *   the row-major array at a);
@@ -577,15 +587,13 @@ static void fb_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrdi
     if ((double)m * n * k < FB_PARALLEL_MIN) threads = 1;
     int by_rows = blocks >= 2 * threads || (panels < 2 * threads && m >= 2 * mr * threads);
     if (threads > 1 && by_rows) {
-        /* The same number of register tiles per thread, to within one (400 rows are 25 tiles
-           each, where blocks of 64 rows dealt out gave one thread 4 blocks and the other 3),
-           each range walked in blocks of mc rows. */
-        ptrdiff_t tiles = (m + mr - 1) / mr, per = (tiles + threads - 1) / threads;
+        /* each thread's rows (fb_thread_rows) walked in blocks of mc rows */
 #ifdef _OPENMP
         #pragma omp parallel for schedule(static) num_threads(threads)
 #endif
         for (int t = 0; t < threads; t++) {
-            ptrdiff_t i0 = t * per * mr, i1 = i0 + per * mr < m ? i0 + per * mr : m;
+            ptrdiff_t i0, i1;
+            fb_thread_rows(t, threads, m, mr, &i0, &i1);
             for (ptrdiff_t i = i0; i < i1; i += mc)
                 fb_block(i, i + mc < i1 ? i + mc : i1, 0, panels, n, k, a, lda,
                          a_transposed, packed, c, ldc, accumulate);
@@ -1105,7 +1113,7 @@ static int fb_matmul_pair(ptrdiff_t m, ptrdiff_t k, const float* a, ptrdiff_t ld
     if (m <= 0 || k <= 0 || n1 <= 0 || n2 <= 0 || fb_narrow_form(m, n1, k, a_transposed, 0)
             || fb_narrow_form(m, n2, k, a_transposed, 0))
         return 1;
-    int threads = fb_max_threads(), mr = FB_MR;
+    int threads = fb_max_threads();
     ptrdiff_t mc = FB_BLOCK_ROWS(FB_MR);
     if ((double)m * (n1 + n2) * (k < FB_KB ? k : FB_KB) < FB_PARALLEL_MIN) threads = 1;
     if (n1 + n2 > FB_PAIR_COLS || m < FB_PAIR_BLOCKS * mc * threads) return 1;
@@ -1114,8 +1122,6 @@ static int fb_matmul_pair(ptrdiff_t m, ptrdiff_t k, const float* a, ptrdiff_t ld
     size_t size1 = fb_packed_size(n1, kb_max);
     float* work = fb_pack_buffer(size1 + fb_packed_size(n2, kb_max));
     if (work == NULL) return -1;
-    /* the same number of register tiles per thread, to within one, as fb_gemm shares rows */
-    ptrdiff_t tiles = (m + mr - 1) / mr, per = (tiles + threads - 1) / threads;
     for (ptrdiff_t k0 = 0; k0 < k; k0 += kb_step) {
         ptrdiff_t kb = k - k0 < kb_step ? k - k0 : kb_step;
         const float* ak = a_transposed ? a + k0 * lda : a + k0;
@@ -1124,8 +1130,9 @@ static int fb_matmul_pair(ptrdiff_t m, ptrdiff_t k, const float* a, ptrdiff_t ld
 #ifdef _OPENMP
         #pragma omp parallel for schedule(static) num_threads(threads) if(threads > 1)
 #endif
-        for (int t = 0; t < threads; t++) {
-            ptrdiff_t i0 = t * per * mr, i1 = i0 + per * mr < m ? i0 + per * mr : m;
+        for (int t = 0; t < threads; t++) {     /* rows shared as fb_gemm shares them */
+            ptrdiff_t i0, i1;
+            fb_thread_rows(t, threads, m, FB_MR, &i0, &i1);
             for (ptrdiff_t i = i0; i < i1; i += mc)
                 fb_block_pair(i, i + mc < i1 ? i + mc : i1, kb, ak, lda, a_transposed, work, n1,
                               c1, ldc1, work + size1, n2, c2, ldc2, k0 > 0);
